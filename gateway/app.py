@@ -1,0 +1,65 @@
+"""The Starlette application: routes, middleware and the lifespan that owns the database."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from sqlalchemy import text
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from gateway import migrate
+from gateway.logs import configure_logging
+from gateway.runtime import Runtime
+from gateway.settings import Settings
+
+
+async def healthz(request: Request) -> JSONResponse:
+    """The process is up and answering."""
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> JSONResponse:
+    """The database answers and its schema is at the migrations' head."""
+    runtime: Runtime = request.app.state.runtime
+    try:
+        async with runtime.db.engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+        current = await migrate.current_revision(runtime.db.engine)
+    except Exception as exc:  # any database fault means "not ready", never a 500
+        return JSONResponse({"status": "unavailable", "reason": type(exc).__name__}, 503)
+    head = migrate.head_revision()
+    if current != head:
+        return JSONResponse(
+            {"status": "unavailable", "reason": f"migrations at {current}, head is {head}"}, 503
+        )
+    return JSONResponse({"status": "ok", "revision": current})
+
+
+def create_app(runtime: Runtime) -> Starlette:
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await runtime.close()
+
+    app = Starlette(
+        routes=[
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    return app
+
+
+def create_app_from_env() -> Starlette:
+    """uvicorn's factory: settings from the environment; a bad one stops start-up in one line."""
+    settings = Settings.from_env()
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(Runtime.from_settings(settings))

@@ -1,0 +1,306 @@
+"""The `entitlements` command: operators' and support's way in, over the same resolvers as the API."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import sys
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import UTC, datetime
+from functools import wraps
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from gateway import migrate
+from gateway.logs import configure_logging, request_id_var
+from gateway.runtime import Runtime
+from gateway.settings import Settings, SettingsError
+from resolvers import credits, tiers, users
+from resolvers.catalog import CatalogError
+from resolvers.errors import Failure
+from resolvers.users import UserRef
+
+T = TypeVar("T")
+
+
+def fail(message: str) -> NoReturn:
+    """One line on stderr, exit status 1: what scripts and support engineers both can read."""
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        fail(str(exc))
+
+
+def run_with_runtime(work: Callable[[Runtime], Awaitable[T]]) -> T:
+    settings = load_settings()
+    configure_logging(settings.log_level, settings.log_format)
+
+    async def main() -> T:
+        try:
+            runtime = Runtime.from_settings(settings, pool_size=2)
+        except CatalogError as exc:
+            fail(str(exc))
+        try:
+            return await work(runtime)
+        finally:
+            await runtime.close()
+
+    return asyncio.run(main())
+
+
+def cli_actor(source: str = "support") -> credits.Actor:
+    """The CLI's actor: the operator's login, under a fresh correlation id for this command."""
+    request_id = f"cli-{uuid.uuid4().hex}"
+    request_id_var.set(request_id)
+    return credits.Actor(name=f"cli:{getpass.getuser()}", source=source, request_id=request_id)
+
+
+def echo_json(document: Any, *, compact: bool) -> None:
+    click.echo(json.dumps(document, default=str, indent=None if compact else 2))
+
+
+def parse_time(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        fail(f"--expires-at: not an ISO 8601 time: {value!r}")
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def sync(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        run_with_runtime(lambda runtime: fn(runtime, *args, **kwargs))
+
+    return wrapper
+
+
+@click.group()
+def main() -> None:
+    """Entitlements gateway: plan tiers, AI credits, payments and Stripe billing state."""
+
+
+# --- db --------------------------------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """Database migrations."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Migrate the database (DATABASE_URL) up to REVISION."""
+    settings = load_settings()
+    migrate.upgrade(settings.database_url, revision)
+    click.echo(f"database at {revision}")
+
+
+@db.command("downgrade")
+@click.option("--revision", default="-1", show_default=True, help="'base' removes everything.")
+def db_downgrade(revision: str) -> None:
+    """Migrate the database down to REVISION (one step by default)."""
+    settings = load_settings()
+    migrate.downgrade(settings.database_url, revision)
+    click.echo(f"database at {revision}")
+
+
+# --- users -----------------------------------------------------------------------------------
+
+
+@main.group()
+def user() -> None:
+    """Look users up and create them."""
+
+
+@user.command("create")
+@click.argument("email")
+@click.option("--tier", default=None, help="Initial tier (default: the catalog's lowest).")
+@click.option("--locale", default=None)
+@click.option("--external-id", default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@sync
+async def user_create(
+    runtime: Runtime, email: str, tier: str | None, locale: str | None,
+    external_id: str | None, as_json: bool,
+) -> None:  # fmt: skip
+    """Create a user (or update an existing one's locale and external id)."""
+    actor = cli_actor()
+    now = runtime.clock()
+
+    async def work(session: Any) -> Any:
+        result = await users.upsert_user(
+            session, email=email, catalog=runtime.catalog, now=now,
+            external_id=external_id, locale=locale, tier=tier,
+        )  # fmt: skip
+        if isinstance(result, users.UserUpserted) and result.created:
+            await credits.grant_plan_allowance(
+                session, result.user, catalog=runtime.catalog, now=now, actor=actor
+            )
+        return result
+
+    result = await runtime.db.write(work)
+    if isinstance(result, Failure):
+        fail(result.message)
+    document = {
+        "id": result.user.id,
+        "email": result.user.email,
+        "tier": result.user.tier,
+        "created": result.created,
+        "ai_credits": result.user.credits_available,
+        "correlation_id": actor.request_id,
+    }
+    if as_json:
+        echo_json(document, compact=True)
+    else:
+        verb = "created" if result.created else "updated"
+        click.echo(f"{verb} user {result.user.id} {result.user.email} (tier {result.user.tier})")
+        click.echo(f"correlation id: {actor.request_id}")
+
+
+@user.command("show")
+@click.argument("email")
+@click.option("--json", "as_json", is_flag=True, help="One compact JSON document on one line.")
+@sync
+async def user_show(runtime: Runtime, email: str, as_json: bool) -> None:
+    """The runbook's "verify account state": tier, Stripe customer, credits, last 5 events."""
+    actor = cli_actor(source="system")
+
+    async def work(session: Any) -> Any:
+        row = await users.find_user(session, UserRef(email=email))
+        if row is None:
+            return UserRef(email=email).not_found()
+        meta = await credits.ensure_plan_metadata(
+            session, row, catalog=runtime.catalog, now=runtime.clock(), actor=actor
+        )
+        return row, meta
+
+    result = await runtime.db.write(work)
+    if isinstance(result, Failure):
+        fail(result.message)
+    row, meta = result
+    echo_json(
+        {"email": row.email, "user_id": row.id, **meta.as_dict()},
+        compact=as_json,
+    )
+
+
+# --- adjust ----------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--user", "email", required=True, help="The customer's login email.")
+@click.option("--grant-credits", type=int, default=None, metavar="N")
+@click.option("--consume-credits", type=int, default=None, metavar="N")
+@click.option("--set-tier", default=None, metavar="TIER")
+@click.option("--reason", default=None, help="Why (default: support-adjustment).")
+@click.option("--expires-at", default=None, help="ISO 8601 expiry of granted credits.")
+@click.option("--idempotency-key", default=None, help="Makes a retried command a no-op.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@sync
+async def adjust(
+    runtime: Runtime, email: str, grant_credits: int | None, consume_credits: int | None,
+    set_tier: str | None, reason: str | None, expires_at: str | None,
+    idempotency_key: str | None, as_json: bool,
+) -> None:  # fmt: skip
+    """Grant or consume credits, or reset the tier, as the support runbook does it."""
+    chosen = [o for o in (grant_credits, consume_credits, set_tier) if o is not None]
+    if len(chosen) != 1:
+        fail("give exactly one of --grant-credits, --consume-credits, --set-tier")
+    actor = cli_actor()
+    reason = reason or "support-adjustment"
+    now = runtime.clock()
+    ref = UserRef(email=email)
+    catalog = runtime.catalog
+
+    async def work(session: Any) -> Any:
+        if grant_credits is not None:
+            return await credits.grant_ai_credits(
+                session, user=ref, amount=grant_credits, reason=reason, actor=actor, now=now,
+                expires_at=parse_time(expires_at), idempotency_key=idempotency_key,
+            )  # fmt: skip
+        if consume_credits is not None:
+            return await credits.consume_credits(
+                session, user=ref, amount=consume_credits, reason=reason, actor=actor,
+                now=now, catalog=catalog, idempotency_key=idempotency_key,
+            )  # fmt: skip
+        assert set_tier is not None
+        return await tiers.set_tier(
+            session, user=ref, tier=set_tier, reason=reason, actor=actor, now=now,
+            catalog=catalog, idempotency_key=idempotency_key,
+        )  # fmt: skip
+
+    result = await runtime.db.write(work)
+    if isinstance(result, Failure):
+        fail(f"{result.message} (correlation id {actor.request_id})")
+    document: dict[str, Any] = {
+        "email": result.user.email,
+        "tier": result.user.tier,
+        "ai_credits": result.user.credits_available,
+        "replayed": result.replayed,
+        "correlation_id": actor.request_id,
+    }
+    if isinstance(result, credits.CreditChanged):
+        document["credit_event"] = credits.describe_event(result.event)
+        summary = f"{result.event.kind} {result.event.amount:+d} credits"
+    else:
+        change = result.change
+        document["tier_change"] = (
+            None if change is None else {"from": change.from_tier, "to": change.to_tier}
+        )
+        summary = f"tier {result.user.tier}" + ("" if change else " (unchanged)")
+    if as_json:
+        echo_json(document, compact=True)
+    else:
+        click.echo(
+            f"{result.user.email}: {summary}; balance {result.user.credits_available};"
+            f" tier {result.user.tier}" + (" (replayed)" if result.replayed else "")
+        )
+        click.echo(f"correlation id: {actor.request_id}")
+
+
+# --- serve -----------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--workers", default=1, show_default=True, type=int)
+@click.option(
+    "--migrate/--no-migrate",
+    "migrate_first",
+    default=None,
+    help="Migrate before serving (default: yes on SQLite, no on PostgreSQL).",
+)
+def serve(host: str, port: int, workers: int, migrate_first: bool | None) -> None:
+    """Serve the gateway with uvicorn."""
+    import uvicorn
+
+    settings = load_settings()
+    if settings.is_sqlite if migrate_first is None else migrate_first:
+        migrate.upgrade(settings.database_url)
+    configure_logging(settings.log_level, settings.log_format)
+    uvicorn.run(
+        "gateway.app:create_app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_config=None,
+        access_log=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""The database engine, read sessions, and the unit of work every write goes through."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from gateway.logs import log_entitlement_changes
+from resolvers.changes import take_changes
+from resolvers.errors import Failure
+
+T = TypeVar("T")
+log = logging.getLogger("gateway.db")
+
+MAX_ATTEMPTS = 5
+# PostgreSQL: serialization failure, deadlock, unique violation (a concurrent idempotent retry or
+# upsert won the race: the next attempt sees its row). SQLite: the busy timeout ran out.
+_RETRY_SQLSTATES = {"40001", "40P01", "23505"}
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+class Database:
+    def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        kwargs: dict[str, Any] = {"echo": echo}
+        if self.is_sqlite:
+            kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+            _create_parent_dir(url)
+        else:
+            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False)
+        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        if self.is_sqlite:
+            _configure_sqlite(self.engine)
+        # Write transactions on SQLite take the write lock at BEGIN (IMMEDIATE): two deferred
+        # transactions that both read and then write would deadlock, one failing with "busy".
+        writer = self.engine.execution_options(entitlements_write=True)
+        self._read_sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._write_sessions = async_sessionmaker(writer, expire_on_commit=False)
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        """A session for reads; it never commits."""
+        async with self._read_sessions() as session:
+            yield session
+
+    async def write(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        """Run `work` in one transaction and commit it, unless it returns a domain `Failure`.
+
+        Retried from the start on a lost race (deadlock, serialization failure, a unique key a
+        concurrent transaction took first, SQLite busy); `work` must therefore only touch the
+        database through the session it is given. The `entitlement_change` lines the work
+        queued are logged after the commit, and only then.
+        """
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            async with self._write_sessions() as session:
+                try:
+                    result = await work(session)
+                    if isinstance(result, Failure):
+                        await session.rollback()
+                    else:
+                        await session.commit()
+                except DBAPIError as exc:
+                    await session.rollback()
+                    take_changes(session)
+                    if attempt == MAX_ATTEMPTS or not self._is_retryable(exc):
+                        raise
+                    log.info("write lost a race, retrying (attempt %d): %s", attempt, exc.orig)
+                    await asyncio.sleep(0.005 * attempt)
+                    continue
+                changes = take_changes(session)
+                if not isinstance(result, Failure):
+                    log_entitlement_changes(changes)
+                return result
+        raise AssertionError("unreachable")
+
+    def _is_retryable(self, exc: DBAPIError) -> bool:
+        if self.is_sqlite:
+            return isinstance(exc, IntegrityError) or "locked" in str(exc.orig)
+        return getattr(exc.orig, "sqlstate", None) in _RETRY_SQLSTATES or (
+            getattr(getattr(exc.orig, "__cause__", None), "sqlstate", None) in _RETRY_SQLSTATES
+        )
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def _create_parent_dir(url: str) -> None:
+    path = url.split(":///", 1)[-1].split("?", 1)[0]
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        # Take transaction control away from the driver so that BEGIN is ours to emit.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get("entitlements_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")

@@ -1,0 +1,107 @@
+"""Settings read from the environment; a bad value stops start-up with one line naming it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./entitlements.db"
+DEFAULT_APP_BASE_URL = "http://localhost:5173"
+DEFAULT_CATALOG = Path(__file__).resolve().parent.parent / "resolvers" / "catalog.toml"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("json", "text")
+
+
+class SettingsError(Exception):
+    """A setting that cannot be used; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    catalog_path: Path = DEFAULT_CATALOG
+    app_base_url: str = DEFAULT_APP_BASE_URL
+    jwt_secret: str | None = None
+    jwt_public_key: str | None = None
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    stripe_api_key: str | None = None
+    stripe_webhook_secrets: tuple[str, ...] = ()
+    stripe_api_base: str | None = None
+    log_level: str = "INFO"
+    log_format: str = "json"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+
+        def get(name: str) -> str | None:
+            value = env.get(name, "").strip()
+            return value or None
+
+        database_url = get("DATABASE_URL") or DEFAULT_DATABASE_URL
+        if not database_url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise SettingsError(
+                "DATABASE_URL must start with sqlite+aiosqlite:// or postgresql+asyncpg://"
+                f" (got {database_url.split('://')[0]}://…)"
+            )
+
+        catalog_path = Path(get("ENTITLEMENTS_CATALOG") or DEFAULT_CATALOG)
+        if not catalog_path.is_file():
+            raise SettingsError(f"ENTITLEMENTS_CATALOG: no such file: {catalog_path}")
+
+        app_base_url = (get("APP_BASE_URL") or DEFAULT_APP_BASE_URL).rstrip("/")
+        _require_http_url("APP_BASE_URL", app_base_url)
+
+        jwt_public_key = get("JWT_PUBLIC_KEY")
+        if jwt_public_key and "BEGIN PUBLIC KEY" not in jwt_public_key:
+            # Allow a path to a PEM file as well as the PEM itself.
+            pem = Path(jwt_public_key)
+            if not pem.is_file():
+                raise SettingsError("JWT_PUBLIC_KEY must be a PEM public key or a path to one")
+            jwt_public_key = pem.read_text()
+
+        secrets = tuple(s.strip() for s in (get("STRIPE_WEBHOOK_SECRET") or "").split(",") if s)
+        for secret in secrets:
+            if not secret.startswith("whsec_"):
+                raise SettingsError("STRIPE_WEBHOOK_SECRET entries must start with whsec_")
+
+        stripe_api_base = get("STRIPE_API_BASE")
+        if stripe_api_base:
+            stripe_api_base = stripe_api_base.rstrip("/")
+            _require_http_url("STRIPE_API_BASE", stripe_api_base)
+
+        log_level = (get("LOG_LEVEL") or "INFO").upper()
+        if log_level not in LOG_LEVELS:
+            raise SettingsError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+        log_format = (get("LOG_FORMAT") or "json").lower()
+        if log_format not in LOG_FORMATS:
+            raise SettingsError(f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}")
+
+        return cls(
+            database_url=database_url,
+            catalog_path=catalog_path,
+            app_base_url=app_base_url,
+            jwt_secret=get("JWT_SECRET"),
+            jwt_public_key=jwt_public_key,
+            jwt_audience=get("JWT_AUDIENCE"),
+            jwt_issuer=get("JWT_ISSUER"),
+            stripe_api_key=get("STRIPE_API_KEY"),
+            stripe_webhook_secrets=secrets,
+            stripe_api_base=stripe_api_base,
+            log_level=log_level,
+            log_format=log_format,
+        )
+
+
+def _require_http_url(name: str, value: str) -> None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise SettingsError(f"{name} must be an http(s) URL (got {value!r})")

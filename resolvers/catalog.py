@@ -1,0 +1,286 @@
+"""The catalog of tiers and credit packs: loaded from TOML, validated once, passed to resolvers."""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from babel.numbers import list_currencies
+
+CTA_KEYS = (
+    "upgrade_cta",
+    "current_cta",
+    "manage_cta",
+    "downgrade_cta",
+    "signup_cta",
+    "buy_credits_cta",
+    "per_month",
+    "credits_per_month",
+)
+
+
+class CatalogError(Exception):
+    """The catalog file cannot be used; the message names the entry at fault."""
+
+
+@dataclass(frozen=True)
+class ItemCopy:
+    name: str
+    features: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Tier:
+    code: str
+    rank: int
+    monthly_credits: int
+    trial_days: int
+    features: tuple[str, ...]
+    prices: Mapping[str, int]
+    stripe_price_ids: Mapping[str, str]
+    copy: Mapping[str, ItemCopy]
+
+    @property
+    def is_paid(self) -> bool:
+        return any(amount > 0 for amount in self.prices.values())
+
+
+@dataclass(frozen=True)
+class CreditPack:
+    code: str
+    credits: int
+    prices: Mapping[str, int]
+    stripe_price_ids: Mapping[str, str]
+    copy: Mapping[str, ItemCopy]
+
+
+@dataclass(frozen=True)
+class Catalog:
+    tiers: tuple[Tier, ...]
+    credit_packs: tuple[CreditPack, ...]
+    locales: tuple[str, ...]
+    currencies: tuple[str, ...]
+    default_currency: str
+    copy: Mapping[str, Mapping[str, str]]
+
+    @property
+    def default_tier(self) -> Tier:
+        return self.tiers[0]
+
+    def tier(self, code: str) -> Tier | None:
+        return _index(self.tiers).get(code)
+
+    def credit_pack(self, code: str) -> CreditPack | None:
+        return _index(self.credit_packs).get(code)
+
+    def tier_for_price(self, price_id: str) -> Tier | None:
+        return next((t for t in self.tiers if price_id in t.stripe_price_ids.values()), None)
+
+    def pack_for_price(self, price_id: str) -> CreditPack | None:
+        return next((p for p in self.credit_packs if price_id in p.stripe_price_ids.values()), None)
+
+    @property
+    def tier_codes(self) -> tuple[str, ...]:
+        return tuple(t.code for t in self.tiers)
+
+
+def _index(items: tuple[Any, ...]) -> dict[str, Any]:
+    return {item.code: item for item in items}
+
+
+def load_catalog(path: Path) -> Catalog:
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise CatalogError(f"catalog {path}: {exc}") from exc
+    return parse_catalog(raw)
+
+
+def parse_catalog(raw: Mapping[str, Any]) -> Catalog:
+    locales = tuple(_list_of_str(raw, "locales", "catalog"))
+    if not locales:
+        raise CatalogError("catalog: locales must name at least one locale")
+    known_currencies = list_currencies()
+    currencies = tuple(_list_of_str(raw, "currencies", "catalog"))
+    for currency in currencies:
+        if currency not in known_currencies:
+            raise CatalogError(f"catalog: unknown currency {currency!r}")
+    default_currency = raw.get("default_currency", currencies[0] if currencies else "")
+    if default_currency not in currencies:
+        raise CatalogError(f"catalog: default_currency {default_currency!r} is not in currencies")
+
+    copy: dict[str, Mapping[str, str]] = {}
+    raw_copy = raw.get("copy", {})
+    for locale in locales:
+        strings = raw_copy.get(locale)
+        if not isinstance(strings, dict):
+            raise CatalogError(f"catalog copy: missing translation for locale {locale!r}")
+        for key in CTA_KEYS:
+            if not isinstance(strings.get(key), str) or not strings[key]:
+                raise CatalogError(f"catalog copy.{locale}: missing translation {key!r}")
+        copy[locale] = MappingProxyType(dict(strings))
+
+    seen_prices: dict[str, str] = {}
+    tiers = tuple(
+        _parse_tier(entry, locales, currencies, seen_prices)
+        for entry in _list_of_tables(raw, "tiers")
+    )
+    packs = tuple(
+        _parse_pack(entry, locales, currencies, seen_prices)
+        for entry in _list_of_tables(raw, "credit_packs")
+    )
+    if not tiers:
+        raise CatalogError("catalog: at least one tier is required")
+    _require_unique("tier", [t.code for t in tiers])
+    _require_unique("credit pack", [p.code for p in packs])
+    _require_unique("tier rank", [str(t.rank) for t in tiers])
+    tiers = tuple(sorted(tiers, key=lambda t: t.rank))
+    if tiers[0].is_paid:
+        raise CatalogError(f"tier {tiers[0].code}: the lowest tier must be free")
+    return Catalog(
+        tiers=tiers,
+        credit_packs=packs,
+        locales=locales,
+        currencies=currencies,
+        default_currency=default_currency,
+        copy=MappingProxyType(copy),
+    )
+
+
+def _parse_tier(
+    entry: Mapping[str, Any],
+    locales: tuple[str, ...],
+    currencies: tuple[str, ...],
+    seen_prices: dict[str, str],
+) -> Tier:
+    code = _code(entry, "tier")
+    where = f"tier {code}"
+    prices = _prices(entry, where, currencies)
+    stripe_price_ids = _stripe_prices(entry, where, currencies, seen_prices)
+    for currency, amount in prices.items():
+        if amount > 0 and currency not in stripe_price_ids:
+            raise CatalogError(f"{where}: paid in {currency} but has no Stripe price id for it")
+    return Tier(
+        code=code,
+        rank=_int(entry, "rank", where),
+        monthly_credits=_int(entry, "monthly_credits", where),
+        trial_days=_int(entry, "trial_days", where, default=0),
+        features=tuple(_list_of_str(entry, "features", where)),
+        prices=prices,
+        stripe_price_ids=stripe_price_ids,
+        copy=_item_copy(entry, where, locales),
+    )
+
+
+def _parse_pack(
+    entry: Mapping[str, Any],
+    locales: tuple[str, ...],
+    currencies: tuple[str, ...],
+    seen_prices: dict[str, str],
+) -> CreditPack:
+    code = _code(entry, "credit pack")
+    where = f"credit pack {code}"
+    credits = _int(entry, "credits", where)
+    if credits <= 0:
+        raise CatalogError(f"{where}: credits must be positive")
+    prices = _prices(entry, where, currencies)
+    stripe_price_ids = _stripe_prices(entry, where, currencies, seen_prices)
+    for currency in prices:
+        if currency not in stripe_price_ids:
+            raise CatalogError(f"{where}: priced in {currency} but has no Stripe price id for it")
+    return CreditPack(
+        code=code,
+        credits=credits,
+        prices=prices,
+        stripe_price_ids=stripe_price_ids,
+        copy=_item_copy(entry, where, locales),
+    )
+
+
+def _code(entry: Mapping[str, Any], kind: str) -> str:
+    code = entry.get("code")
+    if not isinstance(code, str) or not code.isidentifier():
+        raise CatalogError(f"{kind} {code!r}: code must be a lowercase identifier")
+    return code
+
+
+def _int(entry: Mapping[str, Any], key: str, where: str, default: int | None = None) -> int:
+    value = entry.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise CatalogError(f"{where}: {key} must be a non-negative integer")
+    return value
+
+
+def _prices(entry: Mapping[str, Any], where: str, currencies: tuple[str, ...]) -> Mapping[str, int]:
+    prices = entry.get("prices", {})
+    if not isinstance(prices, dict) or not prices:
+        raise CatalogError(f"{where}: prices must map currencies to amounts in minor units")
+    for currency, amount in prices.items():
+        if currency not in currencies:
+            raise CatalogError(f"{where}: unknown currency {currency!r}")
+        if not isinstance(amount, int) or isinstance(amount, bool) or amount < 0:
+            raise CatalogError(f"{where}: price in {currency} must be a non-negative integer")
+    return MappingProxyType(dict(prices))
+
+
+def _stripe_prices(
+    entry: Mapping[str, Any],
+    where: str,
+    currencies: tuple[str, ...],
+    seen_prices: dict[str, str],
+) -> Mapping[str, str]:
+    price_ids = entry.get("stripe_price_ids", {})
+    if not isinstance(price_ids, dict):
+        raise CatalogError(f"{where}: stripe_price_ids must map currencies to Stripe price ids")
+    for currency, price_id in price_ids.items():
+        if currency not in currencies:
+            raise CatalogError(f"{where}: unknown currency {currency!r} in stripe_price_ids")
+        if not isinstance(price_id, str) or not price_id.startswith("price_"):
+            raise CatalogError(f"{where}: Stripe price id for {currency} must start with price_")
+        if price_id in seen_prices:
+            raise CatalogError(
+                f"{where}: Stripe price {price_id} is already used by {seen_prices[price_id]}"
+            )
+        seen_prices[price_id] = where
+    return MappingProxyType(dict(price_ids))
+
+
+def _item_copy(
+    entry: Mapping[str, Any], where: str, locales: tuple[str, ...]
+) -> Mapping[str, ItemCopy]:
+    raw = entry.get("copy", {})
+    copy: dict[str, ItemCopy] = {}
+    for locale in locales:
+        text = raw.get(locale) if isinstance(raw, dict) else None
+        if not isinstance(text, dict) or not isinstance(text.get("name"), str):
+            raise CatalogError(f"{where}: missing translation for locale {locale!r}")
+        copy[locale] = ItemCopy(
+            name=text["name"], features=tuple(_list_of_str(text, "features", where))
+        )
+    return MappingProxyType(copy)
+
+
+def _list_of_str(entry: Mapping[str, Any], key: str, where: str) -> list[str]:
+    value = entry.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise CatalogError(f"{where}: {key} must be a list of strings")
+    return value
+
+
+def _list_of_tables(raw: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
+    value = raw.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise CatalogError(f"catalog: {key} must be an array of tables")
+    return value
+
+
+def _require_unique(kind: str, codes: list[str]) -> None:
+    seen: set[str] = set()
+    for code in codes:
+        if code in seen:
+            raise CatalogError(f"{kind} {code}: duplicate")
+        seen.add(code)

@@ -1,0 +1,35 @@
+"""The `entitlement_change` records: collected during a transaction, logged once it commits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from resolvers.models import CreditEvent, TierChange
+
+_PENDING = "entitlement_changes"
+
+
+def record_change(session: AsyncSession, *, action: str, **fields: Any) -> None:
+    """Queue one `entitlement_change` line; the unit of work logs it after a successful commit."""
+    session.info.setdefault(_PENDING, []).append({"action": action, **fields})
+
+
+def take_changes(session: AsyncSession) -> list[dict[str, Any]]:
+    """The changes queued in this session, removed from it (called after commit or rollback)."""
+    return session.info.pop(_PENDING, [])
+
+
+async def changes_by_request_id(
+    session: AsyncSession, request_id: str
+) -> list[CreditEvent | TierChange]:
+    """Every ledger event and tier change written under one X-Request-ID, oldest first."""
+    events = (
+        await session.execute(select(CreditEvent).where(CreditEvent.request_id == request_id))
+    ).scalars()
+    tiers = (
+        await session.execute(select(TierChange).where(TierChange.request_id == request_id))
+    ).scalars()
+    return sorted([*events, *tiers], key=lambda row: (row.created_at, row.id))

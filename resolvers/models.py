@@ -1,0 +1,233 @@
+"""The ORM tables: users, credit ledger, tier history, payments, Stripe events, analytics, keys."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC on the way in and out; SQLite keeps no offset, so one is put back."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given where a UTC time is required")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
+
+
+class User(Base):
+    __tablename__ = "users"
+    __table_args__ = (
+        CheckConstraint("credits_available >= 0", name="credits_not_negative"),
+        Index("ix_users_tier_id", "tier", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # Stored lower-cased: the unique index then makes email unique case-insensitively.
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    external_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    locale: Mapped[str | None] = mapped_column(String(35))
+    tier: Mapped[str] = mapped_column(String(32))
+    trial_ends_at: Mapped[datetime | None] = mapped_column(index=True)
+    stripe_customer_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    stripe_subscription_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    subscription_status: Mapped[str | None] = mapped_column(String(32))
+    subscription_price_id: Mapped[str | None] = mapped_column(String(255))
+    subscription_period_end: Mapped[datetime | None]
+    # Stripe `created` of the last subscription event applied: older ones are ignored.
+    subscription_event_at: Mapped[datetime | None]
+    # The balance is kept on the row so a read is one lookup, and so every credit change locks
+    # this row first: that lock is what serializes concurrent spends of one user.
+    credits_available: Mapped[int] = mapped_column(Integer, default=0)
+    credits_next_expiry: Mapped[datetime | None]
+    allowance_period_start: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class CreditGrant(Base):
+    __tablename__ = "credit_grants"
+    __table_args__ = (
+        CheckConstraint("amount > 0", name="amount_positive"),
+        CheckConstraint("remaining >= 0 AND remaining <= amount", name="remaining_in_range"),
+        Index("ix_credit_grants_user_id_remaining", "user_id", "remaining"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    amount: Mapped[int]
+    remaining: Mapped[int]
+    expires_at: Mapped[datetime | None]
+    source: Mapped[str] = mapped_column(String(32))
+    # Purchased credits are burnt after free ones (plan allowance, gifts) of the same expiry.
+    is_purchased: Mapped[bool] = mapped_column(Boolean, default=False)
+    reason: Mapped[str] = mapped_column(String(500))
+    payment_id: Mapped[int | None] = mapped_column(ForeignKey("payments.id"), index=True)
+    created_at: Mapped[datetime]
+
+
+class CreditEvent(Base):
+    """The append-only ledger: one row per change of a user's balance."""
+
+    __tablename__ = "credit_events"
+    __table_args__ = (Index("ix_credit_events_user_id_id", "user_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    kind: Mapped[str] = mapped_column(String(16))
+    amount: Mapped[int]
+    balance_after: Mapped[int]
+    reason: Mapped[str] = mapped_column(String(500))
+    source: Mapped[str] = mapped_column(String(32))
+    actor: Mapped[str] = mapped_column(String(255))
+    request_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    # A digest of the arguments, so a key reused with other arguments is a conflict.
+    fingerprint: Mapped[str | None] = mapped_column(String(64))
+    grant_id: Mapped[int | None] = mapped_column(ForeignKey("credit_grants.id"), index=True)
+    payment_id: Mapped[int | None] = mapped_column(ForeignKey("payments.id"), index=True)
+    # For spends and take-backs: [[grant_id, credits], ...], which grants paid.
+    allocations: Mapped[list[list[int]] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class TierChange(Base):
+    __tablename__ = "tier_changes"
+    __table_args__ = (Index("ix_tier_changes_user_id_id", "user_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    from_tier: Mapped[str] = mapped_column(String(32))
+    to_tier: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(String(500))
+    source: Mapped[str] = mapped_column(String(32))
+    actor: Mapped[str] = mapped_column(String(255))
+    request_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    fingerprint: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class Payment(Base):
+    __tablename__ = "payments"
+    __table_args__ = (
+        CheckConstraint("amount >= 0", name="amount_not_negative"),
+        Index("ix_payments_user_id_id", "user_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    kind: Mapped[str] = mapped_column(String(16))  # credit_pack | subscription
+    # The Stripe object the money paid for (checkout session or invoice): one payment each.
+    stripe_object_id: Mapped[str] = mapped_column(String(255), unique=True)
+    stripe_payment_intent_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    stripe_charge_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    stripe_invoice_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    pack_code: Mapped[str | None] = mapped_column(String(64))
+    tier_code: Mapped[str | None] = mapped_column(String(32))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    status: Mapped[str] = mapped_column(String(24))
+    amount_refunded: Mapped[int] = mapped_column(BigInteger, default=0)
+    credits_granted: Mapped[int] = mapped_column(Integer, default=0)
+    credits_revoked: Mapped[int] = mapped_column(Integer, default=0)
+    # Credits a refund should have taken back but that were already spent.
+    credits_unrecovered: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class StripeEvent(Base):
+    __tablename__ = "stripe_events"
+    __table_args__ = (Index("ix_stripe_events_status_received_at", "status", "received_at"),)
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    type: Mapped[str] = mapped_column(String(128), index=True)
+    created: Mapped[datetime]
+    livemode: Mapped[bool] = mapped_column(Boolean, default=False)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16))  # processed | ignored | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    request_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    stripe_customer_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    stripe_object_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    received_at: Mapped[datetime]
+    processed_at: Mapped[datetime | None]
+
+
+class WebhookSignatureFailure(Base):
+    __tablename__ = "webhook_signature_failures"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    reason: Mapped[str] = mapped_column(String(255))
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    received_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class AnalyticsEvent(Base):
+    __tablename__ = "analytics_events"
+    __table_args__ = (Index("ix_analytics_events_name_occurred_at", "name", "occurred_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    session_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
+    properties: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # Set for events recorded once (per session, per payment): the unique index enforces it.
+    dedupe_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    occurred_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    # SHA-256 of the key: keys are 256-bit random, so a slow hash would add nothing.
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
