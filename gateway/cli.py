@@ -1,4 +1,4 @@
-"""The `entitlements` command: operators' and support's way in, over the same resolvers as the API."""
+"""The `entitlements` command: for operators and support, over the same resolvers as the API."""
 
 from __future__ import annotations
 
@@ -132,18 +132,27 @@ def user() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @sync
 async def user_create(
-    runtime: Runtime, email: str, tier: str | None, locale: str | None,
-    external_id: str | None, as_json: bool,
-) -> None:  # fmt: skip
+    runtime: Runtime,
+    email: str,
+    tier: str | None,
+    locale: str | None,
+    external_id: str | None,
+    as_json: bool,
+) -> None:
     """Create a user (or update an existing one's locale and external id)."""
     actor = cli_actor()
     now = runtime.clock()
 
     async def work(session: Any) -> Any:
         result = await users.upsert_user(
-            session, email=email, catalog=runtime.catalog, now=now,
-            external_id=external_id, locale=locale, tier=tier,
-        )  # fmt: skip
+            session,
+            email=email,
+            catalog=runtime.catalog,
+            now=now,
+            external_id=external_id,
+            locale=locale,
+            tier=tier,
+        )
         if isinstance(result, users.UserUpserted) and result.created:
             await credits.grant_plan_allowance(
                 session, result.user, catalog=runtime.catalog, now=now, actor=actor
@@ -210,10 +219,16 @@ async def user_show(runtime: Runtime, email: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @sync
 async def adjust(
-    runtime: Runtime, email: str, grant_credits: int | None, consume_credits: int | None,
-    set_tier: str | None, reason: str | None, expires_at: str | None,
-    idempotency_key: str | None, as_json: bool,
-) -> None:  # fmt: skip
+    runtime: Runtime,
+    email: str,
+    grant_credits: int | None,
+    consume_credits: int | None,
+    set_tier: str | None,
+    reason: str | None,
+    expires_at: str | None,
+    idempotency_key: str | None,
+    as_json: bool,
+) -> None:
     """Grant or consume credits, or reset the tier, as the support runbook does it."""
     chosen = [o for o in (grant_credits, consume_credits, set_tier) if o is not None]
     if len(chosen) != 1:
@@ -227,19 +242,37 @@ async def adjust(
     async def work(session: Any) -> Any:
         if grant_credits is not None:
             return await credits.grant_ai_credits(
-                session, user=ref, amount=grant_credits, reason=reason, actor=actor, now=now,
-                expires_at=parse_time(expires_at), idempotency_key=idempotency_key,
-            )  # fmt: skip
+                session,
+                user=ref,
+                amount=grant_credits,
+                reason=reason,
+                actor=actor,
+                now=now,
+                expires_at=parse_time(expires_at),
+                idempotency_key=idempotency_key,
+            )
         if consume_credits is not None:
             return await credits.consume_credits(
-                session, user=ref, amount=consume_credits, reason=reason, actor=actor,
-                now=now, catalog=catalog, idempotency_key=idempotency_key,
-            )  # fmt: skip
+                session,
+                user=ref,
+                amount=consume_credits,
+                reason=reason,
+                actor=actor,
+                now=now,
+                catalog=catalog,
+                idempotency_key=idempotency_key,
+            )
         assert set_tier is not None
         return await tiers.set_tier(
-            session, user=ref, tier=set_tier, reason=reason, actor=actor, now=now,
-            catalog=catalog, idempotency_key=idempotency_key,
-        )  # fmt: skip
+            session,
+            user=ref,
+            tier=set_tier,
+            reason=reason,
+            actor=actor,
+            now=now,
+            catalog=catalog,
+            idempotency_key=idempotency_key,
+        )
 
     result = await runtime.db.write(work)
     if isinstance(result, Failure):

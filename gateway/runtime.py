@@ -26,8 +26,11 @@ class Runtime:
     def from_settings(cls, settings: Settings, *, pool_size: int = 10) -> Runtime:
         """Build it; a bad catalog raises CatalogError naming the entry."""
         catalog = load_catalog(settings.catalog_path)
-        return cls(settings=settings, db=Database(settings.database_url, pool_size=pool_size),
-                   catalog=catalog)  # fmt: skip
+        return cls(
+            settings=settings,
+            db=Database(settings.database_url, pool_size=pool_size),
+            catalog=catalog,
+        )
 
     async def close(self) -> None:
         await self.db.dispose()

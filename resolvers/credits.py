@@ -142,9 +142,13 @@ async def grant_ai_credits(
     if row is None:
         return user.not_found()
     digest = fingerprint(
-        "grant", user=row.id, amount=amount, reason=reason, expires_at=expires_at,
+        "grant",
+        user=row.id,
+        amount=amount,
+        reason=reason,
+        expires_at=expires_at,
         payment_id=payment_id,
-    )  # fmt: skip
+    )
     keyed = await find_keyed_event(session, idempotency_key, digest)
     if isinstance(keyed, IdempotencyConflict):
         return keyed
