@@ -1,0 +1,56 @@
+"""Small factories: tests build their own data through the same resolvers the gateway uses."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from gateway.runtime import Runtime
+from resolvers import credits, users
+from resolvers.credits import Actor
+from resolvers.models import User
+from resolvers.users import UserRef
+from tests.conftest import unique_email
+
+SUPPORT = Actor(name="test-support", source="support", request_id="req-test")
+
+
+async def make_user(
+    runtime: Runtime,
+    *,
+    email: str | None = None,
+    tier: str | None = None,
+    credits_granted: int = 0,
+    expires_at: datetime | None = None,
+    with_allowance: bool = False,
+) -> User:
+    """A user with `credits_granted` support credits; no plan allowance unless asked."""
+    email = email or unique_email()
+    now = runtime.clock()
+
+    async def work(session):  # noqa: ANN001, ANN202
+        result = await users.upsert_user(
+            session, email=email, catalog=runtime.catalog, now=now, tier=tier
+        )
+        assert isinstance(result, users.UserUpserted), result
+        user = result.user
+        if not with_allowance:
+            # Mark this month's allowance as done so balances are exactly what the test grants.
+            user.allowance_period_start = credits.allowance_period(now)[0]
+        else:
+            await credits.grant_plan_allowance(
+                session, user, catalog=runtime.catalog, now=now, actor=SUPPORT
+            )
+        if credits_granted:
+            granted = await credits.grant_ai_credits(
+                session,
+                user=UserRef(user_id=user.id),
+                amount=credits_granted,
+                reason="test grant",
+                actor=SUPPORT,
+                now=now,
+                expires_at=expires_at,
+            )
+            assert isinstance(granted, credits.CreditChanged), granted
+        return user
+
+    return await runtime.db.write(work)
