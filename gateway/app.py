@@ -7,12 +7,14 @@ from contextlib import asynccontextmanager
 
 from sqlalchemy import text
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from gateway import migrate
 from gateway.logs import configure_logging
+from gateway.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from gateway.runtime import Runtime
 from gateway.settings import Settings
 
@@ -51,6 +53,10 @@ def create_app(runtime: Runtime) -> Starlette:
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+        ],
+        middleware=[
+            Middleware(RequestContextMiddleware),
+            Middleware(BodyLimitMiddleware),
         ],
         lifespan=lifespan,
     )

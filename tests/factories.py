@@ -27,7 +27,7 @@ async def make_user(
     email = email or unique_email()
     now = runtime.clock()
 
-    async def work(session):  # noqa: ANN001, ANN202
+    async def work(session):
         result = await users.upsert_user(
             session, email=email, catalog=runtime.catalog, now=now, tier=tier
         )

@@ -152,12 +152,16 @@ async def test_expired_grants_leave_the_balance_through_the_ledger(runtime: Runt
     assert await ledger_state(runtime, user.id) == (0, 0, 0)
     async with runtime.db.read() as session:
         kinds = (
-            await session.execute(
-                select(CreditEvent.kind).where(CreditEvent.user_id == user.id).order_by(
-                    CreditEvent.id
+            (
+                await session.execute(
+                    select(CreditEvent.kind)
+                    .where(CreditEvent.user_id == user.id)
+                    .order_by(CreditEvent.id)
                 )
             )
-        ).scalars().all()
+            .scalars()
+            .all()
+        )
     assert kinds == ["grant", "grant", "expire", "consume"]
 
 
