@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import string
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from babel import Locale, UnknownLocaleError
 from babel.numbers import list_currencies
 
 CTA_KEYS = (
@@ -104,8 +106,14 @@ def parse_catalog(raw: Mapping[str, Any]) -> Catalog:
     locales = tuple(_list_of_str(raw, "locales", "catalog"))
     if not locales:
         raise CatalogError("catalog: locales must name at least one locale")
+    _require_unique("locale", list(locales))
+    for locale in locales:
+        _require_known_locale(locale)
     known_currencies = list_currencies()
     currencies = tuple(_list_of_str(raw, "currencies", "catalog"))
+    if not currencies:
+        raise CatalogError("catalog: currencies must name at least one currency")
+    _require_unique("currency", list(currencies))
     for currency in currencies:
         if currency not in known_currencies:
             raise CatalogError(f"catalog: unknown currency {currency!r}")
@@ -120,8 +128,11 @@ def parse_catalog(raw: Mapping[str, Any]) -> Catalog:
         if not isinstance(strings, dict):
             raise CatalogError(f"catalog copy: missing translation for locale {locale!r}")
         for key in CTA_KEYS:
-            if not isinstance(strings.get(key), str) or not strings[key]:
+            if not isinstance(strings.get(key), str) or not strings[key].strip():
                 raise CatalogError(f"catalog copy.{locale}: missing translation {key!r}")
+        _require_placeholders(
+            strings["credits_per_month"], {"credits"}, f"catalog copy.{locale}.credits_per_month"
+        )
         copy[locale] = MappingProxyType(dict(strings))
 
     seen_prices: dict[str, str] = {}
@@ -224,6 +235,10 @@ def _prices(entry: Mapping[str, Any], where: str, currencies: tuple[str, ...]) -
             raise CatalogError(f"{where}: unknown currency {currency!r}")
         if not isinstance(amount, int) or isinstance(amount, bool) or amount < 0:
             raise CatalogError(f"{where}: price in {currency} must be a non-negative integer")
+    # Pricing cards are shown in any catalog currency: a hole would drop the card silently.
+    for currency in currencies:
+        if currency not in prices:
+            raise CatalogError(f"{where}: no price in {currency}")
     return MappingProxyType(dict(prices))
 
 
@@ -256,11 +271,24 @@ def _item_copy(
     copy: dict[str, ItemCopy] = {}
     for locale in locales:
         text = raw.get(locale) if isinstance(raw, dict) else None
-        if not isinstance(text, dict) or not isinstance(text.get("name"), str):
+        if not isinstance(text, dict):
+            text = {}
+        name = text.get("name")
+        if not isinstance(name, str) or not name.strip():
             raise CatalogError(f"{where}: missing translation for locale {locale!r}")
-        copy[locale] = ItemCopy(
-            name=text["name"], features=tuple(_list_of_str(text, "features", where))
-        )
+        features = tuple(_list_of_str(text, "features", f"{where} copy.{locale}"))
+        if any(not feature.strip() for feature in features):
+            raise CatalogError(f"{where}: copy.{locale} has an empty feature")
+        copy[locale] = ItemCopy(name=name, features=features)
+    # Feature lists are translated line by line: a shorter list is a missing translation.
+    longest = max(locales, key=lambda locale: len(copy[locale].features))
+    for locale in locales:
+        if len(copy[locale].features) != len(copy[longest].features):
+            raise CatalogError(
+                f"{where}: missing translation of features for locale {locale!r}"
+                f" ({len(copy[locale].features)} listed, {longest!r} lists"
+                f" {len(copy[longest].features)})"
+            )
     return MappingProxyType(copy)
 
 
@@ -276,6 +304,24 @@ def _list_of_tables(raw: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]
     if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
         raise CatalogError(f"catalog: {key} must be an array of tables")
     return value
+
+
+def _require_known_locale(locale: str) -> None:
+    try:
+        Locale.parse(locale.replace("-", "_"))
+    except (UnknownLocaleError, ValueError, TypeError) as exc:
+        raise CatalogError(f"catalog: unknown locale {locale!r}") from exc
+
+
+def _require_placeholders(text: str, allowed: set[str], where: str) -> None:
+    """A template must use exactly the placeholders the code fills in, or rendering fails."""
+    try:
+        used = {field for _, field, _, _ in string.Formatter().parse(text) if field is not None}
+    except ValueError as exc:
+        raise CatalogError(f"{where}: not a valid template ({exc})") from exc
+    if used != allowed:
+        expected = ", ".join("{" + name + "}" for name in sorted(allowed))
+        raise CatalogError(f"{where}: must contain {expected} and no other placeholder")
 
 
 def _require_unique(kind: str, codes: list[str]) -> None:
