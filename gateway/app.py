@@ -13,10 +13,13 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from gateway import migrate
+from gateway.auth import Authenticator
+from gateway.graphql_route import GraphQLRoute
 from gateway.logs import configure_logging
 from gateway.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from gateway.runtime import Runtime
 from gateway.settings import Settings
+from schema import schema
 
 
 async def healthz(request: Request) -> JSONResponse:
@@ -42,6 +45,9 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 def create_app(runtime: Runtime) -> Starlette:
+    authenticator = Authenticator(runtime.settings, runtime.db, runtime.catalog, runtime.clock)
+    graphql = GraphQLRoute(schema, runtime, authenticator)
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         try:
@@ -53,6 +59,7 @@ def create_app(runtime: Runtime) -> Starlette:
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            Route("/graphql", graphql.handle, methods=["GET", "POST"]),
         ],
         middleware=[
             Middleware(RequestContextMiddleware),

@@ -496,3 +496,94 @@ async def _next_expiry(session: AsyncSession, user_id: int, now: datetime) -> da
             )
         )
     ).scalar_one_or_none()
+
+
+def is_allowance_due(user: User, now: datetime) -> bool:
+    """True when this month's plan allowance has not been looked at yet (a read can tell)."""
+    return user.allowance_period_start != allowance_period(now)[0]
+
+
+async def refresh_balance(
+    session: AsyncSession, user_id: int, *, catalog: Catalog, now: datetime, actor: Actor
+) -> User | None:
+    """Lock the user, write off expired grants and grant a due allowance; the fresh row."""
+    row = await find_user(session, UserRef(user_id=user_id), lock=True)
+    if row is not None:
+        await expire_credits(session, row, now=now, actor=actor)
+        await grant_plan_allowance(session, row, catalog=catalog, now=now, actor=actor)
+    return row
+
+
+@dataclass(frozen=True)
+class CreditsRevoked:
+    """A take-back: what came back from a payment's grants, and what was already spent."""
+
+    user: User
+    revoked: int
+    unrecovered: int
+    event: CreditEvent | None  # None when nothing of the payment's credits was left
+
+
+async def revoke_payment_credits(
+    session: AsyncSession,
+    *,
+    user_id: int,
+    payment_id: int,
+    amount: int,
+    reason: str,
+    actor: Actor,
+    now: datetime,
+) -> CreditsRevoked | UserNotFound | InvalidInput:
+    """Take back up to `amount` credits from what is left of one payment's grants.
+
+    Only that payment's unspent credits are taken, so the balance never goes below zero; the
+    rest is reported as unrecovered. One `revoke` event records which grants gave back what.
+    """
+    if failure := check_amount(amount) or check_change_args(
+        reason=reason, actor=actor, idempotency_key=None
+    ):
+        return failure
+    row = await find_user(session, UserRef(user_id=user_id), lock=True)
+    if row is None:
+        return UserNotFound(user_id=user_id)
+    # Expired credits cannot be taken back: write them off first so they are not counted.
+    await expire_credits(session, row, now=now, actor=actor)
+    grants = (
+        await session.execute(
+            select(CreditGrant)
+            .where(
+                CreditGrant.user_id == row.id,
+                CreditGrant.payment_id == payment_id,
+                CreditGrant.remaining > 0,
+            )
+            .order_by(CreditGrant.id)
+        )
+    ).scalars()
+    allocations: list[list[int]] = []
+    left = amount
+    for grant in grants:
+        take = min(left, grant.remaining)
+        grant.remaining -= take
+        allocations.append([grant.id, take])
+        left -= take
+        if left == 0:
+            break
+    revoked = amount - left
+    if revoked == 0:
+        return CreditsRevoked(user=row, revoked=0, unrecovered=amount, event=None)
+    row.credits_available -= revoked
+    row.updated_at = now
+    row.credits_next_expiry = await _next_expiry(session, row.id, now)
+    event = _append_event(
+        session,
+        row,
+        kind="revoke",
+        amount=-revoked,
+        reason=reason,
+        actor=actor,
+        now=now,
+        payment_id=payment_id,
+        allocations=allocations,
+    )
+    await session.flush()
+    return CreditsRevoked(user=row, revoked=revoked, unrecovered=left, event=event)

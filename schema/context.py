@@ -1,0 +1,83 @@
+"""What every resolver sees as `info.context`: who is asking, the database, the catalog, loaders."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from resolvers.catalog import Catalog
+from resolvers.credits import Actor
+from resolvers.loaders import Loaders
+
+T = TypeVar("T")
+
+VIEWER = "viewer"
+
+
+class UnitOfWork(Protocol):
+    """The database as the schema needs it (gateway.db.Database is one)."""
+
+    def read(self) -> AbstractAsyncContextManager[AsyncSession]: ...
+
+    async def write(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T: ...
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller: an end user (role `viewer`) or an API key's role."""
+
+    role: str
+    name: str
+    user_id: int | None = None
+
+    @property
+    def is_staff(self) -> bool:
+        return self.role != VIEWER
+
+
+class AuthError(Exception):
+    """Authentication or authorization refused; reaches the client with its code, unmasked."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def unauthenticated(message: str = "Authentication required") -> AuthError:
+    return AuthError(message, "UNAUTHENTICATED")
+
+
+def forbidden(message: str) -> AuthError:
+    return AuthError(message, "FORBIDDEN")
+
+
+class BadUserInput(Exception):
+    """A malformed argument outside a mutation's input (page sizes, cursors); not masked."""
+
+
+@dataclass
+class Context:
+    db: UnitOfWork
+    catalog: Catalog
+    clock: Callable[[], datetime]
+    request_id: str
+    principal: Principal | None
+    app_base_url: str
+    accept_language: str | None = None
+    stripe: Any = None
+    _loaders: Loaders | None = field(default=None, repr=False)
+
+    @property
+    def loaders(self) -> Loaders:
+        if self._loaders is None:
+            self._loaders = Loaders(self.db.read)
+        return self._loaders
+
+    def actor(self, source: str) -> Actor:
+        name = self.principal.name if self.principal else "anonymous"
+        return Actor(name=name, source=source, request_id=self.request_id)

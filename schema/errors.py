@@ -1,0 +1,61 @@
+"""Typed error values of the mutation result unions, mirrored from the domain failures."""
+
+from __future__ import annotations
+
+import strawberry
+
+from resolvers import errors as domain
+
+
+@strawberry.interface(description="An expected failure of a mutation, returned as a value.")
+class Error:
+    message: str
+    code: str
+
+
+@strawberry.type
+class UserNotFound(Error):
+    email: str | None
+    user_id: strawberry.ID | None
+
+
+@strawberry.type
+class InsufficientCredits(Error):
+    available: int
+    requested: int
+
+
+@strawberry.type
+class UnknownTier(Error):
+    tier: str
+    known_tiers: list[str]
+
+
+@strawberry.type
+class InvalidInput(Error):
+    field: str
+
+
+@strawberry.type
+class IdempotencyConflict(Error):
+    idempotency_key: str
+
+
+def from_failure(failure: domain.Failure) -> Error:
+    """The GraphQL value of a domain failure."""
+    message, code = failure.message, failure.code
+    match failure:
+        case domain.UserNotFound(email=email, user_id=user_id):
+            uid = strawberry.ID(str(user_id)) if user_id is not None else None
+            return UserNotFound(message=message, code=code, email=email, user_id=uid)
+        case domain.InsufficientCredits(available=available, requested=requested):
+            return InsufficientCredits(
+                message=message, code=code, available=available, requested=requested
+            )
+        case domain.UnknownTier(tier=tier, known=known):
+            return UnknownTier(message=message, code=code, tier=tier, known_tiers=list(known))
+        case domain.InvalidInput(field=field):
+            return InvalidInput(message=message, code=code, field=field)
+        case domain.IdempotencyConflict(idempotency_key=key):
+            return IdempotencyConflict(message=message, code=code, idempotency_key=key)
+    raise TypeError(f"no GraphQL error type for {type(failure).__name__}")

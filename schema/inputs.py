@@ -1,0 +1,58 @@
+"""Mutation inputs, and turning them into resolver arguments (checked at the edge)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import strawberry
+
+from resolvers.errors import InvalidInput
+from resolvers.users import UserRef, check_email
+
+
+@strawberry.input(description="Name the user by exactly one of email or userId.")
+class GrantCreditsInput:
+    amount: int
+    reason: str
+    email: str | None = None
+    user_id: strawberry.ID | None = None
+    expires_at: datetime | None = None
+    idempotency_key: str | None = None
+
+
+@strawberry.input(description="Name the user by exactly one of email or userId.")
+class ConsumeCreditsInput:
+    amount: int
+    reason: str = "ai usage"
+    email: str | None = None
+    user_id: strawberry.ID | None = None
+    idempotency_key: str | None = None
+
+
+@strawberry.input(description="Name the user by exactly one of email or userId.")
+class SetTierInput:
+    tier: str
+    reason: str
+    email: str | None = None
+    user_id: strawberry.ID | None = None
+    idempotency_key: str | None = None
+
+
+@strawberry.input
+class UpsertUserInput:
+    email: str
+    external_id: str | None = None
+    locale: str | None = None
+
+
+def user_ref(email: str | None, user_id: strawberry.ID | None) -> UserRef | InvalidInput:
+    if (email is None) == (user_id is None):
+        return InvalidInput(field="email", reason="give exactly one of email or userId")
+    if user_id is not None:
+        if not str(user_id).isdigit() or len(str(user_id)) > 18:
+            return InvalidInput(field="userId", reason="not a user id")
+        return UserRef(user_id=int(user_id))
+    assert email is not None
+    if failure := check_email(email.strip().lower()):
+        return failure
+    return UserRef(email=email)

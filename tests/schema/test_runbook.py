@@ -1,0 +1,158 @@
+"""The runbook's sections 2 and 3 done over GraphQL with a support key, as GraphiQL would."""
+
+from __future__ import annotations
+
+from tests.factories import make_user
+from tests.schema.conftest import data_of
+
+USER_STATE = """
+query ($email: String!) {
+  user(email: $email) {
+    id email tier stripeCustomerId
+    credits { available grants { amount remaining expiresAt } nextExpiry }
+    creditEvents(first: 5) { edges { node { kind amount balanceAfter reason requestId } } }
+  }
+}
+"""
+GRANT = """
+mutation ($input: GrantCreditsInput!) {
+  grantCredits(input: $input) {
+    __typename
+    ... on CreditChange { replayed event { id amount balanceAfter requestId source actor } user { credits { available } } }
+    ... on Error { message code }
+    ... on InvalidInput { field }
+  }
+}
+"""
+CONSUME = """
+mutation ($input: ConsumeCreditsInput!) {
+  consumeCredits(input: $input) {
+    __typename
+    ... on CreditChange { replayed event { id amount balanceAfter } }
+    ... on InsufficientCredits { available requested }
+    ... on Error { message code }
+  }
+}
+"""
+SET_TIER = """
+mutation ($input: SetTierInput!) {
+  setTier(input: $input) {
+    __typename
+    ... on TierUpdate { user { tier plan { code monthlyCredits } } change { fromTier toTier requestId } }
+    ... on UnknownTier { knownTiers }
+    ... on Error { message code }
+  }
+}
+"""
+CHANGES = """
+query ($rid: String!) {
+  entitlementChanges(requestId: $rid) {
+    __typename
+    ... on CreditEvent { kind amount user { email } }
+    ... on TierChange { fromTier toTier user { email } }
+  }
+}
+"""
+
+
+async def test_support_verifies_adjusts_and_traces_an_account(runtime, gql, make_key) -> None:
+    support = await make_key("support")
+    user = await make_user(runtime, credits_granted=20)
+
+    state = data_of(await gql(USER_STATE, {"email": user.email.upper()}, token=support))["user"]
+    assert state["tier"] == "free"
+    assert state["credits"]["available"] == 20
+    assert [e["node"]["kind"] for e in state["creditEvents"]["edges"]] == ["grant"]
+
+    response = await gql.post(
+        GRANT,
+        {"input": {"email": user.email, "amount": 100, "reason": "goodwill"}},
+        token=support,
+        headers={"X-Request-ID": "ticket-4711"},
+    )
+    assert response.headers["x-request-id"] == "ticket-4711"
+    granted = data_of(response.json())["grantCredits"]
+    assert granted["__typename"] == "CreditChange"
+    assert granted["event"]["amount"] == 100
+    assert granted["event"]["balanceAfter"] == 120
+    assert granted["event"]["requestId"] == "ticket-4711"
+    assert granted["event"]["source"] == "support"
+    assert granted["event"]["actor"] == "key:support-key"
+
+    consumed = data_of(
+        await gql(
+            CONSUME,
+            {"input": {"email": user.email, "amount": 50, "reason": "support-adjustment"}},
+            token=support,
+        )
+    )["consumeCredits"]
+    assert consumed["event"]["balanceAfter"] == 70
+
+    response = await gql.post(
+        SET_TIER,
+        {"input": {"email": user.email, "tier": "pro", "reason": "reset plan tier"}},
+        token=support,
+        headers={"X-Request-ID": "ticket-4712"},
+    )
+    updated = data_of(response.json())["setTier"]
+    assert updated["user"]["tier"] == "pro"
+    assert updated["change"] == {"fromTier": "free", "toTier": "pro", "requestId": "ticket-4712"}
+
+    changes = data_of(await gql(CHANGES, {"rid": "ticket-4712"}, token=support))
+    kinds = [c["__typename"] for c in changes["entitlementChanges"]]
+    assert "TierChange" in kinds and "CreditEvent" in kinds  # the pro allowance came with it
+    assert data_of(await gql(CHANGES, {"rid": "ticket-4711"}, token=support))[
+        "entitlementChanges"
+    ] == [
+        {"__typename": "CreditEvent", "kind": "grant", "amount": 100, "user": {"email": user.email}}
+    ]
+
+
+async def test_mutation_failures_are_typed_values(runtime, gql, make_key) -> None:
+    support = await make_key("support")
+    user = await make_user(runtime, credits_granted=5)
+    short = data_of(
+        await gql(CONSUME, {"input": {"email": user.email, "amount": 6}}, token=support)
+    )["consumeCredits"]
+    assert short == {
+        "__typename": "InsufficientCredits",
+        "available": 5,
+        "requested": 6,
+        "message": "Only 5 credits available, 6 requested",
+        "code": "INSUFFICIENT_CREDITS",
+    }
+    missing = data_of(
+        await gql(CONSUME, {"input": {"email": "ghost@example.com", "amount": 1}}, token=support)
+    )["consumeCredits"]
+    assert missing["code"] == "USER_NOT_FOUND"
+    for bad, field in (
+        ({"email": user.email, "amount": 0, "reason": "x"}, "amount"),
+        ({"email": user.email, "amount": 10_000_000, "reason": "x"}, "amount"),
+        ({"email": "not-an-email", "amount": 1, "reason": "x"}, "email"),
+        ({"amount": 1, "reason": "x"}, "email"),
+        ({"email": user.email, "amount": 1, "reason": ""}, "reason"),
+        ({"email": user.email, "amount": 1, "reason": "x" * 501}, "reason"),
+    ):
+        result = data_of(await gql(GRANT, {"input": bad}, token=support))["grantCredits"]
+        assert (result["__typename"], result["field"]) == ("InvalidInput", field), bad
+    unknown = data_of(
+        await gql(
+            SET_TIER, {"input": {"email": user.email, "tier": "gold", "reason": "x"}}, token=support
+        )
+    )["setTier"]
+    assert unknown["__typename"] == "UnknownTier"
+    assert unknown["knownTiers"] == ["free", "pro", "team"]
+
+
+async def test_idempotency_key_replays_and_conflicts(runtime, gql, make_key) -> None:
+    service = await make_key("service")
+    user = await make_user(runtime, credits_granted=10)
+    args = {"userId": str(user.id), "amount": 3, "reason": "chat", "idempotencyKey": "call-1"}
+    first = data_of(await gql(CONSUME, {"input": args}, token=service))["consumeCredits"]
+    again = data_of(await gql(CONSUME, {"input": args}, token=service))["consumeCredits"]
+    assert again["replayed"] is True and first["replayed"] is False
+    assert again["event"]["id"] == first["event"]["id"]
+    other = data_of(await gql(CONSUME, {"input": {**args, "amount": 4}}, token=service))
+    assert other["consumeCredits"]["code"] == "IDEMPOTENCY_CONFLICT"
+    state = data_of(await gql(USER_STATE, {"email": user.email}, token=await make_key("support")))
+    assert state["user"]["credits"]["available"] == 7
