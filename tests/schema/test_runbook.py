@@ -18,7 +18,11 @@ GRANT = """
 mutation ($input: GrantCreditsInput!) {
   grantCredits(input: $input) {
     __typename
-    ... on CreditChange { replayed event { id amount balanceAfter requestId source actor } user { credits { available } } }
+    ... on CreditChange {
+      replayed
+      event { id amount balanceAfter requestId source actor }
+      user { credits { available } }
+    }
     ... on Error { message code }
     ... on InvalidInput { field }
   }
@@ -38,7 +42,10 @@ SET_TIER = """
 mutation ($input: SetTierInput!) {
   setTier(input: $input) {
     __typename
-    ... on TierUpdate { user { tier plan { code monthlyCredits } } change { fromTier toTier requestId } }
+    ... on TierUpdate {
+      user { tier plan { code monthlyCredits } }
+      change { fromTier toTier requestId }
+    }
     ... on UnknownTier { knownTiers }
     ... on Error { message code }
   }
