@@ -1,4 +1,8 @@
-"""CRO analytics events: recording them (some once per session or payment) and reading them back."""
+"""CRO analytics events: recording them (some once per session) and reading them back.
+
+`credit_purchase_completed` from Stripe is recorded by resolvers.payments, once per payment;
+the frontend and support may also send it here.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers.catalog import Catalog
 from resolvers.errors import InvalidInput
-from resolvers.models import AnalyticsEvent, Payment, User
+from resolvers.models import AnalyticsEvent, User
 
 CTA_UPGRADE_CLICK = "cta_upgrade_click"
 PREMIUM_OVERLAY_IMPRESSION = "premium_overlay_impression"
@@ -85,28 +89,6 @@ async def track_event(
         properties=checked,
         user_id=user_id,
         dedupe_key=dedupe_key,
-        now=now,
-        request_id=request_id,
-    )
-
-
-async def record_credit_purchase_completed(
-    session: AsyncSession, *, payment: Payment, now: datetime, request_id: str | None
-) -> EventTracked:
-    """The webhook's `credit_purchase_completed`: once per payment, however often it runs."""
-    return await _record(
-        session,
-        name=CREDIT_PURCHASE_COMPLETED,
-        session_id=None,
-        properties={
-            "payment_id": payment.id,
-            "pack": payment.pack_code,
-            "credits": payment.credits_granted,
-            "amount": payment.amount,
-            "currency": payment.currency,
-        },
-        user_id=payment.user_id,
-        dedupe_key=f"{CREDIT_PURCHASE_COMPLETED}:{payment.stripe_object_id}",
         now=now,
         request_id=request_id,
     )

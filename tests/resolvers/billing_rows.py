@@ -45,7 +45,7 @@ async def add_payment(
     kind: str = "credit_pack",
     amount: int = 500,
     currency: str = "EUR",
-    status: str = "succeeded",
+    status: str = "paid",
     created_at: datetime | None = None,
     **fields: Any,
 ) -> Payment:

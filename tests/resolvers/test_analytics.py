@@ -16,7 +16,7 @@ from resolvers.analytics import EventTracked, PremiumOverlay
 from resolvers.errors import InvalidInput
 from resolvers.models import AnalyticsEvent, User
 from tests.factories import make_user
-from tests.resolvers.billing_rows import add_analytics_event, add_payment, update_user
+from tests.resolvers.billing_rows import add_analytics_event, update_user
 
 EXTRA_EVENTS = frozenset({"search_performed"})
 
@@ -215,27 +215,3 @@ async def test_recent_events_answer_the_runbook_cro_query(runtime: Runtime) -> N
     ]
     assert nothing == ()
     assert isinstance(too_many, InvalidInput) and too_many.field == "last"
-
-
-async def test_webhook_purchase_event_is_recorded_once_per_payment(runtime: Runtime) -> None:
-    user = await make_user(runtime)
-    payment = await add_payment(runtime, user, amount=500, credits_granted=100)
-    results = [
-        await runtime.db.write(
-            lambda s: analytics.record_credit_purchase_completed(
-                s, payment=payment, now=runtime.clock(), request_id="req-webhook"
-            )
-        )
-        for _ in range(2)
-    ]
-    assert [r.recorded for r in results] == [True, False]
-    event = results[0].event
-    assert event.user_id == user.id
-    assert event.properties == {
-        "payment_id": payment.id,
-        "pack": "credits_100",
-        "credits": 100,
-        "amount": 500,
-        "currency": "EUR",
-    }
-    assert await event_count(runtime, "credit_purchase_completed") == 1
