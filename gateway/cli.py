@@ -18,7 +18,7 @@ from gateway import migrate
 from gateway.logs import configure_logging, request_id_var
 from gateway.runtime import Runtime
 from gateway.settings import Settings, SettingsError
-from resolvers import credits, keys, tiers, users
+from resolvers import credits, keys, metrics, tiers, users
 from resolvers.catalog import CatalogError
 from resolvers.errors import Failure
 from resolvers.users import UserRef
@@ -407,6 +407,30 @@ def serve(host: str, port: int, workers: int, migrate_first: bool | None) -> Non
         log_config=None,
         access_log=False,
     )
+
+
+# --- metrics ---------------------------------------------------------------------------------
+
+
+@main.command("metrics")
+@click.option(
+    "--days",
+    default=metrics.DEFAULT_DAYS,
+    show_default=True,
+    type=int,
+    help=f"Window of the payment and credit rollups, 1 to {metrics.MAX_DAYS} days.",
+)
+@click.option("--json", "as_json", is_flag=True, help="One compact JSON document on one line.")
+@sync
+async def metrics_command(runtime: Runtime, days: int, as_json: bool) -> None:
+    """The runbook's observability snapshot (collect_entitlement_metrics) as JSON."""
+    async with runtime.db.read() as session:
+        result = await metrics.collect_entitlement_metrics(
+            session, now=runtime.clock(), days=days, catalog=runtime.catalog
+        )
+    if isinstance(result, Failure):
+        fail(f"--{result.message}")
+    echo_json(result.as_dict(), compact=as_json)
 
 
 if __name__ == "__main__":
