@@ -41,7 +41,7 @@ class Database:
         kwargs: dict[str, Any] = {"echo": echo}
         if self.is_sqlite:
             kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
-            _create_parent_dir(url)
+            ensure_sqlite_directory(url)
         else:
             kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False)
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
@@ -100,7 +100,8 @@ class Database:
         await self.engine.dispose()
 
 
-def _create_parent_dir(url: str) -> None:
+def ensure_sqlite_directory(url: str) -> None:
+    """SQLite creates the file but not its folder; a fresh checkout may lack the folder."""
     path = url.split(":///", 1)[-1].split("?", 1)[0]
     if path and path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.db import ensure_sqlite_directory
+
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
@@ -22,6 +24,8 @@ def alembic_config(database_url: str) -> Config:
 
 
 def upgrade(database_url: str, revision: str = "head") -> None:
+    if database_url.startswith("sqlite"):
+        ensure_sqlite_directory(database_url)
     command.upgrade(alembic_config(database_url), revision)
 
 
