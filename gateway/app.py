@@ -19,7 +19,9 @@ from gateway.logs import configure_logging
 from gateway.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from gateway.runtime import Runtime
 from gateway.settings import Settings
+from gateway.webhooks import stripe_webhook
 from schema import schema
+from schema.saved import load_saved_queries
 
 
 async def healthz(request: Request) -> JSONResponse:
@@ -46,7 +48,7 @@ async def readyz(request: Request) -> JSONResponse:
 
 def create_app(runtime: Runtime) -> Starlette:
     authenticator = Authenticator(runtime.settings, runtime.db, runtime.catalog, runtime.clock)
-    graphql = GraphQLRoute(schema, runtime, authenticator)
+    graphql = GraphQLRoute(schema, runtime, authenticator, load_saved_queries())
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -60,6 +62,7 @@ def create_app(runtime: Runtime) -> Starlette:
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/graphql", graphql.handle, methods=["GET", "POST"]),
+            Route("/api/billing/webhook", stripe_webhook, methods=["POST"]),
         ],
         middleware=[
             Middleware(RequestContextMiddleware),

@@ -115,6 +115,10 @@ class GraphQLRequest:
     document_id: str | None
 
 
+class SavedQueryError(Exception):
+    """A saved query that does not validate against the schema."""
+
+
 class RequestError(Exception):
     """The HTTP request itself is unusable (4xx before any GraphQL runs)."""
 
@@ -136,6 +140,11 @@ class GraphQLRoute:
         self.authenticator = authenticator
         self.documents = DocumentCache(schema)
         self.saved_queries = dict(saved_queries or {})
+        for query_id, query in self.saved_queries.items():
+            # Checked at start-up: a saved query the schema no longer accepts stops the process.
+            prepared = self.documents.get(query)
+            if prepared.errors:
+                raise SavedQueryError(f"saved query {query_id}: {prepared.errors[0].message}")
         self.graphiql_html = get_graphql_ide_html(graphql_ide="graphiql")
 
     async def handle(self, request: Request) -> Response:

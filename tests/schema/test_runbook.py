@@ -163,3 +163,39 @@ async def test_idempotency_key_replays_and_conflicts(runtime, gql, make_key) -> 
     assert other["consumeCredits"]["code"] == "IDEMPOTENCY_CONFLICT"
     state = data_of(await gql(USER_STATE, {"email": user.email}, token=await make_key("support")))
     assert state["user"]["credits"]["available"] == 7
+
+
+UPSERT = """
+mutation ($input: UpsertUserInput!) {
+  upsertUser(input: $input) {
+    __typename
+    ... on UserUpsert { created user { email locale externalId tier } }
+    ... on InvalidInput { field }
+  }
+}
+"""
+
+
+async def test_service_upserts_users_from_the_main_app(gql, make_key) -> None:
+    service = await make_key("service")
+    first = data_of(
+        await gql(
+            UPSERT, {"input": {"email": "Sam@Example.com", "externalId": "u-1"}}, token=service
+        )
+    )["upsertUser"]
+    assert first == {
+        "__typename": "UserUpsert",
+        "created": True,
+        "user": {"email": "sam@example.com", "locale": None, "externalId": "u-1", "tier": "free"},
+    }
+    again = data_of(
+        await gql(UPSERT, {"input": {"email": "sam@example.com", "locale": "nl"}}, token=service)
+    )["upsertUser"]
+    assert again["created"] is False and again["user"]["locale"] == "nl"
+    assert again["user"]["externalId"] == "u-1"
+    for bad, field in (
+        ({"email": "nope"}, "email"),
+        ({"email": "a@b.co", "locale": "??"}, "locale"),
+    ):
+        result = data_of(await gql(UPSERT, {"input": bad}, token=service))["upsertUser"]
+        assert result == {"__typename": "InvalidInput", "field": field}
