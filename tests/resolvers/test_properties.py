@@ -1,0 +1,334 @@
+"""Property: random grants, spends, expiries and tier changes never break the ledger's invariants.
+
+A state machine drives one fresh user per example through the real resolvers and the real unit
+of work, and keeps a small model of what the balance and each grant should be. After every step
+the user row, the unexpired grants, the ledger and the model must all agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+from sqlalchemy import select
+
+from gateway.db import Database
+from gateway.runtime import Runtime
+from gateway.settings import Settings
+from resolvers import credits, tiers
+from resolvers.catalog import Catalog, load_catalog
+from resolvers.credits import Actor, allowance_period
+from resolvers.errors import InsufficientCredits
+from resolvers.models import CreditEvent, CreditGrant, User
+from resolvers.users import UserRef, find_user
+from tests.conftest import Clock
+from tests.factories import SUPPORT, make_user
+
+pytestmark = pytest.mark.slow
+
+USAGE = Actor(name="ai-backend", source="usage", request_id="req-property")
+START = datetime(2026, 11, 10, 12, 0, tzinfo=UTC)
+CATALOG = load_catalog(Settings().catalog_path)
+
+
+@dataclass
+class ModelGrant:
+    amount: int
+    remaining: int
+    expires_at: datetime | None
+    is_purchased: bool
+    created_at: datetime
+    seq: int
+
+
+@dataclass
+class Ledger:
+    """What the gateway should hold for one user, computed without a database."""
+
+    catalog: Catalog
+    tier: str
+    allowance_period_start: datetime | None
+    grants: list[ModelGrant] = field(default_factory=list)
+    # (tier, month) allowances already granted: each is granted at most once.
+    allowances: set[tuple[str, datetime]] = field(default_factory=set)
+
+    def copy(self) -> Ledger:
+        return dataclasses.replace(
+            self,
+            grants=[dataclasses.replace(g) for g in self.grants],
+            allowances=set(self.allowances),
+        )
+
+    @property
+    def balance(self) -> int:
+        return sum(g.remaining for g in self.grants)
+
+    def add(
+        self, amount: int, expires_at: datetime | None, now: datetime, is_purchased: bool = False
+    ) -> None:
+        self.grants.append(
+            ModelGrant(amount, amount, expires_at, is_purchased, now, seq=len(self.grants))
+        )
+
+    def expire(self, now: datetime) -> int:
+        lost = 0
+        for grant in self.grants:
+            if grant.expires_at is not None and grant.expires_at <= now:
+                lost += grant.remaining
+                grant.remaining = 0
+        return lost
+
+    def grant_allowance(self, now: datetime) -> None:
+        start, end = allowance_period(now)
+        if self.allowance_period_start == start:
+            return
+        self.allowance_period_start = start
+        monthly = self.catalog.tier(self.tier).monthly_credits
+        if monthly > 0 and (self.tier, start) not in self.allowances:
+            self.allowances.add((self.tier, start))
+            self.add(monthly, end, now)
+
+    def burn(self, amount: int) -> None:
+        def order(g: ModelGrant) -> tuple[object, ...]:
+            far = datetime.max.replace(tzinfo=UTC)
+            return (g.expires_at or far, g.is_purchased, g.created_at, g.seq)
+
+        for grant in sorted((g for g in self.grants if g.remaining), key=order):
+            take = min(amount, grant.remaining)
+            grant.remaining -= take
+            amount -= take
+            if not amount:
+                return
+        raise AssertionError("the model burnt more than it held")
+
+
+class LedgerMachine(RuleBasedStateMachine):
+    database_url: str  # set by the test before the machine runs
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.runner = asyncio.Runner()
+        self.clock = Clock(START)
+        self.runtime = Runtime(
+            settings=Settings(database_url=self.database_url),
+            db=Database(self.database_url, pool_size=2),
+            catalog=CATALOG,
+            clock=self.clock,
+        )
+        # make_user marks this month's allowance as handled without granting it.
+        self.user = self.run(make_user(self.runtime))
+        self.model = Ledger(
+            catalog=CATALOG, tier=self.user.tier, allowance_period_start=allowance_period(START)[0]
+        )
+        self.keyed_spends: list[tuple[str, int, int]] = []
+
+    def run(self, coro):
+        return self.runner.run(coro)
+
+    def teardown(self) -> None:
+        try:
+            self.run(self.runtime.close())
+        finally:
+            self.runner.close()
+
+    def write(self, work):
+        return self.run(self.runtime.db.write(work))
+
+    @rule(
+        amount=st.integers(1, 400),
+        expires_in_hours=st.none() | st.integers(1, 24 * 45),
+        is_purchased=st.booleans(),
+    )
+    def grant(self, amount: int, expires_in_hours: int | None, is_purchased: bool) -> None:
+        now = self.clock()
+        expires_at = None if expires_in_hours is None else now + timedelta(hours=expires_in_hours)
+        result = self.write(
+            lambda s: credits.grant_ai_credits(
+                s,
+                user=UserRef(user_id=self.user.id),
+                amount=amount,
+                reason="property grant",
+                actor=SUPPORT,
+                now=now,
+                expires_at=expires_at,
+                is_purchased=is_purchased,
+            )
+        )
+        assert isinstance(result, credits.CreditChanged), result
+        self.model.expire(now)
+        self.model.add(amount, expires_at, now, is_purchased)
+        assert result.event.balance_after == self.model.balance
+
+    def consume_and_check(self, amount: int, key: str | None = None) -> None:
+        now = self.clock()
+        expected = self.model.copy()
+        expected.expire(now)
+        expected.grant_allowance(now)
+        result = self.write(
+            lambda s: credits.consume_credits(
+                s,
+                user=UserRef(user_id=self.user.id),
+                amount=amount,
+                reason="property spend",
+                actor=USAGE,
+                now=now,
+                catalog=CATALOG,
+                idempotency_key=key,
+            )
+        )
+        if expected.balance < amount:
+            # A refused spend rolls back everything, the expiry and allowance it wrote included.
+            assert result == InsufficientCredits(available=expected.balance, requested=amount)
+            return
+        assert isinstance(result, credits.CreditChanged), result
+        expected.burn(amount)
+        self.model = expected
+        assert result.event.amount == -amount
+        assert result.event.balance_after == self.model.balance
+        if key is not None:
+            self.keyed_spends.append((key, amount, result.event.id))
+
+    @rule(amount=st.integers(1, 600), keyed=st.booleans())
+    def consume(self, amount: int, keyed: bool) -> None:
+        self.consume_and_check(amount, key=f"spend-{uuid.uuid4().hex}" if keyed else None)
+
+    @precondition(lambda self: self.keyed_spends)
+    @rule(data=st.data())
+    def retry_a_keyed_spend(self, data: st.DataObject) -> None:
+        key, amount, event_id = data.draw(st.sampled_from(self.keyed_spends))
+        result = self.write(
+            lambda s: credits.consume_credits(
+                s,
+                user=UserRef(user_id=self.user.id),
+                amount=amount,
+                reason="property spend",
+                actor=USAGE,
+                now=self.clock(),
+                catalog=CATALOG,
+                idempotency_key=key,
+            )
+        )
+        # A retry answers the first result and changes nothing, however much time has passed.
+        assert isinstance(result, credits.CreditChanged), result
+        assert (result.replayed, result.event.id) == (True, event_id)
+
+    @precondition(lambda self: self.model.balance < credits.MAX_CREDITS_PER_CHANGE)
+    @rule()
+    def consume_one_more_than_available(self) -> None:
+        trial = self.model.copy()
+        trial.expire(self.clock())
+        trial.grant_allowance(self.clock())
+        self.consume_and_check(trial.balance + 1)
+
+    @rule(
+        hours=st.integers(1, 24 * 40),
+        sweep=st.sampled_from(["ensure_plan_metadata", "expire_credits"]),
+    )
+    def advance_clock_then_sweep(self, hours: int, sweep: str) -> None:
+        now = self.clock.advance(hours=hours)
+        if sweep == "ensure_plan_metadata":
+            meta = self.write(
+                lambda s: credits.ensure_plan_metadata(
+                    s, self.user, catalog=CATALOG, now=now, actor=SUPPORT
+                )
+            )
+            self.model.expire(now)
+            self.model.grant_allowance(now)
+            assert meta.ai_credits == self.model.balance
+            assert meta.tier == self.model.tier
+            return
+
+        async def expire(session):
+            row = await find_user(session, UserRef(user_id=self.user.id), lock=True)
+            return await credits.expire_credits(session, row, now=now, actor=SUPPORT)
+
+        assert self.write(expire) == self.model.expire(now)
+
+    @rule(tier=st.sampled_from(CATALOG.tier_codes))
+    def set_tier(self, tier: str) -> None:
+        now = self.clock()
+        result = self.write(
+            lambda s: tiers.set_tier(
+                s,
+                user=UserRef(user_id=self.user.id),
+                tier=tier,
+                reason="property tier change",
+                actor=SUPPORT,
+                now=now,
+                catalog=CATALOG,
+            )
+        )
+        assert isinstance(result, tiers.TierSet), result
+        if tier == self.model.tier:
+            assert result.change is None
+            return
+        assert (result.change.from_tier, result.change.to_tier) == (self.model.tier, tier)
+        self.model.tier = tier
+        self.model.allowance_period_start = None
+        self.model.expire(now)
+        self.model.grant_allowance(now)
+
+    @invariant()
+    def ledger_agrees_with_itself_and_the_model(self) -> None:
+        now = self.clock()
+
+        async def read():
+            async with self.runtime.db.read() as session:
+                user = await session.get(User, self.user.id)
+                grants = (
+                    await session.execute(
+                        select(CreditGrant)
+                        .where(CreditGrant.user_id == self.user.id)
+                        .order_by(CreditGrant.id)
+                    )
+                ).scalars()
+                events = (
+                    await session.execute(
+                        select(CreditEvent.amount, CreditEvent.balance_after)
+                        .where(CreditEvent.user_id == self.user.id)
+                        .order_by(CreditEvent.id)
+                    )
+                ).all()
+                return user, list(grants), events
+
+        user, grants, events = self.run(read())
+        unexpired = sum(g.remaining for g in grants if g.expires_at is None or g.expires_at > now)
+        ledger = sum(amount for amount, _ in events)
+        assert user.credits_available >= 0
+        assert user.credits_available == unexpired == ledger == self.model.balance
+        assert user.tier == self.model.tier
+        # Every event's balance_after is the running sum: the history explains the balance.
+        running = 0
+        for amount, balance_after in events:
+            running += amount
+            assert balance_after == running
+        assert [(g.amount, g.remaining, g.expires_at, g.is_purchased) for g in grants] == [
+            (g.amount, g.remaining, g.expires_at, g.is_purchased) for g in self.model.grants
+        ]
+
+
+def test_random_ledger_histories_keep_every_invariant(database_url: str) -> None:
+    LedgerMachine.database_url = database_url
+    run_state_machine_as_test(
+        LedgerMachine,
+        settings=settings(
+            max_examples=40,
+            stateful_step_count=30,
+            deadline=None,
+            # Examples share the test's database (a fresh user each); nothing to store between runs.
+            database=None,
+        ),
+    )
