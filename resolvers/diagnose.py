@@ -1,0 +1,439 @@
+"""`diagnose`: the support runbook's checks on one customer, each finding with its escalation path.
+
+Read-only. Escalation paths are worded as in the runbook's quick-reference table, section 4
+(Stripe reconciliation) and section 5 (escalation criteria).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import exists, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from resolvers.catalog import Catalog, Tier
+from resolvers.metrics import UNPAID_STATUSES
+from resolvers.models import (
+    CreditEvent,
+    CreditGrant,
+    Payment,
+    StripeEvent,
+    TierChange,
+    User,
+    WebhookSignatureFailure,
+)
+from resolvers.users import normalize_email
+
+# Stripe subscription states in which the subscription's price decides the tier.
+ACTIVE_SUBSCRIPTION = ("active", "trialing", "past_due")
+ENDED_SUBSCRIPTION = ("canceled", "unpaid", "incomplete_expired")
+SIGNATURE_FAILURE_WINDOW = timedelta(hours=24)
+SIGNATURE_FAILURE_THRESHOLD = 3
+# A finding's evidence lists at most this many rows; its count says how many there were.
+EVIDENCE_ROWS = 10
+PAYMENTS_CHECKED = 500
+
+
+class Severity(StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class Check:
+    code: str
+    severity: Severity
+    escalation: str | None  # who takes over when the remediation does not fix it
+    remediation: str
+
+
+_BILLING_RETRIES = "Billing engineering after 2 failed retries"
+_REPLAY = "Replay the customer's latest subscription webhook (runbook section 4)."
+_LEDGER = "Do not adjust by hand; attach the ledger (entitlements user show --json) to the ticket."
+# The runbook's tables as data: what each check means for support, in the runbook's words.
+CHECKS = (
+    Check("user_not_found", Severity.ERROR, None, "Ask for the login email (runbook section 1)."),
+    Check("unknown_tier", Severity.ERROR, _BILLING_RETRIES, "Reset the tier (adjust --set-tier)."),
+    Check("tier_mismatch", Severity.ERROR, _BILLING_RETRIES, _REPLAY),
+    Check(
+        "unknown_subscription_price",
+        Severity.ERROR,
+        _BILLING_RETRIES,
+        "Add the Stripe price to the catalog, or move the subscription to a catalog price.",
+    ),
+    Check(
+        "missing_stripe_customer",
+        Severity.WARNING,
+        _BILLING_RETRIES,
+        "Find the customer in Stripe by email and replay their subscription webhook; if there"
+        " is none, the tier was set by hand: confirm it was meant as a gift.",
+    ),
+    Check(
+        "payment_without_grant",
+        Severity.ERROR,
+        "Backend engineering if grant event is absent",
+        "Replay the payment's webhook event and watch for grant_ai_credits (runbook section 4).",
+    ),
+    Check(
+        "payment_without_entitlement_change",
+        Severity.ERROR,
+        "Billing engineering",
+        "Replay the payment's webhook event; escalate if no entitlement_change appears.",
+    ),
+    Check(
+        "refund_credits_unrecovered",
+        Severity.WARNING,
+        "Billing engineering",
+        "The customer spent the credits before the refund; decide with billing what to do.",
+    ),
+    Check("negative_balance", Severity.ERROR, "Data platform team", _LEDGER),
+    Check("balance_mismatch", Severity.ERROR, "Data platform team", _LEDGER),
+    Check(
+        "webhook_failed",
+        Severity.WARNING,
+        _BILLING_RETRIES,
+        "Replay the event (entitlements webhooks replay) and look for"
+        ' "action":"subscription_updated" in the logs.',
+    ),
+    Check(
+        "webhook_failing_repeatedly",
+        Severity.ERROR,
+        "Billing engineering rotation",
+        "The event failed twice (runbook section 4): escalate with its last_error.",
+    ),
+    Check(
+        "repeated_signature_failures",
+        Severity.ERROR,
+        "Stripe support",
+        "Check STRIPE_WEBHOOK_SECRET against the endpoint's signing secret (a rotation lists"
+        " both); if they match, open a Stripe support ticket.",
+    ),
+    Check(
+        "missing_correlation_id",
+        Severity.WARNING,
+        "notify DevOps",
+        "These changes cannot be traced in the logs; the actor on each ledger event says who.",
+    ),
+)
+_CHECKS = {check.code: check for check in CHECKS}
+
+
+@dataclass(frozen=True)
+class Finding:
+    code: str  # a Check's code
+    severity: Severity
+    summary: str
+    evidence: dict[str, Any]  # JSON-ready: ids, amounts, ISO times
+    escalation: str | None
+    remediation: str
+
+
+def finding(
+    code: str, summary: str, evidence: dict[str, Any], severity: Severity | None = None
+) -> Finding:
+    check = _CHECKS[code]
+    return Finding(
+        code=code,
+        severity=severity or check.severity,
+        summary=summary,
+        evidence=evidence,
+        escalation=check.escalation,
+        remediation=check.remediation,
+    )
+
+
+@dataclass(frozen=True)
+class UserSummary:
+    id: int
+    email: str
+    tier: str
+    stripe_customer_id: str | None
+    stripe_subscription_id: str | None
+    subscription_status: str | None
+    subscription_price_id: str | None
+    trial_ends_at: datetime | None
+    credits_available: int
+    ledger_sum: int
+    grants_remaining: int
+    unexpired_remaining: int
+
+
+# The summary's fields that are user columns are copied from the row; the sums are computed.
+_USER_FIELDS = [f.name for f in fields(UserSummary) if f.name in User.__table__.columns]
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    email: str
+    user: UserSummary | None  # None: no user with that email
+    findings: tuple[Finding, ...]
+    checks: tuple[str, ...]  # what was checked, so that "no findings" says something
+    checked_at: datetime
+
+    @property
+    def is_healthy(self) -> bool:
+        return not self.findings
+
+
+async def diagnose(
+    session: AsyncSession,
+    *,
+    email: str,
+    catalog: Catalog,
+    now: datetime,
+    stripe_subscription: Mapping[str, Any] | None = None,
+) -> Diagnosis:
+    """Run every check on the customer with this email.
+
+    `stripe_subscription` is the customer's latest subscription as Stripe's API returns it,
+    when the caller could fetch one; without it, the state stored from webhooks stands in.
+    """
+    email = normalize_email(email)
+    user = (await session.execute(select(User).where(User.email == email))).scalar_one_or_none()
+    summary = None
+    findings = []
+    if user is None:
+        findings.append(finding("user_not_found", f"No user with email {email}", {"email": email}))
+    else:
+        summary = await _summarize(session, user, now)
+        findings += _tier_findings(user, catalog, stripe_subscription)
+        findings += _balance_findings(summary, user, now)
+        findings += await _payment_findings(session, user)
+        findings += await _webhook_findings(session, user)
+        findings += await _correlation_findings(session, user)
+    findings += await _signature_findings(session, now)
+    return Diagnosis(
+        email=email,
+        user=summary,
+        findings=tuple(findings),
+        checks=tuple(_CHECKS),
+        checked_at=now,
+    )
+
+
+async def _summarize(session: AsyncSession, user: User, now: datetime) -> UserSummary:
+    def total(column: Any, *where: Any) -> Any:
+        return select(func.coalesce(func.sum(column), 0)).where(*where).scalar_subquery()
+
+    ledger, remaining, unexpired = (
+        await session.execute(
+            select(
+                total(CreditEvent.amount, CreditEvent.user_id == user.id),
+                total(CreditGrant.remaining, CreditGrant.user_id == user.id),
+                total(
+                    CreditGrant.remaining,
+                    CreditGrant.user_id == user.id,
+                    or_(CreditGrant.expires_at.is_(None), CreditGrant.expires_at > now),
+                ),
+            )
+        )
+    ).one()
+    copied = {name: getattr(user, name) for name in _USER_FIELDS}
+    return UserSummary(
+        **copied,
+        ledger_sum=int(ledger),
+        grants_remaining=int(remaining),
+        unexpired_remaining=int(unexpired),
+    )
+
+
+def _tier_findings(
+    user: User, catalog: Catalog, stripe_subscription: Mapping[str, Any] | None
+) -> list[Finding]:
+    tier = catalog.tier(user.tier)
+    if tier is None:
+        evidence = {"tier": user.tier, "catalog_tiers": list(catalog.tier_codes)}
+        return [finding("unknown_tier", f"Tier {user.tier!r} is not in the catalog", evidence)]
+    findings = []
+    if tier.is_paid and not user.stripe_customer_id:
+        findings.append(
+            finding(
+                "missing_stripe_customer",
+                f"Paying tier {tier.code} but no Stripe customer is linked",
+                {"tier": tier.code, "stripe_customer_id": None},
+            )
+        )
+    source, status, price_ids = _subscription_state(user, stripe_subscription)
+    evidence = {"source": source, "status": status, "price_ids": price_ids, "tier": user.tier}
+    if status in ACTIVE_SUBSCRIPTION:
+        priced = [catalog.tier_for_price(price_id) for price_id in price_ids]
+        if None in priced or not priced:
+            summary = "The active subscription's price is not in the catalog"
+            findings.append(finding("unknown_subscription_price", summary, evidence))
+        expected = max((t for t in priced if t is not None), key=lambda t: t.rank, default=None)
+        if expected is not None and expected.code != tier.code:
+            findings.append(_tier_mismatch(tier, expected, evidence))
+    elif status in ENDED_SUBSCRIPTION and tier.is_paid:
+        # Support may have kept the tier on purpose after a cancellation: worth a look, no more.
+        findings.append(_tier_mismatch(tier, catalog.default_tier, evidence, Severity.WARNING))
+    return findings
+
+
+def _tier_mismatch(
+    tier: Tier, expected: Tier, evidence: dict[str, Any], severity: Severity | None = None
+) -> Finding:
+    summary = (
+        f"Tier is {tier.code} but the {evidence['status']} Stripe subscription means"
+        f" {expected.code}"
+    )
+    return finding("tier_mismatch", summary, {**evidence, "expected_tier": expected.code}, severity)
+
+
+def _subscription_state(
+    user: User, stripe_subscription: Mapping[str, Any] | None
+) -> tuple[str, str | None, list[str]]:
+    """(where it came from, status, price ids): Stripe's own object beats what we stored."""
+    if stripe_subscription is None:
+        stored = [user.subscription_price_id] if user.subscription_price_id else []
+        return "stored", user.subscription_status, stored
+    # Stripe objects are dicts whose `.items` is dict.items: read the line items by key.
+    lines = (stripe_subscription.get("items") or {}).get("data") or []
+    price_ids = [line["price"]["id"] for line in lines if (line.get("price") or {}).get("id")]
+    return "stripe", stripe_subscription.get("status"), price_ids
+
+
+def _balance_findings(summary: UserSummary, user: User, now: datetime) -> list[Finding]:
+    evidence: dict[str, Any] = {
+        "credits_available": summary.credits_available,
+        "ledger_sum": summary.ledger_sum,
+        "grants_remaining": summary.grants_remaining,
+        "unexpired_remaining": summary.unexpired_remaining,
+        "credits_next_expiry": _iso(user.credits_next_expiry),
+    }
+    if summary.credits_available < 0 or summary.ledger_sum < 0:
+        return [finding("negative_balance", "The credit balance is negative", evidence)]
+    # Expired grants are written off lazily, at the user's next change: until then the row
+    # rightly still counts them. Only when no expiry is due must it equal the unexpired sum.
+    expiry_due = user.credits_next_expiry is not None and user.credits_next_expiry <= now
+    available = summary.credits_available
+    disagreements = [
+        name
+        for name, differs in (
+            ("ledger_sum", available != summary.ledger_sum),
+            ("grants_remaining", available != summary.grants_remaining),
+            ("unexpired_remaining", not expiry_due and available != summary.unexpired_remaining),
+        )
+        if differs
+    ]
+    if not disagreements:
+        return []
+    summary_text = "The balance is stuck: it disagrees with " + " and ".join(disagreements)
+    return [
+        finding("balance_mismatch", summary_text, {**evidence, "disagrees_with": disagreements})
+    ]
+
+
+async def _payment_findings(session: AsyncSession, user: User) -> list[Finding]:
+    has_grant = exists().where(CreditGrant.payment_id == Payment.id)
+    has_event = exists().where(CreditEvent.payment_id == Payment.id)
+    rows = (
+        await session.execute(
+            select(Payment, has_grant, has_event)
+            .where(Payment.user_id == user.id)
+            .order_by(Payment.id.desc())
+            .limit(PAYMENTS_CHECKED)
+        )
+    ).all()
+    no_grant, no_change, unrecovered = [], [], []
+    for payment, granted, logged in rows:
+        took_money = payment.status not in UNPAID_STATUSES and payment.amount > 0
+        if took_money and not (payment.credits_granted or granted or logged):
+            no_grant.append(payment)
+        elif took_money and not logged:
+            no_change.append(payment)
+        if payment.credits_unrecovered > 0:
+            unrecovered.append(payment)
+    return [
+        *_rows_finding(
+            "payment_without_grant", no_grant, "Stripe took the money but no credits were granted"
+        ),
+        *_rows_finding(
+            "payment_without_entitlement_change",
+            no_change,
+            "A successful payment has no entitlement_change in the ledger",
+        ),
+        *_rows_finding(
+            "refund_credits_unrecovered",
+            unrecovered,
+            "A refund could not take back credits that were already spent",
+        ),
+    ]
+
+
+def _rows_finding(
+    code: str, rows: list[Payment] | list[StripeEvent], summary: str
+) -> list[Finding]:
+    """One finding for all the rows that fail a check, with the first few as evidence."""
+    if not rows:
+        return []
+    listed = [_row_evidence(row) for row in rows[:EVIDENCE_ROWS]]
+    return [finding(code, f"{summary} ({len(rows)})", {"count": len(rows), "rows": listed})]
+
+
+def _row_evidence(row: Payment | StripeEvent) -> dict[str, Any]:
+    # A Stripe event's payload is Stripe's whole object: too big for a finding.
+    values = {c.key: getattr(row, c.key) for c in row.__table__.columns if c.key != "payload"}
+    return {k: _iso(v) if isinstance(v, datetime) else v for k, v in values.items()}
+
+
+async def _webhook_findings(session: AsyncSession, user: User) -> list[Finding]:
+    if not user.stripe_customer_id:
+        return []
+    failed = (
+        await session.execute(
+            select(StripeEvent)
+            .where(
+                StripeEvent.stripe_customer_id == user.stripe_customer_id,
+                StripeEvent.status == "failed",
+            )
+            .order_by(StripeEvent.received_at.desc())
+        )
+    ).scalars()
+    once, repeatedly = [], []
+    for event in failed:
+        (repeatedly if event.attempts >= 2 else once).append(event)
+    return [
+        *_rows_finding("webhook_failing_repeatedly", repeatedly, "Stripe events failed twice"),
+        *_rows_finding("webhook_failed", once, "Stripe events for this customer failed"),
+    ]
+
+
+async def _signature_findings(session: AsyncSession, now: datetime) -> list[Finding]:
+    """Not about one customer: bad signatures carry no customer, but block all of them."""
+    since = now - SIGNATURE_FAILURE_WINDOW
+    count = (
+        await session.execute(
+            select(func.count()).where(WebhookSignatureFailure.received_at > since)
+        )
+    ).scalar_one()
+    if count < SIGNATURE_FAILURE_THRESHOLD:
+        return []
+    summary = f"{count} Stripe webhook deliveries failed the signature check in 24 hours"
+    return [finding("repeated_signature_failures", summary, {"count": count, "since": _iso(since)})]
+
+
+async def _correlation_findings(session: AsyncSession, user: User) -> list[Finding]:
+    def unlabelled(table: Any) -> Any:
+        return (
+            select(func.count())
+            .where(table.user_id == user.id, table.request_id.is_(None))
+            .scalar_subquery()
+        )
+
+    ledger, tiers = (
+        await session.execute(select(unlabelled(CreditEvent), unlabelled(TierChange)))
+    ).one()
+    if not ledger and not tiers:
+        return []
+    summary = "Changes to this account were recorded without an X-Request-ID"
+    evidence = {"credit_events": int(ledger), "tier_changes": int(tiers)}
+    return [finding("missing_correlation_id", summary, evidence)]
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
