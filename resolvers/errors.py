@@ -70,3 +70,67 @@ class IdempotencyConflict(Failure):
     @property
     def message(self) -> str:
         return f"Idempotency key {self.idempotency_key!r} was already used with other arguments"
+
+
+@dataclass(frozen=True)
+class PaymentsNotConfigured(Failure):
+    code: ClassVar[str] = "PAYMENTS_NOT_CONFIGURED"
+
+    @property
+    def message(self) -> str:
+        return "Payments are not configured on this gateway (STRIPE_API_KEY is unset)"
+
+
+@dataclass(frozen=True)
+class PaymentProviderError(Failure):
+    """Stripe refused or could not be reached; `provider_message` is Stripe's own words."""
+
+    code: ClassVar[str] = "PAYMENT_PROVIDER_ERROR"
+    provider_message: str
+
+    @property
+    def message(self) -> str:
+        return self.provider_message
+
+
+@dataclass(frozen=True)
+class NoStripeCustomer(Failure):
+    code: ClassVar[str] = "NO_STRIPE_CUSTOMER"
+    user_id: int
+
+    @property
+    def message(self) -> str:
+        return f"User {self.user_id} has no Stripe customer yet: nothing to manage in the portal"
+
+
+@dataclass(frozen=True)
+class PaymentNotFound(Failure):
+    code: ClassVar[str] = "PAYMENT_NOT_FOUND"
+    ref: str
+
+    @property
+    def message(self) -> str:
+        return f"No payment {self.ref!r} (a payment id or a Stripe cs_/in_/pi_/ch_ id)"
+
+
+@dataclass(frozen=True)
+class StripeEventNotFound(Failure):
+    code: ClassVar[str] = "STRIPE_EVENT_NOT_FOUND"
+    event_id: str
+
+    @property
+    def message(self) -> str:
+        return f"No stored Stripe event {self.event_id!r}"
+
+
+@dataclass(frozen=True)
+class StripeEventFailed(Failure):
+    """A verified Stripe event whose effects could not be applied; it stays replayable."""
+
+    code: ClassVar[str] = "STRIPE_EVENT_FAILED"
+    event_id: str
+    reason: str
+
+    @property
+    def message(self) -> str:
+        return f"Stripe event {self.event_id} failed: {self.reason}"
