@@ -6,6 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import stripe
+
 from gateway.db import Database
 from gateway.settings import Settings
 from resolvers.catalog import Catalog, load_catalog
@@ -21,16 +23,46 @@ class Runtime:
     db: Database
     catalog: Catalog
     clock: Callable[[], datetime] = field(default=utc_now)
+    # Set when STRIPE_API_KEY is: Checkout, Portal, fetching subscriptions (async calls only).
+    stripe: stripe.StripeClient | None = None
+    stripe_http: stripe.HTTPClient | None = None  # the client's connection pool, closed with us
 
     @classmethod
     def from_settings(cls, settings: Settings, *, pool_size: int = 10) -> Runtime:
         """Build it; a bad catalog raises CatalogError naming the entry."""
         catalog = load_catalog(settings.catalog_path)
+        stripe_client, stripe_http = build_stripe_client(settings)
         return cls(
             settings=settings,
             db=Database(settings.database_url, pool_size=pool_size),
             catalog=catalog,
+            stripe=stripe_client,
+            stripe_http=stripe_http,
         )
 
     async def close(self) -> None:
+        if self.stripe_http is not None:
+            await self.stripe_http.close_async()
         await self.db.dispose()
+
+
+STRIPE_TIMEOUT_SECONDS = 20
+
+
+def build_stripe_client(
+    settings: Settings,
+) -> tuple[stripe.StripeClient, stripe.HTTPClient] | tuple[None, None]:
+    """The Stripe client and its httpx pool (async calls only); none without an API key.
+
+    STRIPE_API_BASE points the client elsewhere (tests: a fake Stripe on loopback).
+    """
+    if not settings.stripe_api_key:
+        return None, None
+    # A short timeout: a checkout on SQLite holds the write lock while Stripe answers.
+    http = stripe.HTTPXClient(timeout=STRIPE_TIMEOUT_SECONDS)
+    client = stripe.StripeClient(
+        settings.stripe_api_key,
+        base_addresses={"api": settings.stripe_api_base} if settings.stripe_api_base else {},
+        http_client=http,
+    )
+    return client, http
