@@ -1,0 +1,187 @@
+"""POST /api/billing/webhook: verify Stripe's signature, then store the event and apply it.
+
+Never 2xx before the effects are committed: Stripe retries anything else, and the event's
+handler is idempotent, so a retry is always safe while a premature 200 could lose a payment.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import stripe
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from gateway.logs import log_fields
+from gateway.runtime import Runtime
+from resolvers import billing
+from resolvers.errors import StripeEventFailed, StripeEventNotFound
+
+log = logging.getLogger("gateway.webhooks")
+
+MAX_WEBHOOK_BODY_BYTES = 512 * 1024
+TOLERANCE_SECONDS = 300
+_REASONS = (
+    ("Timestamp outside", f"timestamp outside the {TOLERANCE_SECONDS} s tolerance"),
+    ("Unable to extract", "malformed Stripe-Signature header"),
+    ("No signatures found with expected scheme", "no v1 signature in Stripe-Signature header"),
+    ("No signatures found matching", "no signature matches the body with a configured secret"),
+)
+
+
+def verify_signature(body: bytes, header: str | None, secrets: tuple[str, ...]) -> str | None:
+    """None when one of the secrets (several during a rotation) signed this body recently."""
+    if not header:
+        return "missing Stripe-Signature header"
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return "body is not UTF-8"
+    reasons = []
+    for secret in secrets:
+        try:
+            stripe.WebhookSignature.verify_header(text, header, secret, TOLERANCE_SECONDS)
+        except stripe.SignatureVerificationError as exc:
+            message = exc.user_message or str(exc)
+            reasons.append(next((r for p, r in _REASONS if message.startswith(p)), message))
+        else:
+            return None
+    # The library checks the timestamp only once a signature matched: a stale reason from any
+    # secret is the truer one.
+    return min(reasons, key=lambda r: not r.startswith("timestamp"))
+
+
+async def stripe_webhook(request: Request) -> JSONResponse:
+    runtime: Runtime = request.app.state.runtime
+    request_id: str | None = getattr(request.state, "request_id", None)
+    secrets = runtime.settings.stripe_webhook_secrets
+    if not secrets:
+        return _answer(503, {"error": "Stripe webhooks are not configured: STRIPE_WEBHOOK_SECRET"})
+    body = await request.body()
+    if len(body) > MAX_WEBHOOK_BODY_BYTES:
+        return _answer(400, {"error": f"body over {MAX_WEBHOOK_BODY_BYTES} bytes"})
+    reason = verify_signature(body, request.headers.get("stripe-signature"), secrets)
+    if reason is not None:
+        await runtime.db.write(
+            lambda s: billing.record_signature_failure(
+                s, reason=reason, request_id=request_id, now=runtime.clock()
+            )
+        )
+        log_fields(log, logging.WARNING, event="stripe_signature_refused", reason=reason)
+        return _answer(400, {"error": f"signature refused: {reason}"})
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return _answer(400, {"error": "body is not JSON"})
+    if (invalid := billing.check_stripe_event(payload)) is not None:
+        return _answer(400, {"error": f"not a Stripe event: {invalid.message}"})
+
+    result = await process_stripe_event(runtime, payload, request_id)
+    if isinstance(result, StripeEventFailed):
+        # 500 so that Stripe retries; the event is stored as failed and can be replayed.
+        return _answer(500, {"error": result.message, "event": payload["id"]})
+    return _answer(
+        200, {"event": payload["id"], "status": result.status, "duplicate": result.duplicate}
+    )
+
+
+async def process_stripe_event(
+    runtime: Runtime, event: dict[str, Any], request_id: str | None
+) -> billing.StripeEventOutcome | StripeEventFailed:
+    """Store and apply one delivery in one transaction; on failure record it in a second."""
+    now = runtime.clock()
+    try:
+        result = await runtime.db.write(
+            lambda s: billing.receive_stripe_event(
+                s,
+                event=event,
+                catalog=runtime.catalog,
+                now=now,
+                request_id=request_id,
+                stripe_client=runtime.stripe,
+            )
+        )
+    except Exception as exc:  # a bug or a database fault: the effects were rolled back
+        log.exception("stripe event %s: handler raised", event["id"])
+        result = StripeEventFailed(event_id=event["id"], reason=f"{type(exc).__name__}: {exc}")
+    if isinstance(result, StripeEventFailed):
+        await _record_failure(runtime, event, result, request_id)
+    _log_outcome(event["id"], event["type"], result)
+    return result
+
+
+async def replay_stripe_event(
+    runtime: Runtime, event_id: str, request_id: str | None
+) -> billing.StripeEventOutcome | StripeEventNotFound | StripeEventFailed:
+    """Re-run a stored event (CLI); a failure is recorded on the event like a delivery's."""
+    now = runtime.clock()
+    try:
+        result = await runtime.db.write(
+            lambda s: billing.replay_stripe_event(
+                s,
+                event_id=event_id,
+                catalog=runtime.catalog,
+                now=now,
+                request_id=request_id,
+                stripe_client=runtime.stripe,
+            )
+        )
+    except Exception as exc:
+        log.exception("stripe event %s: replay raised", event_id)
+        result = StripeEventFailed(event_id=event_id, reason=f"{type(exc).__name__}: {exc}")
+    if isinstance(result, StripeEventFailed):
+        async with runtime.db.read() as session:
+            stored = await billing.find_stripe_event(session, event_id)
+        if stored is not None:
+            await _record_failure(runtime, stored.payload, result, request_id)
+    if not isinstance(result, StripeEventNotFound):
+        _log_outcome(event_id, "replay", result)
+    return result
+
+
+async def _record_failure(
+    runtime: Runtime, event: dict[str, Any], failure: StripeEventFailed, request_id: str | None
+) -> None:
+    try:
+        await runtime.db.write(
+            lambda s: billing.record_stripe_event_failure(
+                s, event=event, error=failure.reason, now=runtime.clock(), request_id=request_id
+            )
+        )
+    except Exception:  # the answer is a 5xx either way, and Stripe will deliver it again
+        log.exception("stripe event %s: recording its failure failed too", event["id"])
+
+
+def _log_outcome(
+    event_id: str, event_type: str, result: billing.StripeEventOutcome | StripeEventFailed
+) -> None:
+    if isinstance(result, StripeEventFailed):
+        log_fields(
+            log,
+            logging.ERROR,
+            event="stripe_event",
+            stripe_event_id=event_id,
+            type=event_type,
+            status="failed",
+            error=result.reason,
+        )
+        return
+    log_fields(
+        log,
+        logging.INFO,
+        event="stripe_event",
+        stripe_event_id=event_id,
+        type=event_type,
+        status=result.status,
+        duplicate=result.duplicate,
+        replayed=result.replayed,
+        attempts=result.event.attempts,
+        effects=list(result.effects),
+        note=result.note,
+    )
+
+
+def _answer(status_code: int, body: dict[str, Any]) -> JSONResponse:
+    return JSONResponse(body, status_code=status_code)

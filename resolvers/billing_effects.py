@@ -1,0 +1,454 @@
+"""What each Stripe event type does: read its object, find the user, call the same resolvers.
+
+Stripe's payload shape depends on the API version of the webhook endpoint, so ids are read
+from either the older fields (`invoice.subscription`, `current_period_end` on the subscription)
+or the newer ones (`invoice.parent.subscription_details`, per-item periods).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import stripe
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from resolvers import payments, tiers
+from resolvers.catalog import Catalog, CreditPack, Tier
+from resolvers.changes import record_change
+from resolvers.credits import Actor
+from resolvers.errors import Failure, StripeEventFailed
+from resolvers.models import Payment, User
+from resolvers.users import UserRef, find_user, normalize_email
+
+# Where a subscription can go next; on a same-second tie the later status is the truer one.
+LIFECYCLE = (
+    "incomplete",
+    "trialing",
+    "active",
+    "past_due",
+    "paused",
+    "unpaid",
+    "incomplete_expired",
+    "canceled",
+)
+PAYING = ("trialing", "active", "past_due")  # the subscription's tier applies
+
+
+@dataclass(frozen=True)
+class EventHandled:
+    status: str  # processed | ignored
+    effects: tuple[str, ...] = ()
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class EventContext:
+    session: AsyncSession
+    event: dict[str, Any]
+    catalog: Catalog
+    now: datetime
+    actor: Actor
+    stripe_client: stripe.StripeClient | None
+
+    @property
+    def obj(self) -> dict[str, Any]:
+        return self.event["data"]["object"]
+
+    @property
+    def created(self) -> datetime:
+        return datetime.fromtimestamp(self.event["created"], UTC)
+
+    def fail(self, reason: str) -> StripeEventFailed:
+        return StripeEventFailed(event_id=self.event["id"], reason=reason)
+
+    def ignore(self, note: str) -> EventHandled:
+        return EventHandled(status="ignored", note=note)
+
+
+Handler = Callable[[EventContext], Awaitable[EventHandled | StripeEventFailed]]
+
+
+def object_id(value: Any) -> str | None:
+    """A Stripe reference is an id, or the object itself when the field was expanded."""
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, dict) and isinstance(value.get("id"), str):
+        return value["id"]
+    return None
+
+
+async def checkout_completed(ctx: EventContext) -> EventHandled | StripeEventFailed:
+    cs = ctx.obj
+    metadata = _dict(cs.get("metadata"))
+    mode = cs.get("mode")
+    if mode == "payment" and cs.get("payment_status") != "paid":
+        return ctx.ignore(
+            f"checkout {cs.get('id')} is {cs.get('payment_status')}: credits wait for"
+            " checkout.session.async_payment_succeeded"
+        )
+    if mode not in ("payment", "subscription"):
+        return ctx.ignore(f"checkout mode {mode!r} has no effects")
+    customer = object_id(cs.get("customer"))
+    user = await _find_user(
+        ctx,
+        user_id=cs.get("client_reference_id") or metadata.get("user_id"),
+        customer=customer,
+        email=_dict(cs.get("customer_details")).get("email") or cs.get("customer_email"),
+    )
+    if isinstance(user, StripeEventFailed):
+        return user
+    if mode == "subscription":
+        # The tier comes with the customer.subscription.* events; this only links the account.
+        subscription = object_id(cs.get("subscription"))
+        if subscription:
+            user.stripe_subscription_id = subscription
+            user.updated_at = ctx.now
+        return EventHandled(
+            status="processed",
+            effects=(f"user {user.id} linked to {user.stripe_customer_id} / {subscription}",),
+        )
+    pack = await _pack_for(ctx, cs, metadata)
+    if isinstance(pack, StripeEventFailed):
+        return pack
+    recorded = await payments.record_credit_pack_purchase(
+        ctx.session,
+        user_id=user.id,
+        checkout_session_id=cs["id"],
+        pack=pack,
+        amount=int(cs.get("amount_total") or 0),
+        currency=str(cs.get("currency") or ctx.catalog.default_currency),
+        payment_intent_id=object_id(cs.get("payment_intent")),
+        actor=ctx.actor,
+        now=ctx.now,
+    )
+    if isinstance(recorded, Failure):
+        return ctx.fail(recorded.message)
+    return EventHandled(status="processed", effects=_payment_effects(recorded))
+
+
+async def subscription_changed(ctx: EventContext) -> EventHandled | StripeEventFailed:
+    sub = ctx.obj
+    metadata = _dict(sub.get("metadata"))
+    user = await _find_user(
+        ctx,
+        user_id=metadata.get("user_id"),
+        customer=object_id(sub.get("customer")),
+        subscription=sub.get("id"),
+    )
+    if isinstance(user, StripeEventFailed):
+        return user
+    status = "canceled" if ctx.event["type"].endswith(".deleted") else str(sub.get("status"))
+    last = user.subscription_event_at
+    if last is not None and ctx.created < last:
+        return ctx.ignore(f"older than the subscription state applied (from {last.isoformat()})")
+    if user.stripe_subscription_id not in (None, sub.get("id")) and status not in PAYING:
+        return ctx.ignore(f"{sub.get('id')} is not the user's current subscription")
+    if last is not None and ctx.created == last:
+        # Stripe's `created` has whole seconds: a tie cannot be ordered by time.
+        if ctx.stripe_client is not None:
+            try:
+                latest = await ctx.stripe_client.v1.subscriptions.retrieve_async(sub["id"])
+            except stripe.StripeError as exc:
+                return ctx.fail(f"fetching {sub['id']} from Stripe: {exc.user_message or exc}")
+            sub = latest.to_dict()
+            status = str(sub.get("status"))
+        elif _rank(status) < _rank(user.subscription_status):
+            return ctx.ignore(
+                f"same second as the applied {user.subscription_status!r} state, which is later"
+                f" in the lifecycle than {status!r}"
+            )
+    price_id = _subscription_price(sub)
+    tier: Tier | None = None
+    if status in PAYING:
+        tier = ctx.catalog.tier_for_price(price_id or "")
+        if tier is None:
+            return ctx.fail(f"price {price_id} of {sub.get('id')} is not a tier of the catalog")
+    elif status != "incomplete":  # incomplete: the first payment is pending, nothing changes
+        tier = ctx.catalog.default_tier
+    # Written before set_tier: its allowance check must see the user as billed by Stripe.
+    user.stripe_subscription_id = sub.get("id")
+    user.subscription_status = status
+    user.subscription_price_id = price_id
+    user.subscription_period_end = _ts(sub.get("current_period_end")) or _ts(
+        _first_item(sub).get("current_period_end")
+    )
+    user.trial_ends_at = _ts(sub.get("trial_end"))
+    user.subscription_event_at = ctx.created
+    user.updated_at = ctx.now
+    reason = f"Stripe subscription {sub.get('id')} {status}"
+    changed = None
+    if tier is not None:
+        result = await tiers.set_tier(
+            ctx.session,
+            user=UserRef(user_id=user.id),
+            tier=tier.code,
+            reason=reason,
+            actor=ctx.actor,
+            now=ctx.now,
+            catalog=ctx.catalog,
+            action="subscription_updated",
+        )
+        if isinstance(result, Failure):
+            return ctx.fail(result.message)
+        changed = result.change
+    if changed is None:
+        # The tier stayed; support still looks for this line after replaying an event.
+        record_change(
+            ctx.session,
+            action="subscription_updated",
+            request_id=ctx.actor.request_id,
+            user_id=user.id,
+            email=user.email,
+            tier=user.tier,
+            subscription=sub.get("id"),
+            status=status,
+            source="stripe",
+            actor=ctx.actor.name,
+        )
+    moved = f"tier {changed.from_tier} → {changed.to_tier}" if changed else f"tier {user.tier}"
+    return EventHandled(status="processed", effects=(f"{reason}: {moved}",))
+
+
+async def invoice_paid(ctx: EventContext) -> EventHandled | StripeEventFailed:
+    inv = ctx.obj
+    details = _dict(_dict(inv.get("parent")).get("subscription_details")) or _dict(
+        inv.get("subscription_details")
+    )
+    subscription = object_id(inv.get("subscription")) or object_id(details.get("subscription"))
+    if subscription is None:
+        return ctx.ignore("not a subscription invoice")
+    lines = _dict(inv.get("lines")).get("data") or []
+    priced = [(line, ctx.catalog.tier_for_price(_line_price(line) or "")) for line in lines]
+    line, tier = next(((li, t) for li, t in priced if t is not None), ({}, None))
+    if tier is None:
+        prices = ", ".join(str(_line_price(li)) for li in lines) or "none"
+        return ctx.fail(f"no line of invoice {inv.get('id')} has a tier's price (prices: {prices})")
+    user = await _find_user(
+        ctx,
+        user_id=_dict(details.get("metadata")).get("user_id"),
+        customer=object_id(inv.get("customer")),
+        subscription=subscription,
+        email=inv.get("customer_email"),
+    )
+    if isinstance(user, StripeEventFailed):
+        return user
+    recorded = await payments.record_subscription_payment(
+        ctx.session,
+        user_id=user.id,
+        invoice_id=inv["id"],
+        tier=tier,
+        amount=int(inv.get("amount_paid") or 0),
+        currency=str(inv.get("currency") or ctx.catalog.default_currency),
+        period_end=_ts(_dict(line.get("period")).get("end")),
+        payment_intent_id=object_id(inv.get("payment_intent")),
+        charge_id=object_id(inv.get("charge")),
+        actor=ctx.actor,
+        now=ctx.now,
+    )
+    if isinstance(recorded, Failure):
+        return ctx.fail(recorded.message)
+    return EventHandled(status="processed", effects=_payment_effects(recorded))
+
+
+async def charge_refunded(ctx: EventContext) -> EventHandled | StripeEventFailed:
+    charge = ctx.obj
+    payment = await _payment_for(ctx, charge.get("id"), charge)
+    if isinstance(payment, StripeEventFailed):
+        return payment
+    result = await payments.refund_payment(
+        ctx.session,
+        payment_id=payment.id,
+        amount_refunded=int(charge.get("amount_refunded") or 0),
+        charge_id=charge.get("id"),
+        actor=ctx.actor,
+        now=ctx.now,
+    )
+    return _taken_back(ctx, result)
+
+
+async def dispute_created(ctx: EventContext) -> EventHandled | StripeEventFailed:
+    dispute = ctx.obj
+    payment = await _payment_for(ctx, object_id(dispute.get("charge")), dispute)
+    if isinstance(payment, StripeEventFailed):
+        return payment
+    result = await payments.dispute_payment(
+        ctx.session,
+        payment_id=payment.id,
+        disputed_amount=int(dispute.get("amount") or 0),
+        dispute_id=str(dispute.get("id")),
+        charge_id=object_id(dispute.get("charge")),
+        actor=ctx.actor,
+        now=ctx.now,
+    )
+    return _taken_back(ctx, result)
+
+
+HANDLERS: dict[str, Handler] = {
+    "checkout.session.completed": checkout_completed,
+    "checkout.session.async_payment_succeeded": checkout_completed,
+    "customer.subscription.created": subscription_changed,
+    "customer.subscription.updated": subscription_changed,
+    "customer.subscription.deleted": subscription_changed,
+    "invoice.paid": invoice_paid,
+    "charge.refunded": charge_refunded,
+    "charge.dispute.created": dispute_created,
+}
+
+
+async def _find_user(
+    ctx: EventContext,
+    *,
+    user_id: Any = None,
+    customer: str | None = None,
+    subscription: str | None = None,
+    email: str | None = None,
+) -> User | StripeEventFailed:
+    """By our id (client_reference_id, metadata), else customer, subscription, email; locked."""
+    found = await _user_id_by(ctx.session, user_id, customer, subscription, email)
+    if found is None and email is None and customer and ctx.stripe_client is not None:
+        try:
+            remote = await ctx.stripe_client.v1.customers.retrieve_async(customer)
+        except stripe.StripeError as exc:
+            return ctx.fail(f"fetching customer {customer} from Stripe: {exc.user_message or exc}")
+        email = getattr(remote, "email", None)
+        found = await _user_id_by(ctx.session, None, None, None, email)
+    if found is None:
+        return ctx.fail(
+            f"no user for Stripe customer {customer or '-'} (user id {user_id or '-'},"
+            f" email {email or '-'}); create the user, then replay {ctx.event['id']}"
+        )
+    user = await find_user(ctx.session, UserRef(user_id=found), lock=True)
+    assert user is not None, "a user found in this transaction is still there"
+    if customer and user.stripe_customer_id is None:
+        taken = await ctx.session.execute(
+            select(User.id).where(User.stripe_customer_id == customer)
+        )
+        if taken.scalar_one_or_none() is None:
+            user.stripe_customer_id = customer
+            user.updated_at = ctx.now
+    return user
+
+
+async def _user_id_by(
+    session: AsyncSession,
+    user_id: Any,
+    customer: str | None,
+    subscription: str | None,
+    email: str | None,
+) -> int | None:
+    conditions = []
+    if isinstance(user_id, str) and user_id.isdigit():
+        conditions.append(User.id == int(user_id))
+    if customer:
+        conditions.append(User.stripe_customer_id == customer)
+    if subscription:
+        conditions.append(User.stripe_subscription_id == subscription)
+    if isinstance(email, str) and email:
+        conditions.append(User.email == normalize_email(email))
+    for condition in conditions:
+        stmt = select(User.id).where(condition).order_by(User.id).limit(1)
+        if (found := (await session.execute(stmt)).scalar_one_or_none()) is not None:
+            return found
+    return None
+
+
+async def _pack_for(
+    ctx: EventContext, cs: dict[str, Any], metadata: dict[str, Any]
+) -> CreditPack | StripeEventFailed:
+    """metadata.pack (set by our checkout) first; else the line items' prices via the catalog."""
+    if code := metadata.get("pack"):
+        pack = ctx.catalog.credit_pack(str(code))
+        return pack or ctx.fail(f"metadata.pack {code!r} is not a credit pack of the catalog")
+    items = _dict(cs.get("line_items")).get("data")
+    if items is None and ctx.stripe_client is not None:
+        # Checkout events leave line items out unless expanded; ask Stripe for them.
+        try:
+            listed = await ctx.stripe_client.v1.checkout.sessions.line_items.list_async(cs["id"])
+        except stripe.StripeError as exc:
+            return ctx.fail(f"fetching line items of {cs['id']}: {exc.user_message or exc}")
+        items = [item.to_dict() for item in listed.data]
+    prices = [object_id(_dict(item).get("price")) for item in items or []]
+    for price in prices:
+        if price and (pack := ctx.catalog.pack_for_price(price)):
+            return pack
+    return ctx.fail(f"checkout {cs.get('id')}: no metadata.pack and no pack price in {prices}")
+
+
+async def _payment_for(
+    ctx: EventContext, charge_id: str | None, obj: dict[str, Any]
+) -> Payment | StripeEventFailed:
+    payment_intent = object_id(obj.get("payment_intent"))
+    payment = await payments.find_payment_for_charge(
+        ctx.session,
+        charge_id=charge_id,
+        payment_intent_id=payment_intent,
+        invoice_id=object_id(obj.get("invoice")),
+    )
+    if payment is None:
+        return ctx.fail(
+            f"no payment for charge {charge_id} (payment intent {payment_intent});"
+            " replay once its purchase event is processed"
+        )
+    return payment
+
+
+def _taken_back(
+    ctx: EventContext, result: payments.CreditsTakenBack | Failure
+) -> EventHandled | StripeEventFailed:
+    if isinstance(result, Failure):
+        return ctx.fail(result.message)
+    payment = result.payment
+    effect = (
+        f"payment {payment.id} {payment.status}: took back {result.revoked} credits"
+        + (f" (ledger event {result.event.id})" if result.event else "")
+        + f", {result.unrecovered} already spent;"
+        f" totals revoked {payment.credits_revoked}, unrecovered {payment.credits_unrecovered}"
+    )
+    return EventHandled(status="processed", effects=(effect,))
+
+
+def _payment_effects(recorded: payments.PaymentRecorded) -> tuple[str, ...]:
+    payment = recorded.payment
+    verb = "recorded" if recorded.created else "already recorded, nothing changed"
+    effects = [f"payment {payment.id} ({payment.stripe_object_id}) {verb}"]
+    for event in recorded.grant_events:
+        effects.append(
+            f"grant_ai_credits: {event.amount} credits, ledger event {event.id},"
+            f" balance after {event.balance_after}"
+        )
+    return tuple(effects)
+
+
+def _subscription_price(sub: dict[str, Any]) -> str | None:
+    return object_id(_first_item(sub).get("price")) or object_id(sub.get("plan"))
+
+
+def _first_item(sub: dict[str, Any]) -> dict[str, Any]:
+    items = _dict(sub.get("items")).get("data") or []
+    return _dict(items[0]) if items else {}
+
+
+def _line_price(line: dict[str, Any]) -> str | None:
+    return (
+        object_id(line.get("price"))
+        or object_id(line.get("plan"))
+        or object_id(_dict(_dict(line.get("pricing")).get("price_details")).get("price"))
+    )
+
+
+def _rank(status: str | None) -> int:
+    return LIFECYCLE.index(status) if status in LIFECYCLE else -1
+
+
+def _ts(value: Any) -> datetime | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, UTC)
+    return None
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}

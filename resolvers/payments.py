@@ -1,0 +1,393 @@
+"""Payments: one row per Stripe object paid for, the credits it granted, and what refunds took back.
+
+Every function locks the paying user's row first, as every ledger change does: sibling Stripe
+events about one payment (and a refund racing its purchase) then take turns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from resolvers.catalog import CreditPack, Tier
+from resolvers.credits import (
+    Actor,
+    CreditChanged,
+    grant_ai_credits,
+    revoke_payment_credits,
+)
+from resolvers.errors import (
+    IdempotencyConflict,
+    InvalidInput,
+    PaymentNotFound,
+    UserNotFound,
+)
+from resolvers.models import AnalyticsEvent, CreditEvent, CreditGrant, Payment, User
+from resolvers.users import UserRef, find_user
+
+PURCHASE_EVENT = "credit_purchase_completed"
+
+
+@dataclass(frozen=True)
+class PaymentRecorded:
+    payment: Payment
+    created: bool  # False: the payment was already recorded and nothing was done
+    grant_events: list[CreditEvent]
+
+
+@dataclass(frozen=True)
+class CreditsTakenBack:
+    payment: Payment
+    revoked: int
+    unrecovered: int
+    event: CreditEvent | None
+
+
+@dataclass(frozen=True)
+class PaymentDetails:
+    """The runbook's "linking payments to credit balance": the payment, its grants, its events."""
+
+    payment: Payment
+    user: User
+    grants: list[CreditGrant]
+    events: list[CreditEvent]
+
+
+RecordFailure = UserNotFound | InvalidInput | IdempotencyConflict
+
+
+async def record_credit_pack_purchase(
+    session: AsyncSession,
+    *,
+    user_id: int,
+    checkout_session_id: str,
+    pack: CreditPack,
+    amount: int,
+    currency: str,
+    payment_intent_id: str | None,
+    actor: Actor,
+    now: datetime,
+) -> PaymentRecorded | RecordFailure:
+    """A paid checkout session: the payment row, the pack's credits, `credit_purchase_completed`."""
+    user = await find_user(session, UserRef(user_id=user_id), lock=True)
+    if user is None:
+        return UserNotFound(user_id=user_id)
+    if earlier := await _recorded(session, checkout_session_id):
+        return earlier
+    payment = Payment(
+        user_id=user.id,
+        kind="credit_pack",
+        stripe_object_id=checkout_session_id,
+        stripe_payment_intent_id=payment_intent_id,
+        pack_code=pack.code,
+        amount=amount,
+        currency=currency.upper(),
+        status="paid",
+        amount_refunded=0,
+        credits_granted=pack.credits,
+        credits_revoked=0,
+        credits_unrecovered=0,
+        created_at=now,
+    )
+    session.add(payment)
+    await session.flush()
+    # Keyed by the checkout session, not the event: its sibling events grant once.
+    granted = await grant_ai_credits(
+        session,
+        user=UserRef(user_id=user.id),
+        amount=pack.credits,
+        reason=f"credit pack {pack.code} bought (checkout {checkout_session_id})",
+        actor=actor,
+        now=now,
+        payment_id=payment.id,
+        is_purchased=True,
+        idempotency_key=f"stripe:checkout:{checkout_session_id}",
+    )
+    if not isinstance(granted, CreditChanged):
+        return granted
+    await _track_once(
+        session,
+        user_id=user.id,
+        dedupe_key=f"{PURCHASE_EVENT}:{checkout_session_id}",
+        properties={
+            "pack": pack.code,
+            "credits": pack.credits,
+            "amount": amount,
+            "currency": payment.currency,
+            "payment_id": payment.id,
+            "checkout_session": checkout_session_id,
+        },
+        request_id=actor.request_id,
+        now=now,
+    )
+    return PaymentRecorded(payment=payment, created=True, grant_events=[granted.event])
+
+
+async def record_subscription_payment(
+    session: AsyncSession,
+    *,
+    user_id: int,
+    invoice_id: str,
+    tier: Tier,
+    amount: int,
+    currency: str,
+    period_end: datetime | None,
+    payment_intent_id: str | None,
+    charge_id: str | None,
+    actor: Actor,
+    now: datetime,
+) -> PaymentRecorded | RecordFailure:
+    """A paid subscription invoice: the payment row and the plan's allowance for its period.
+
+    The allowance expires at the period's end; an invoice replayed after that grants nothing.
+    """
+    user = await find_user(session, UserRef(user_id=user_id), lock=True)
+    if user is None:
+        return UserNotFound(user_id=user_id)
+    if earlier := await _recorded(session, invoice_id):
+        return earlier
+    credits = tier.monthly_credits if period_end is not None and period_end > now else 0
+    payment = Payment(
+        user_id=user.id,
+        kind="subscription",
+        stripe_object_id=invoice_id,
+        stripe_invoice_id=invoice_id,
+        stripe_payment_intent_id=payment_intent_id,
+        stripe_charge_id=charge_id,
+        tier_code=tier.code,
+        amount=amount,
+        currency=currency.upper(),
+        status="paid",
+        amount_refunded=0,
+        credits_granted=credits,
+        credits_revoked=0,
+        credits_unrecovered=0,
+        created_at=now,
+    )
+    session.add(payment)
+    await session.flush()
+    if credits == 0:
+        return PaymentRecorded(payment=payment, created=True, grant_events=[])
+    granted = await grant_ai_credits(
+        session,
+        user=UserRef(user_id=user.id),
+        amount=credits,
+        reason=f"{tier.code} plan allowance (invoice {invoice_id})",
+        actor=actor,
+        now=now,
+        expires_at=period_end,
+        payment_id=payment.id,
+        idempotency_key=f"stripe:invoice:{invoice_id}",
+    )
+    if not isinstance(granted, CreditChanged):
+        return granted
+    return PaymentRecorded(payment=payment, created=True, grant_events=[granted.event])
+
+
+async def refund_payment(
+    session: AsyncSession,
+    *,
+    payment_id: int,
+    amount_refunded: int,
+    charge_id: str | None,
+    actor: Actor,
+    now: datetime,
+) -> CreditsTakenBack | UserNotFound | InvalidInput:
+    """Stripe's charge says `amount_refunded` in total so far: take back that share of credits."""
+
+    def update(payment: Payment) -> int:
+        payment.amount_refunded = max(payment.amount_refunded, amount_refunded)
+        payment.status = (
+            "refunded" if payment.amount_refunded >= payment.amount else "partially_refunded"
+        )
+        return payment.amount_refunded
+
+    return await _take_back(
+        session,
+        payment_id=payment_id,
+        charge_id=charge_id,
+        update=update,
+        reason=f"refund of payment {payment_id}" + (f" (charge {charge_id})" if charge_id else ""),
+        actor=actor,
+        now=now,
+    )
+
+
+async def dispute_payment(
+    session: AsyncSession,
+    *,
+    payment_id: int,
+    disputed_amount: int,
+    dispute_id: str,
+    charge_id: str | None,
+    actor: Actor,
+    now: datetime,
+) -> CreditsTakenBack | UserNotFound | InvalidInput:
+    """A dispute freezes the disputed money: its share of credits is taken back like a refund."""
+
+    def update(payment: Payment) -> int:
+        payment.status = "disputed"
+        return max(payment.amount_refunded, disputed_amount)
+
+    return await _take_back(
+        session,
+        payment_id=payment_id,
+        charge_id=charge_id,
+        update=update,
+        reason=f"dispute {dispute_id} on payment {payment_id}",
+        actor=actor,
+        now=now,
+    )
+
+
+async def find_payment_for_charge(
+    session: AsyncSession,
+    *,
+    charge_id: str | None,
+    payment_intent_id: str | None,
+    invoice_id: str | None,
+) -> Payment | None:
+    """The payment a Stripe charge belongs to: by charge, else payment intent, else invoice."""
+    for column, value in (
+        (Payment.stripe_charge_id, charge_id),
+        (Payment.stripe_payment_intent_id, payment_intent_id),
+        (Payment.stripe_invoice_id, invoice_id),
+    ):
+        if value:
+            stmt = select(Payment).where(column == value).order_by(Payment.id).limit(1)
+            if found := (await session.execute(stmt)).scalar_one_or_none():
+                return found
+    return None
+
+
+async def find_payment(session: AsyncSession, *, ref: str) -> PaymentDetails | PaymentNotFound:
+    """A payment by its id or by any Stripe id it carries (cs_, in_, pi_, ch_)."""
+    ref = ref.strip()
+    if ref.isdigit():
+        payment = await session.get(Payment, int(ref))
+    else:
+        stmt = (
+            select(Payment)
+            .where(
+                or_(
+                    Payment.stripe_object_id == ref,
+                    Payment.stripe_payment_intent_id == ref,
+                    Payment.stripe_charge_id == ref,
+                    Payment.stripe_invoice_id == ref,
+                )
+            )
+            .order_by(Payment.id)
+            .limit(1)
+        )
+        payment = (await session.execute(stmt)).scalar_one_or_none()
+    if payment is None:
+        return PaymentNotFound(ref=ref)
+    user = await session.get(User, payment.user_id)
+    assert user is not None, "payments reference existing users"
+    grants = (
+        await session.execute(
+            select(CreditGrant).where(CreditGrant.payment_id == payment.id).order_by(CreditGrant.id)
+        )
+    ).scalars()
+    events = await _payment_events(session, payment.id)
+    return PaymentDetails(payment=payment, user=user, grants=list(grants), events=events)
+
+
+async def _recorded(session: AsyncSession, stripe_object_id: str) -> PaymentRecorded | None:
+    payment = (
+        await session.execute(select(Payment).where(Payment.stripe_object_id == stripe_object_id))
+    ).scalar_one_or_none()
+    if payment is None:
+        return None
+    events = [e for e in await _payment_events(session, payment.id) if e.kind == "grant"]
+    return PaymentRecorded(payment=payment, created=False, grant_events=events)
+
+
+async def _payment_events(session: AsyncSession, payment_id: int) -> list[CreditEvent]:
+    stmt = select(CreditEvent).where(CreditEvent.payment_id == payment_id).order_by(CreditEvent.id)
+    return list((await session.execute(stmt)).scalars())
+
+
+async def _take_back(
+    session: AsyncSession,
+    *,
+    payment_id: int,
+    charge_id: str | None,
+    update: Callable[[Payment], int],
+    reason: str,
+    actor: Actor,
+    now: datetime,
+) -> CreditsTakenBack | UserNotFound | InvalidInput:
+    owner = await session.get(Payment, payment_id)
+    if owner is None:
+        raise LookupError(f"payment {payment_id} vanished")
+    if await find_user(session, UserRef(user_id=owner.user_id), lock=True) is None:
+        return UserNotFound(user_id=owner.user_id)
+    # Re-read under the user's lock: a concurrent refund of the same payment has committed.
+    payment = (
+        await session.execute(
+            select(Payment)
+            .where(Payment.id == payment_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    ).scalar_one()
+    if charge_id and payment.stripe_charge_id is None:
+        payment.stripe_charge_id = charge_id
+    covered = min(update(payment), payment.amount)
+    # Stripe reports cumulative amounts, so the share due is recomputed from the total and only
+    # the difference with what was already settled is taken: replays and retries take nothing.
+    target = payment.credits_granted * covered // payment.amount if payment.amount > 0 else 0
+    due = target - payment.credits_revoked - payment.credits_unrecovered
+    if due <= 0:
+        await session.flush()
+        return CreditsTakenBack(payment=payment, revoked=0, unrecovered=0, event=None)
+    result = await revoke_payment_credits(
+        session,
+        user_id=payment.user_id,
+        payment_id=payment.id,
+        amount=due,
+        reason=reason,
+        actor=actor,
+        now=now,
+    )
+    if isinstance(result, UserNotFound | InvalidInput):
+        return result
+    payment.credits_revoked += result.revoked
+    payment.credits_unrecovered += result.unrecovered
+    await session.flush()
+    return CreditsTakenBack(
+        payment=payment, revoked=result.revoked, unrecovered=result.unrecovered, event=result.event
+    )
+
+
+async def _track_once(
+    session: AsyncSession,
+    *,
+    user_id: int,
+    dedupe_key: str,
+    properties: dict[str, object],
+    request_id: str | None,
+    now: datetime,
+) -> None:
+    exists = (
+        await session.execute(
+            select(AnalyticsEvent.id).where(AnalyticsEvent.dedupe_key == dedupe_key)
+        )
+    ).scalar_one_or_none()
+    if exists is None:
+        session.add(
+            AnalyticsEvent(
+                name=PURCHASE_EVENT,
+                user_id=user_id,
+                properties=properties,
+                dedupe_key=dedupe_key,
+                request_id=request_id,
+                occurred_at=now,
+            )
+        )
+        await session.flush()
