@@ -15,10 +15,11 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from gateway import migrate
+from gateway import webhooks as webhook_route
 from gateway.logs import configure_logging, request_id_var
 from gateway.runtime import Runtime
 from gateway.settings import Settings, SettingsError
-from resolvers import credits, keys, metrics, tiers, users
+from resolvers import billing, credits, keys, metrics, payments, tiers, users
 from resolvers.catalog import CatalogError
 from resolvers.errors import Failure
 from resolvers.users import UserRef
@@ -431,6 +432,139 @@ async def metrics_command(runtime: Runtime, days: int, as_json: bool) -> None:
     if isinstance(result, Failure):
         fail(f"--{result.message}")
     echo_json(result.as_dict(), compact=as_json)
+
+
+# --- webhooks --------------------------------------------------------------------------------
+
+
+@main.group()
+def webhooks() -> None:
+    """Stored Stripe events: list them, replay one (runbook section 4)."""
+
+
+def describe_stripe_event(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "type": row.type,
+        "status": row.status,
+        "attempts": row.attempts,
+        "last_error": row.last_error,
+        "created": row.created.isoformat(),
+        "received_at": row.received_at.isoformat(),
+        "processed_at": row.processed_at.isoformat() if row.processed_at else None,
+        "customer": row.stripe_customer_id,
+        "object": row.stripe_object_id,
+        "livemode": row.livemode,
+        "request_id": row.request_id,
+    }
+
+
+@webhooks.command("list")
+@click.option("--status", type=click.Choice(billing.STATUSES), default=None)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 500))
+@click.option("--json", "as_json", is_flag=True, help="One compact JSON document on one line.")
+@sync
+async def webhooks_list(runtime: Runtime, status: str | None, limit: int, as_json: bool) -> None:
+    """Stored Stripe events, newest first."""
+    async with runtime.db.read() as session:
+        page = await billing.list_stripe_events(session, status=status, limit=limit)
+    if isinstance(page, Failure):
+        fail(page.message)
+    events = [describe_stripe_event(row) for row in page.events]
+    if as_json:
+        echo_json({"events": events, "has_more": page.has_more}, compact=True)
+        return
+    for e in events:
+        error = f"  {e['last_error']}" if e["last_error"] else ""
+        click.echo(
+            f"{e['received_at']}  {e['id']}  {e['type']:<40} {e['status']:<9}"
+            f" attempts={e['attempts']}{error}"
+        )
+
+
+@webhooks.command("replay")
+@click.argument("event_id")
+@click.option("--json", "as_json", is_flag=True, help="One compact JSON document on one line.")
+@sync
+async def webhooks_replay(runtime: Runtime, event_id: str, as_json: bool) -> None:
+    """Re-run a stored Stripe event through the webhook's handler; idempotent."""
+    actor = cli_actor(source="stripe")
+    result = await webhook_route.replay_stripe_event(runtime, event_id, actor.request_id)
+    if isinstance(result, Failure):
+        fail(f"{result.message} (correlation id {actor.request_id})")
+    document = {
+        "event": describe_stripe_event(result.event),
+        "outcome": result.status,
+        "effects": list(result.effects),
+        "note": result.note,
+        "correlation_id": actor.request_id,
+    }
+    if as_json:
+        echo_json(document, compact=True)
+        return
+    click.echo(f"{event_id} ({result.event.type}): {result.status}")
+    for effect in result.effects:
+        click.echo(f"  {effect}")
+    if result.note:
+        click.echo(f"  note: {result.note}")
+    click.echo(f"correlation id: {actor.request_id}")
+
+
+# --- payments --------------------------------------------------------------------------------
+
+
+@main.group()
+def payment() -> None:
+    """Payments and the credits they granted (runbook: linking payments to credit balance)."""
+
+
+@payment.command("show")
+@click.argument("ref", metavar="ID_OR_STRIPE_ID")
+@click.option("--json", "as_json", is_flag=True, help="One compact JSON document on one line.")
+@sync
+async def payment_show(runtime: Runtime, ref: str, as_json: bool) -> None:
+    """A payment by id or Stripe id (cs_, in_, pi_, ch_), with its grants and ledger events."""
+    async with runtime.db.read() as session:
+        found = await payments.find_payment(session, ref=ref)
+    if isinstance(found, Failure):
+        fail(found.message)
+    p = found.payment
+    document = {
+        "id": p.id,
+        "user": {"id": found.user.id, "email": found.user.email},
+        "kind": p.kind,
+        "status": p.status,
+        "amount": p.amount,
+        "currency": p.currency,
+        "amount_refunded": p.amount_refunded,
+        "pack": p.pack_code,
+        "tier": p.tier_code,
+        "stripe": {
+            "object": p.stripe_object_id,
+            "payment_intent": p.stripe_payment_intent_id,
+            "charge": p.stripe_charge_id,
+            "invoice": p.stripe_invoice_id,
+        },
+        "credits_granted": p.credits_granted,
+        "credits_revoked": p.credits_revoked,
+        "credits_unrecovered": p.credits_unrecovered,
+        "created_at": p.created_at.isoformat(),
+        "grants": [
+            {
+                "id": g.id,
+                "amount": g.amount,
+                "remaining": g.remaining,
+                "expires_at": g.expires_at.isoformat() if g.expires_at else None,
+                "is_purchased": g.is_purchased,
+            }
+            for g in found.grants
+        ],
+        "ledger_events": [
+            {**credits.describe_event(e), "grant_id": e.grant_id, "allocations": e.allocations}
+            for e in found.events
+        ],
+    }
+    echo_json(document, compact=as_json)
 
 
 if __name__ == "__main__":
