@@ -1,0 +1,1 @@
+"""Stand-ins for the outside world that tests talk to over real sockets (loopback only)."""
