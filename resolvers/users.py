@@ -89,6 +89,12 @@ async def upsert_user(
         return UnknownTier(tier=tier_code, known=catalog.tier_codes)
 
     user = await find_user(session, UserRef(email=email), lock=True)
+    if external_id is not None:
+        # Checked here so that a taken id is an answer, not a unique-index error that the unit
+        # of work would retry in vain and then raise.
+        owner = await session.scalar(select(User.id).where(User.external_id == external_id))
+        if owner is not None and (user is None or owner != user.id):
+            return InvalidInput(field="externalId", reason="already belongs to another user")
     if user is not None:
         if external_id is not None:
             user.external_id = external_id
