@@ -12,18 +12,30 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, or_, select, tuple_
+from sqlalchemy import func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from stripe import StripeClient
 
-from resolvers.billing_effects import HANDLERS, EventContext, EventHandled, object_id
+from resolvers import billing_effects as effects
+from resolvers.billing_effects import EventContext, EventHandled, Handler, object_id
 from resolvers.catalog import Catalog
 from resolvers.credits import Actor
 from resolvers.errors import InvalidInput, StripeEventFailed, StripeEventNotFound
 from resolvers.models import StripeEvent, WebhookSignatureFailure
+from resolvers.subscriptions import subscription_changed
 
 STATUSES = ("processed", "ignored", "failed")
 MAX_ERROR_LENGTH = 2000
+HANDLERS: dict[str, Handler] = {
+    "checkout.session.completed": effects.checkout_completed,
+    "checkout.session.async_payment_succeeded": effects.checkout_completed,
+    "customer.subscription.created": subscription_changed,
+    "customer.subscription.updated": subscription_changed,
+    "customer.subscription.deleted": subscription_changed,
+    "invoice.paid": effects.invoice_paid,
+    "charge.refunded": effects.charge_refunded,
+    "charge.dispute.created": effects.dispute_created,
+}
 
 
 @dataclass(frozen=True)
@@ -232,27 +244,6 @@ async def count_signature_failures(session: AsyncSession, *, since: datetime | N
     if since is not None:
         stmt = stmt.where(WebhookSignatureFailure.received_at >= since)
     return (await session.execute(stmt)).scalar_one()
-
-
-async def count_stripe_events(session: AsyncSession, *, status: str) -> int:
-    stmt = select(func.count()).select_from(StripeEvent).where(StripeEvent.status == status)
-    return (await session.execute(stmt)).scalar_one()
-
-
-async def events_for_customer(
-    session: AsyncSession, *, customer_id: str, object_ids: tuple[str, ...] = (), limit: int = 20
-) -> list[StripeEvent]:
-    """A customer's stored events, newest first: what the runbook's reconciliation re-runs."""
-    condition = StripeEvent.stripe_customer_id == customer_id
-    if object_ids:
-        condition = or_(condition, StripeEvent.stripe_object_id.in_(object_ids))
-    stmt = (
-        select(StripeEvent)
-        .where(condition)
-        .order_by(StripeEvent.received_at.desc(), StripeEvent.id.desc())
-        .limit(limit)
-    )
-    return list((await session.execute(stmt)).scalars())
 
 
 async def _apply(

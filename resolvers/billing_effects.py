@@ -1,8 +1,8 @@
-"""What each Stripe event type does: read its object, find the user, call the same resolvers.
+"""Stripe events about money: read the object, find the user, call the payment resolvers.
 
-Stripe's payload shape depends on the API version of the webhook endpoint, so ids are read
-from either the older fields (`invoice.subscription`, `current_period_end` on the subscription)
-or the newer ones (`invoice.parent.subscription_details`, per-item periods).
+Stripe's payload shape depends on the webhook endpoint's API version, so references are read
+from the older fields (`invoice.subscription`, `invoice.charge`) or the newer ones
+(`invoice.parent.subscription_details`, `line.pricing.price_details`), whichever is there.
 """
 
 from __future__ import annotations
@@ -16,26 +16,12 @@ import stripe
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from resolvers import payments, tiers
-from resolvers.catalog import Catalog, CreditPack, Tier
-from resolvers.changes import record_change
+from resolvers import payments
+from resolvers.catalog import Catalog, CreditPack
 from resolvers.credits import Actor
 from resolvers.errors import Failure, StripeEventFailed
 from resolvers.models import Payment, User
 from resolvers.users import UserRef, find_user, normalize_email
-
-# Where a subscription can go next; on a same-second tie the later status is the truer one.
-LIFECYCLE = (
-    "incomplete",
-    "trialing",
-    "active",
-    "past_due",
-    "paused",
-    "unpaid",
-    "incomplete_expired",
-    "canceled",
-)
-PAYING = ("trialing", "active", "past_due")  # the subscription's tier applies
 
 
 @dataclass(frozen=True)
@@ -83,7 +69,7 @@ def object_id(value: Any) -> str | None:
 
 async def checkout_completed(ctx: EventContext) -> EventHandled | StripeEventFailed:
     cs = ctx.obj
-    metadata = _dict(cs.get("metadata"))
+    metadata = as_dict(cs.get("metadata"))
     mode = cs.get("mode")
     if mode == "payment" and cs.get("payment_status") != "paid":
         return ctx.ignore(
@@ -93,11 +79,11 @@ async def checkout_completed(ctx: EventContext) -> EventHandled | StripeEventFai
     if mode not in ("payment", "subscription"):
         return ctx.ignore(f"checkout mode {mode!r} has no effects")
     customer = object_id(cs.get("customer"))
-    user = await _find_user(
+    user = await find_event_user(
         ctx,
         user_id=cs.get("client_reference_id") or metadata.get("user_id"),
         customer=customer,
-        email=_dict(cs.get("customer_details")).get("email") or cs.get("customer_email"),
+        email=as_dict(cs.get("customer_details")).get("email") or cs.get("customer_email"),
     )
     if isinstance(user, StripeEventFailed):
         return user
@@ -130,106 +116,23 @@ async def checkout_completed(ctx: EventContext) -> EventHandled | StripeEventFai
     return EventHandled(status="processed", effects=_payment_effects(recorded))
 
 
-async def subscription_changed(ctx: EventContext) -> EventHandled | StripeEventFailed:
-    sub = ctx.obj
-    metadata = _dict(sub.get("metadata"))
-    user = await _find_user(
-        ctx,
-        user_id=metadata.get("user_id"),
-        customer=object_id(sub.get("customer")),
-        subscription=sub.get("id"),
-    )
-    if isinstance(user, StripeEventFailed):
-        return user
-    status = "canceled" if ctx.event["type"].endswith(".deleted") else str(sub.get("status"))
-    last = user.subscription_event_at
-    if last is not None and ctx.created < last:
-        return ctx.ignore(f"older than the subscription state applied (from {last.isoformat()})")
-    if user.stripe_subscription_id not in (None, sub.get("id")) and status not in PAYING:
-        return ctx.ignore(f"{sub.get('id')} is not the user's current subscription")
-    if last is not None and ctx.created == last:
-        # Stripe's `created` has whole seconds: a tie cannot be ordered by time.
-        if ctx.stripe_client is not None:
-            try:
-                latest = await ctx.stripe_client.v1.subscriptions.retrieve_async(sub["id"])
-            except stripe.StripeError as exc:
-                return ctx.fail(f"fetching {sub['id']} from Stripe: {exc.user_message or exc}")
-            sub = latest.to_dict()
-            status = str(sub.get("status"))
-        elif _rank(status) < _rank(user.subscription_status):
-            return ctx.ignore(
-                f"same second as the applied {user.subscription_status!r} state, which is later"
-                f" in the lifecycle than {status!r}"
-            )
-    price_id = _subscription_price(sub)
-    tier: Tier | None = None
-    if status in PAYING:
-        tier = ctx.catalog.tier_for_price(price_id or "")
-        if tier is None:
-            return ctx.fail(f"price {price_id} of {sub.get('id')} is not a tier of the catalog")
-    elif status != "incomplete":  # incomplete: the first payment is pending, nothing changes
-        tier = ctx.catalog.default_tier
-    # Written before set_tier: its allowance check must see the user as billed by Stripe.
-    user.stripe_subscription_id = sub.get("id")
-    user.subscription_status = status
-    user.subscription_price_id = price_id
-    user.subscription_period_end = _ts(sub.get("current_period_end")) or _ts(
-        _first_item(sub).get("current_period_end")
-    )
-    user.trial_ends_at = _ts(sub.get("trial_end"))
-    user.subscription_event_at = ctx.created
-    user.updated_at = ctx.now
-    reason = f"Stripe subscription {sub.get('id')} {status}"
-    changed = None
-    if tier is not None:
-        result = await tiers.set_tier(
-            ctx.session,
-            user=UserRef(user_id=user.id),
-            tier=tier.code,
-            reason=reason,
-            actor=ctx.actor,
-            now=ctx.now,
-            catalog=ctx.catalog,
-            action="subscription_updated",
-        )
-        if isinstance(result, Failure):
-            return ctx.fail(result.message)
-        changed = result.change
-    if changed is None:
-        # The tier stayed; support still looks for this line after replaying an event.
-        record_change(
-            ctx.session,
-            action="subscription_updated",
-            request_id=ctx.actor.request_id,
-            user_id=user.id,
-            email=user.email,
-            tier=user.tier,
-            subscription=sub.get("id"),
-            status=status,
-            source="stripe",
-            actor=ctx.actor.name,
-        )
-    moved = f"tier {changed.from_tier} → {changed.to_tier}" if changed else f"tier {user.tier}"
-    return EventHandled(status="processed", effects=(f"{reason}: {moved}",))
-
-
 async def invoice_paid(ctx: EventContext) -> EventHandled | StripeEventFailed:
     inv = ctx.obj
-    details = _dict(_dict(inv.get("parent")).get("subscription_details")) or _dict(
+    details = as_dict(as_dict(inv.get("parent")).get("subscription_details")) or as_dict(
         inv.get("subscription_details")
     )
     subscription = object_id(inv.get("subscription")) or object_id(details.get("subscription"))
     if subscription is None:
         return ctx.ignore("not a subscription invoice")
-    lines = _dict(inv.get("lines")).get("data") or []
+    lines = as_dict(inv.get("lines")).get("data") or []
     priced = [(line, ctx.catalog.tier_for_price(_line_price(line) or "")) for line in lines]
     line, tier = next(((li, t) for li, t in priced if t is not None), ({}, None))
     if tier is None:
         prices = ", ".join(str(_line_price(li)) for li in lines) or "none"
         return ctx.fail(f"no line of invoice {inv.get('id')} has a tier's price (prices: {prices})")
-    user = await _find_user(
+    user = await find_event_user(
         ctx,
-        user_id=_dict(details.get("metadata")).get("user_id"),
+        user_id=as_dict(details.get("metadata")).get("user_id"),
         customer=object_id(inv.get("customer")),
         subscription=subscription,
         email=inv.get("customer_email"),
@@ -243,7 +146,7 @@ async def invoice_paid(ctx: EventContext) -> EventHandled | StripeEventFailed:
         tier=tier,
         amount=int(inv.get("amount_paid") or 0),
         currency=str(inv.get("currency") or ctx.catalog.default_currency),
-        period_end=_ts(_dict(line.get("period")).get("end")),
+        period_end=timestamp(as_dict(line.get("period")).get("end")),
         payment_intent_id=object_id(inv.get("payment_intent")),
         charge_id=object_id(inv.get("charge")),
         actor=ctx.actor,
@@ -287,19 +190,7 @@ async def dispute_created(ctx: EventContext) -> EventHandled | StripeEventFailed
     return _taken_back(ctx, result)
 
 
-HANDLERS: dict[str, Handler] = {
-    "checkout.session.completed": checkout_completed,
-    "checkout.session.async_payment_succeeded": checkout_completed,
-    "customer.subscription.created": subscription_changed,
-    "customer.subscription.updated": subscription_changed,
-    "customer.subscription.deleted": subscription_changed,
-    "invoice.paid": invoice_paid,
-    "charge.refunded": charge_refunded,
-    "charge.dispute.created": dispute_created,
-}
-
-
-async def _find_user(
+async def find_event_user(
     ctx: EventContext,
     *,
     user_id: Any = None,
@@ -363,7 +254,7 @@ async def _pack_for(
     if code := metadata.get("pack"):
         pack = ctx.catalog.credit_pack(str(code))
         return pack or ctx.fail(f"metadata.pack {code!r} is not a credit pack of the catalog")
-    items = _dict(cs.get("line_items")).get("data")
+    items = as_dict(cs.get("line_items")).get("data")
     if items is None and ctx.stripe_client is not None:
         # Checkout events leave line items out unless expanded; ask Stripe for them.
         try:
@@ -371,7 +262,7 @@ async def _pack_for(
         except stripe.StripeError as exc:
             return ctx.fail(f"fetching line items of {cs['id']}: {exc.user_message or exc}")
         items = [item.to_dict() for item in listed.data]
-    prices = [object_id(_dict(item).get("price")) for item in items or []]
+    prices = [object_id(as_dict(item).get("price")) for item in items or []]
     for price in prices:
         if price and (pack := ctx.catalog.pack_for_price(price)):
             return pack
@@ -423,32 +314,19 @@ def _payment_effects(recorded: payments.PaymentRecorded) -> tuple[str, ...]:
     return tuple(effects)
 
 
-def _subscription_price(sub: dict[str, Any]) -> str | None:
-    return object_id(_first_item(sub).get("price")) or object_id(sub.get("plan"))
-
-
-def _first_item(sub: dict[str, Any]) -> dict[str, Any]:
-    items = _dict(sub.get("items")).get("data") or []
-    return _dict(items[0]) if items else {}
-
-
 def _line_price(line: dict[str, Any]) -> str | None:
     return (
         object_id(line.get("price"))
         or object_id(line.get("plan"))
-        or object_id(_dict(_dict(line.get("pricing")).get("price_details")).get("price"))
+        or object_id(as_dict(as_dict(line.get("pricing")).get("price_details")).get("price"))
     )
 
 
-def _rank(status: str | None) -> int:
-    return LIFECYCLE.index(status) if status in LIFECYCLE else -1
-
-
-def _ts(value: Any) -> datetime | None:
+def timestamp(value: Any) -> datetime | None:
     if isinstance(value, int) and not isinstance(value, bool):
         return datetime.fromtimestamp(value, UTC)
     return None
 
 
-def _dict(value: Any) -> dict[str, Any]:
+def as_dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}

@@ -31,6 +31,8 @@ from tests.factories import make_user
 from tests.fakes import stripe_events as ev
 from tests.fakes.stripe_server import API_KEY, FakeStripe, running_fake_stripe
 
+# The stripe library's httpx client posts its form body with `data=`, which httpx deprecates.
+pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 BASE_URL = "https://app.example.com"
 USAGE = Actor(name="ai-backend", source="usage", request_id="req-usage")
 
