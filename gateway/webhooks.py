@@ -107,7 +107,7 @@ async def process_stripe_event(
         log.exception("stripe event %s: handler raised", event["id"])
         result = StripeEventFailed(event_id=event["id"], reason=f"{type(exc).__name__}: {exc}")
     if isinstance(result, StripeEventFailed):
-        await _record_failure(runtime, event, result, request_id)
+        await _record_failure(runtime, result, request_id, event)
     _log_outcome(event["id"], event["type"], result)
     return result
 
@@ -132,26 +132,26 @@ async def replay_stripe_event(
         log.exception("stripe event %s: replay raised", event_id)
         result = StripeEventFailed(event_id=event_id, reason=f"{type(exc).__name__}: {exc}")
     if isinstance(result, StripeEventFailed):
-        async with runtime.db.read() as session:
-            stored = await billing.find_stripe_event(session, event_id)
-        if stored is not None:
-            await _record_failure(runtime, stored.payload, result, request_id)
+        await _record_failure(runtime, result, request_id)
     if not isinstance(result, StripeEventNotFound):
         _log_outcome(event_id, "replay", result)
     return result
 
 
 async def _record_failure(
-    runtime: Runtime, event: dict[str, Any], failure: StripeEventFailed, request_id: str | None
+    runtime: Runtime,
+    failure: StripeEventFailed,
+    request_id: str | None,
+    event: dict[str, Any] | None = None,
 ) -> None:
     try:
         await runtime.db.write(
             lambda s: billing.record_stripe_event_failure(
-                s, event=event, error=failure.reason, now=runtime.clock(), request_id=request_id
+                s, failure=failure, now=runtime.clock(), request_id=request_id, event=event
             )
         )
     except Exception:  # the answer is a 5xx either way, and Stripe will deliver it again
-        log.exception("stripe event %s: recording its failure failed too", event["id"])
+        log.exception("stripe event %s: recording its failure failed too", failure.event_id)
 
 
 def _log_outcome(

@@ -175,25 +175,28 @@ async def replay_stripe_event(
 async def record_stripe_event_failure(
     session: AsyncSession,
     *,
-    event: dict[str, Any],
-    error: str,
+    failure: StripeEventFailed,
     now: datetime,
     request_id: str | None,
-) -> StripeEvent:
+    event: dict[str, Any] | None = None,
+) -> StripeEvent | None:
     """Store the event as failed with its error, after its effects were rolled back.
 
-    A concurrent delivery may have processed it in between: then the failure is not recorded
-    over the success, only the attempt is counted.
+    `event`, the delivered payload, stores an event seen for the first time; a replayed one is
+    already stored. A concurrent delivery may have processed the event in between: then the
+    failure is not written over the success, only the attempt is counted.
     """
-    row = await _lock_event(session, event["id"])
+    row = await _lock_event(session, failure.event_id)
     if row is None:
+        if event is None:
+            return None
         row = _new_row(event, now=now, request_id=request_id)
         session.add(row)
     row.attempts += 1
     row.request_id = request_id
     if row.status not in ("processed", "ignored"):
         row.status = "failed"
-        row.last_error = error[:MAX_ERROR_LENGTH]
+        row.last_error = failure.reason[:MAX_ERROR_LENGTH]
     await session.flush()
     return row
 

@@ -133,13 +133,17 @@ async def test_unknown_user_fails_with_500_then_replay_succeeds_once_the_user_ex
         row = await stored(runtime, event["id"])
         assert (row.status, row.attempts) == ("failed", attempt)
     assert "create the user, then replay" in row.last_error
+    too_early = await replay_stripe_event(runtime, event["id"], "req-replay-1")
+    assert too_early.code == "STRIPE_EVENT_FAILED"
+    row = await stored(runtime, event["id"])
+    assert (row.status, row.attempts, row.request_id) == ("failed", 3, "req-replay-1")
     assert await count(runtime, Payment) == 0
     user = await make_user(runtime, email=email)
-    outcome = await replay_stripe_event(runtime, event["id"], "req-replay")
+    outcome = await replay_stripe_event(runtime, event["id"], "req-replay-2")
     assert isinstance(outcome, billing.StripeEventOutcome) and outcome.status == "processed"
     assert await balance(runtime, user.id) == 100
     row = await stored(runtime, event["id"])
-    assert (row.status, row.attempts, row.last_error) == ("processed", 3, None)
+    assert (row.status, row.attempts, row.last_error) == ("processed", 4, None)
     redelivered = await post(client, event)
     assert redelivered.json()["duplicate"] is True
     assert await balance(runtime, user.id) == 100
@@ -328,3 +332,16 @@ async def test_cli_lists_a_failed_event_replays_it_and_links_the_payment_to_its_
 
     missing = await asyncio.to_thread(run_cli, database_url, "webhooks", "replay", "evt_missing")
     assert missing.returncode == 1 and "No stored Stripe event 'evt_missing'" in missing.stderr
+
+
+async def test_handler_crash_is_a_500_recorded_on_the_event(runtime, client) -> None:
+    user = await make_user(runtime)
+    event = purchase(user.id)
+    event["data"]["object"]["amount_total"] = "five euros"
+    answer = await post(client, event)
+    assert answer.status_code == 500
+    assert "Traceback" not in answer.text
+    row = await stored(runtime, event["id"])
+    assert (row.status, row.attempts) == ("failed", 1)
+    assert row.last_error.startswith("ValueError")
+    assert await count(runtime, Payment) == 0 and await balance(runtime, user.id) == 0
