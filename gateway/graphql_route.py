@@ -236,6 +236,7 @@ class GraphQLRoute:
             app_base_url=runtime.settings.app_base_url,
             accept_language=request.headers.get("accept-language"),
             stripe=getattr(runtime, "stripe", None),
+            analytics_events=runtime.settings.analytics_events,
         )
 
     def refuse(self, error: AuthError, request_id: str) -> Response:

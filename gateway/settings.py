@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ class Settings:
     stripe_api_base: str | None = None
     log_level: str = "INFO"
     log_format: str = "json"
+    analytics_events: tuple[str, ...] = ()
 
     @property
     def is_sqlite(self) -> bool:
@@ -85,6 +87,15 @@ class Settings:
         if log_format not in LOG_FORMATS:
             raise SettingsError(f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}")
 
+        analytics_events = tuple(
+            n.strip() for n in (get("ENTITLEMENTS_ANALYTICS_EVENTS") or "").split(",") if n.strip()
+        )
+        for name in analytics_events:
+            if not re.fullmatch(r"[a-z][a-z0-9_]{0,63}", name):
+                raise SettingsError(
+                    f"ENTITLEMENTS_ANALYTICS_EVENTS: {name[:64]!r} is not a snake_case event name"
+                )
+
         return cls(
             database_url=database_url,
             catalog_path=catalog_path,
@@ -98,6 +109,7 @@ class Settings:
             stripe_api_base=stripe_api_base,
             log_level=log_level,
             log_format=log_format,
+            analytics_events=analytics_events,
         )
 
 

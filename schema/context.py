@@ -70,6 +70,7 @@ class Context:
     app_base_url: str
     accept_language: str | None = None
     stripe: Any = None
+    analytics_events: tuple[str, ...] = ()
     _loaders: Loaders | None = field(default=None, repr=False)
 
     @property

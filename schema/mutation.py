@@ -6,8 +6,9 @@ from typing import Annotated
 
 import strawberry
 from strawberry import Info
+from strawberry.scalars import JSON
 
-from resolvers import credits, tiers, users
+from resolvers import analytics, credits, tiers, users
 from resolvers.errors import Failure, InvalidInput
 from schema import permissions
 from schema.errors import (
@@ -25,6 +26,7 @@ from schema.inputs import (
     UpsertUserInput,
     user_ref,
 )
+from schema.insights import TrackedEvent
 from schema.types import CreditEvent, TierChange, User
 
 
@@ -71,6 +73,16 @@ def credit_result(result: credits.CreditChanged | Failure) -> CreditChangeResult
         event=CreditEvent.from_row(result.event),
         replayed=result.replayed,
     )
+
+
+@strawberry.input
+class TrackEventInput:
+    name: str
+    session_id: str | None = None
+    properties: JSON | None = None
+
+
+TrackEventResult = Annotated[TrackedEvent | InvalidInputError, strawberry.union("TrackEventResult")]
 
 
 @strawberry.type
@@ -170,3 +182,29 @@ class Mutation:
         if isinstance(result, Failure):
             return from_failure(result)  # type: ignore[return-value]
         return UserUpsert(user=User(row=result.user), created=result.created)
+
+    @strawberry.mutation(
+        permission_classes=[permissions.TRACK],
+        description="Record a CRO event (cta_upgrade_click, premium_overlay_impression, "
+        "credit_purchase_completed or a configured name); the overlay once per session.",
+    )
+    async def track_event(self, info: Info, input: TrackEventInput) -> TrackEventResult:
+        ctx = info.context
+        principal = ctx.principal
+        user_id = principal.user_id if principal is not None else None
+        now = ctx.clock()
+        result = await ctx.db.write(
+            lambda session: analytics.track_event(
+                session,
+                name=input.name,
+                session_id=input.session_id,
+                properties=input.properties,
+                user_id=user_id,
+                allowed_names=ctx.analytics_events,
+                now=now,
+                request_id=ctx.request_id,
+            )
+        )
+        if isinstance(result, Failure):
+            return from_failure(result)  # type: ignore[return-value]
+        return TrackedEvent(event=result.event, recorded=result.recorded)  # type: ignore[arg-type]

@@ -6,13 +6,15 @@ import strawberry
 from sqlalchemy import select
 from strawberry import Info
 
-from resolvers import changes, credits
+from resolvers import analytics, changes, credits, diagnose, metrics, pricing
+from resolvers.errors import InvalidInput
 from resolvers.models import CreditEvent as CreditEventRow
 from resolvers.models import User as UserRow
 from resolvers.users import normalize_email
 from schema import permissions
 from schema.connections import Connection, connection, decode_cursor, page_size
 from schema.context import VIEWER, BadUserInput, Context
+from schema.insights import AnalyticsEvent, Diagnosis, EntitlementMetrics, Pricing
 from schema.types import CreditEvent, EntitlementChange, Plan, TierChange, User
 
 MAX_SEARCH_LENGTH = 320
@@ -110,3 +112,66 @@ class Query:
             CreditEvent.from_row(r) if isinstance(r, CreditEventRow) else TierChange.from_row(r)
             for r in rows
         ]
+
+    @strawberry.field(
+        description="Tier cards and credit packs with CTAs for the caller (anyone may ask). "
+        "Locale from the argument, else Accept-Language, else en."
+    )
+    async def pricing(
+        self, info: Info, locale: str | None = None, currency: str | None = None
+    ) -> Pricing:
+        ctx: Context = info.context
+        viewer = None
+        principal = ctx.principal
+        if principal is not None and principal.role == VIEWER and principal.user_id is not None:
+            viewer = await ctx.loaders.user_by_id.load(principal.user_id)
+        chosen = pricing.negotiate_locale(locale, ctx.accept_language, ctx.catalog.locales)
+        return pricing.pricing(  # type: ignore[return-value]
+            catalog=ctx.catalog,
+            locale=chosen,
+            currency=currency,
+            user=viewer,
+            app_base_url=ctx.app_base_url,
+        )
+
+    @strawberry.field(
+        permission_classes=[permissions.DASHBOARD],
+        description="The runbook's CRO query: these events (default cta_upgrade_click and "
+        "premium_overlay_impression), newest first.",
+    )
+    async def analytics_events(
+        self, info: Info, names: list[str] | None = None, last: int = 20
+    ) -> list[AnalyticsEvent]:
+        async with info.context.db.read() as session:
+            rows = await analytics.recent_analytics_events(session, names=names, last=last)
+        return list(_or_bad_input(rows))  # type: ignore[arg-type]
+
+    @strawberry.field(
+        permission_classes=[permissions.DASHBOARD],
+        description="collect_entitlement_metrics: plans, trials, payments, credits (3 statements).",
+    )
+    async def metrics(self, info: Info, days: int = 7) -> EntitlementMetrics:
+        ctx: Context = info.context
+        async with ctx.db.read() as session:
+            result = await metrics.collect_entitlement_metrics(
+                session, now=ctx.clock(), days=days, catalog=ctx.catalog
+            )
+        return _or_bad_input(result)  # type: ignore[return-value]
+
+    @strawberry.field(
+        permission_classes=[permissions.SUPPORT],
+        description="The runbook's checks on one account, each finding with its escalation path.",
+    )
+    async def diagnose(self, info: Info, email: str) -> Diagnosis:
+        ctx: Context = info.context
+        async with ctx.db.read() as session:
+            return await diagnose.diagnose(  # type: ignore[return-value]
+                session, email=email, catalog=ctx.catalog, now=ctx.clock()
+            )
+
+
+def _or_bad_input(value: object) -> object:
+    """Arguments outside a mutation that a resolver refused: a BAD_USER_INPUT error."""
+    if isinstance(value, InvalidInput):
+        raise BadUserInput(value.message)
+    return value

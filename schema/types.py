@@ -8,10 +8,13 @@ from typing import Annotated
 import strawberry
 from strawberry import Info, Private
 
-from resolvers import models
+from resolvers import analytics, models
 from resolvers.catalog import Tier
+from resolvers.errors import InvalidInput
 from resolvers.loaders import unexpired
 from schema.connections import Connection, connection, decode_cursor, page_size
+from schema.context import BadUserInput
+from schema.insights import PremiumOverlay
 
 
 @strawberry.type
@@ -309,6 +312,17 @@ class User:
         size = page_size(first)
         loader = info.context.loaders.newest_payments(size + 1, decode_cursor(after))
         return connection(await loader.load(self.row.id), size, Payment.from_row)
+
+    @strawberry.field(description="Whether to show the premium overlay in this browser session.")
+    async def premium_overlay(self, info: Info, session_id: str) -> PremiumOverlay:
+        ctx = info.context
+        async with ctx.db.read() as session:
+            result = await analytics.premium_overlay(
+                session, user=self.row, session_id=session_id, catalog=ctx.catalog, now=ctx.clock()
+            )
+        if isinstance(result, InvalidInput):
+            raise BadUserInput(result.message)
+        return result  # type: ignore[return-value]
 
     @strawberry.field
     def subscription(self) -> Subscription | None:
