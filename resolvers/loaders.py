@@ -70,6 +70,15 @@ async def events_by_payment(
     return _group((await session.execute(stmt)).scalars(), payment_ids, lambda e: e.payment_id)
 
 
+async def grants_by_payment(
+    session: AsyncSession, payment_ids: Sequence[int]
+) -> list[list[CreditGrant]]:
+    stmt = (
+        select(CreditGrant).where(CreditGrant.payment_id.in_(payment_ids)).order_by(CreditGrant.id)
+    )
+    return _group((await session.execute(stmt)).scalars(), payment_ids, lambda g: g.payment_id)
+
+
 async def _newest_per_owner(
     session: AsyncSession,
     model: Any,
@@ -150,6 +159,10 @@ class Loaders:
     @property
     def payment_events(self) -> DataLoader[int, list[CreditEvent]]:
         return self._loader("payment_events", events_by_payment)
+
+    @property
+    def payment_grants(self) -> DataLoader[int, list[CreditGrant]]:
+        return self._loader("payment_grants", grants_by_payment)
 
     def prime_user(self, user: User) -> None:
         """A user already read (viewer, mutation result) need not be read again."""

@@ -41,6 +41,37 @@ class IdempotencyConflict(Error):
     idempotency_key: str
 
 
+@strawberry.type
+class PaymentsNotConfigured(Error):
+    pass
+
+
+@strawberry.type
+class PaymentProviderError(Error):
+    provider_message: str
+
+
+@strawberry.type
+class NoStripeCustomer(Error):
+    user_id: strawberry.ID
+
+
+@strawberry.type
+class PaymentNotFound(Error):
+    ref: str
+
+
+@strawberry.type
+class WebhookEventNotFound(Error):
+    event_id: str
+
+
+@strawberry.type
+class WebhookEventFailed(Error):
+    event_id: str
+    reason: str
+
+
 def from_failure(failure: domain.Failure) -> Error:
     """The GraphQL value of a domain failure."""
     message, code = failure.message, failure.code
@@ -58,4 +89,18 @@ def from_failure(failure: domain.Failure) -> Error:
             return InvalidInput(message=message, code=code, field=field)
         case domain.IdempotencyConflict(idempotency_key=key):
             return IdempotencyConflict(message=message, code=code, idempotency_key=key)
+        case domain.PaymentsNotConfigured():
+            return PaymentsNotConfigured(message=message, code=code)
+        case domain.PaymentProviderError(provider_message=provider_message):
+            return PaymentProviderError(
+                message=message, code=code, provider_message=provider_message
+            )
+        case domain.NoStripeCustomer(user_id=user_id):
+            return NoStripeCustomer(message=message, code=code, user_id=strawberry.ID(str(user_id)))
+        case domain.PaymentNotFound(ref=ref):
+            return PaymentNotFound(message=message, code=code, ref=ref)
+        case domain.StripeEventNotFound(event_id=event_id):
+            return WebhookEventNotFound(message=message, code=code, event_id=event_id)
+        case domain.StripeEventFailed(event_id=event_id, reason=reason):
+            return WebhookEventFailed(message=message, code=code, event_id=event_id, reason=reason)
     raise TypeError(f"no GraphQL error type for {type(failure).__name__}")

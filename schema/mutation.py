@@ -8,14 +8,27 @@ import strawberry
 from strawberry import Info
 from strawberry.scalars import JSON
 
-from resolvers import analytics, credits, tiers, users
+from resolvers import analytics, billing, checkout, credits, tiers, users
 from resolvers.errors import Failure, InvalidInput
+from resolvers.users import UserRef
 from schema import permissions
+from schema.billing import (
+    BillingPortalSession,
+    CheckoutSession,
+    StartCheckoutInput,
+    WebhookEventReplay,
+)
+from schema.context import VIEWER, Context
 from schema.errors import (
     IdempotencyConflict,
     InsufficientCredits,
+    NoStripeCustomer,
+    PaymentProviderError,
+    PaymentsNotConfigured,
     UnknownTier,
     UserNotFound,
+    WebhookEventFailed,
+    WebhookEventNotFound,
     from_failure,
 )
 from schema.errors import InvalidInput as InvalidInputError
@@ -82,6 +95,28 @@ class TrackEventInput:
     properties: JSON | None = None
 
 
+ReplayWebhookEventResult = Annotated[
+    WebhookEventReplay | WebhookEventNotFound | WebhookEventFailed,
+    strawberry.union("ReplayWebhookEventResult"),
+]
+CheckoutResult = Annotated[
+    CheckoutSession
+    | PaymentsNotConfigured
+    | PaymentProviderError
+    | UserNotFound
+    | UnknownTier
+    | InvalidInputError,
+    strawberry.union("CheckoutResult"),
+]
+BillingPortalResult = Annotated[
+    BillingPortalSession
+    | NoStripeCustomer
+    | PaymentsNotConfigured
+    | PaymentProviderError
+    | UserNotFound
+    | InvalidInputError,
+    strawberry.union("BillingPortalResult"),
+]
 TrackEventResult = Annotated[TrackedEvent | InvalidInputError, strawberry.union("TrackEventResult")]
 
 
@@ -208,3 +243,89 @@ class Mutation:
         if isinstance(result, Failure):
             return from_failure(result)  # type: ignore[return-value]
         return TrackedEvent(event=result.event, recorded=result.recorded)  # type: ignore[arg-type]
+
+    @strawberry.mutation(
+        permission_classes=[permissions.SUPPORT],
+        description="Run a stored Stripe event again through the same handler (idempotent).",
+    )
+    async def replay_webhook_event(self, info: Info, id: strawberry.ID) -> ReplayWebhookEventResult:
+        ctx: Context = info.context
+        now = ctx.clock()
+        result = await ctx.db.write(
+            lambda session: billing.replay_stripe_event(
+                session,
+                event_id=str(id),
+                catalog=ctx.catalog,
+                now=now,
+                request_id=ctx.request_id,
+                stripe_client=ctx.stripe,
+            )
+        )
+        if isinstance(result, Failure):
+            return from_failure(result)  # type: ignore[return-value]
+        return WebhookEventReplay.from_outcome(result)
+
+    @strawberry.mutation(
+        permission_classes=[permissions.CHECKOUT],
+        description="A Stripe Checkout URL for a credit pack or a tier (the viewer's own; "
+        "support may name the user).",
+    )
+    async def start_checkout(self, info: Info, input: StartCheckoutInput) -> CheckoutResult:
+        ctx: Context = info.context
+        ref = _own_or_named_user(ctx, input.email, input.user_id)
+        if isinstance(ref, InvalidInput):
+            return from_failure(ref)  # type: ignore[return-value]
+        now = ctx.clock()
+        result = await ctx.db.write(
+            lambda session: checkout.start_checkout(
+                session,
+                user=ref,
+                catalog=ctx.catalog,
+                stripe_client=ctx.stripe,
+                app_base_url=ctx.app_base_url,
+                now=now,
+                pack_code=input.pack,
+                tier_code=input.tier,
+                currency=input.currency,
+                locale=input.locale,
+            )
+        )
+        if isinstance(result, Failure):
+            return from_failure(result)  # type: ignore[return-value]
+        return CheckoutSession.from_started(result)
+
+    @strawberry.mutation(
+        permission_classes=[permissions.PORTAL],
+        description="A Stripe Billing Portal URL for the viewer's subscription and invoices.",
+    )
+    async def open_billing_portal(
+        self, info: Info, return_url: str | None = None
+    ) -> BillingPortalResult:
+        ctx: Context = info.context
+        ref = _own_or_named_user(ctx, None, None)
+        if isinstance(ref, InvalidInput):
+            return from_failure(ref)  # type: ignore[return-value]
+        async with ctx.db.read() as session:
+            result = await checkout.open_billing_portal(
+                session,
+                user=ref,
+                stripe_client=ctx.stripe,
+                app_base_url=ctx.app_base_url,
+                return_url=return_url,
+            )
+        if isinstance(result, Failure):
+            return from_failure(result)  # type: ignore[return-value]
+        return BillingPortalSession(url=result.url, customer_id=result.customer_id)
+
+
+def _own_or_named_user(
+    ctx: Context, email: str | None, user_id: strawberry.ID | None
+) -> UserRef | InvalidInput:
+    """Viewers act on their own account; staff name the user."""
+    principal = ctx.principal
+    if principal is not None and principal.role == VIEWER:
+        if email is not None or user_id is not None:
+            return InvalidInput(field="email", reason="viewers check out for themselves only")
+        assert principal.user_id is not None
+        return UserRef(user_id=principal.user_id)
+    return user_ref(email, user_id)

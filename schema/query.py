@@ -6,16 +6,23 @@ import strawberry
 from sqlalchemy import select
 from strawberry import Info
 
-from resolvers import analytics, changes, credits, diagnose, metrics, pricing
+from resolvers import analytics, billing, changes, credits, diagnose, metrics, payments, pricing
 from resolvers.errors import InvalidInput
 from resolvers.models import CreditEvent as CreditEventRow
+from resolvers.models import Payment as PaymentRow
 from resolvers.models import User as UserRow
 from resolvers.users import normalize_email
 from schema import permissions
+from schema.billing import (
+    WebhookEventConnection,
+    WebhookEventStatus,
+    event_connection,
+    event_id_from_cursor,
+)
 from schema.connections import Connection, connection, decode_cursor, page_size
 from schema.context import VIEWER, BadUserInput, Context
 from schema.insights import AnalyticsEvent, Diagnosis, EntitlementMetrics, Pricing
-from schema.types import CreditEvent, EntitlementChange, Plan, TierChange, User
+from schema.types import CreditEvent, EntitlementChange, Payment, Plan, TierChange, User
 
 MAX_SEARCH_LENGTH = 320
 
@@ -168,6 +175,53 @@ class Query:
             return await diagnose.diagnose(  # type: ignore[return-value]
                 session, email=email, catalog=ctx.catalog, now=ctx.clock()
             )
+
+    @strawberry.field(
+        permission_classes=[permissions.DASHBOARD],
+        description="Stored Stripe events, newest received first; filter by status.",
+    )
+    async def webhook_events(
+        self,
+        info: Info,
+        status: WebhookEventStatus | None = None,
+        first: int | None = None,
+        after: str | None = None,
+    ) -> WebhookEventConnection:
+        async with info.context.db.read() as session:
+            page = await billing.list_stripe_events(
+                session,
+                status=status.value if status else None,
+                limit=page_size(first),
+                after=event_id_from_cursor(after),
+            )
+        return event_connection(_or_bad_input(page))  # type: ignore[arg-type]
+
+    @strawberry.field(
+        permission_classes=[permissions.DASHBOARD],
+        description="Payments of every user, newest first.",
+    )
+    async def payments(
+        self, info: Info, first: int | None = None, after: str | None = None
+    ) -> Connection[Payment]:
+        size = page_size(first)
+        stmt = select(PaymentRow).order_by(PaymentRow.id.desc()).limit(size + 1)
+        if (before := decode_cursor(after)) is not None:
+            stmt = stmt.where(PaymentRow.id < before)
+        async with info.context.db.read() as session:
+            rows = list((await session.execute(stmt)).scalars())
+        return connection(rows, size, Payment.from_row)
+
+    @strawberry.field(
+        permission_classes=[permissions.SUPPORT],
+        description="A payment by its id or any Stripe id it carries (cs_, in_, pi_, ch_): "
+        "the runbook's way from a payment to its grant and ledger events.",
+    )
+    async def payment(self, info: Info, ref: str) -> Payment | None:
+        async with info.context.db.read() as session:
+            found = await payments.find_payment(session, ref=ref)
+        if isinstance(found, payments.PaymentDetails):
+            return Payment.from_row(found.payment)
+        return None
 
 
 def _or_bad_input(value: object) -> object:

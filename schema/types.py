@@ -181,6 +181,11 @@ class Payment:
     created_at: datetime
     user_id: Private[int]
 
+    @strawberry.field(description="The grants this payment paid for, with what is left of them.")
+    async def grants(self, info: Info) -> list[CreditGrant]:
+        rows = await info.context.loaders.payment_grants.load(int(self.id))
+        return [CreditGrant.from_row(r) for r in rows]
+
     @strawberry.field(description="The ledger events this payment caused (grants, take-backs).")
     async def credit_events(self, info: Info) -> list[CreditEvent]:
         rows = await info.context.loaders.payment_events.load(int(self.id))

@@ -1,0 +1,150 @@
+"""Types of Stripe billing: stored webhook events, replays, Checkout and Billing Portal sessions."""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+from enum import Enum
+
+import strawberry
+from strawberry.scalars import JSON
+
+from resolvers import billing, checkout
+from resolvers.models import StripeEvent
+from schema.connections import PageInfo
+from schema.context import BadUserInput
+
+
+@strawberry.enum
+class WebhookEventStatus(Enum):
+    PROCESSED = "processed"
+    IGNORED = "ignored"
+    FAILED = "failed"
+
+
+@strawberry.type(description="A Stripe event as received and stored, before and after acting.")
+class WebhookEvent:
+    id: strawberry.ID
+    type: str
+    status: WebhookEventStatus
+    created: datetime = strawberry.field(description="Stripe's `created` (whole seconds).")
+    received_at: datetime
+    processed_at: datetime | None
+    attempts: int
+    last_error: str | None
+    livemode: bool
+    request_id: str | None
+    stripe_customer_id: str | None
+    stripe_object_id: str | None
+    payload: JSON
+
+    @classmethod
+    def from_row(cls, row: StripeEvent) -> WebhookEvent:
+        return cls(
+            id=strawberry.ID(row.id),
+            type=row.type,
+            status=WebhookEventStatus(row.status),
+            created=row.created,
+            received_at=row.received_at,
+            processed_at=row.processed_at,
+            attempts=row.attempts,
+            last_error=row.last_error,
+            livemode=row.livemode,
+            request_id=row.request_id,
+            stripe_customer_id=row.stripe_customer_id,
+            stripe_object_id=row.stripe_object_id,
+            payload=row.payload,
+        )
+
+
+@strawberry.type
+class WebhookEventEdge:
+    cursor: str
+    node: WebhookEvent
+
+
+@strawberry.type
+class WebhookEventConnection:
+    edges: list[WebhookEventEdge]
+    page_info: PageInfo
+
+
+def event_cursor(event_id: str) -> str:
+    return base64.urlsafe_b64encode(f"evt:{event_id}".encode()).decode()
+
+
+def event_id_from_cursor(cursor: str | None) -> str | None:
+    if cursor is None:
+        return None
+    try:
+        kind, _, value = base64.urlsafe_b64decode(cursor.encode()).decode().partition(":")
+    except (ValueError, UnicodeDecodeError):
+        kind, value = "", ""
+    if kind != "evt" or not value:
+        raise BadUserInput("after is not a cursor this API gave out")
+    return value
+
+
+def event_connection(page: billing.StripeEventPage) -> WebhookEventConnection:
+    edges = [
+        WebhookEventEdge(cursor=event_cursor(row.id), node=WebhookEvent.from_row(row))
+        for row in page.events
+    ]
+    return WebhookEventConnection(
+        edges=edges,
+        page_info=PageInfo(
+            has_next_page=page.has_more, end_cursor=edges[-1].cursor if edges else None
+        ),
+    )
+
+
+@strawberry.type(description="A stored event run again through the same handler.")
+class WebhookEventReplay:
+    event: WebhookEvent
+    status: WebhookEventStatus
+    effects: list[str]
+    note: str | None
+    replayed: bool
+
+    @classmethod
+    def from_outcome(cls, outcome: billing.StripeEventOutcome) -> WebhookEventReplay:
+        return cls(
+            event=WebhookEvent.from_row(outcome.event),
+            status=WebhookEventStatus(outcome.status),
+            effects=list(outcome.effects),
+            note=outcome.note,
+            replayed=outcome.replayed,
+        )
+
+
+@strawberry.type
+class CheckoutSession:
+    url: str
+    checkout_session_id: str
+    customer_id: str
+    mode: str = strawberry.field(description="payment (credit pack) or subscription (tier).")
+
+    @classmethod
+    def from_started(cls, started: checkout.CheckoutStarted) -> CheckoutSession:
+        return cls(
+            url=started.url,
+            checkout_session_id=started.checkout_session_id,
+            customer_id=started.customer_id,
+            mode=started.mode,
+        )
+
+
+@strawberry.type
+class BillingPortalSession:
+    url: str
+    customer_id: str
+
+
+@strawberry.input(description="A credit pack or a tier; staff may name the user.")
+class StartCheckoutInput:
+    pack: str | None = None
+    tier: str | None = None
+    currency: str | None = None
+    locale: str | None = None
+    email: str | None = None
+    user_id: strawberry.ID | None = None
