@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import json
+import logging
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
@@ -13,6 +14,7 @@ from functools import wraps
 from typing import Any, NoReturn, TypeVar
 
 import click
+from sqlalchemy.exc import DBAPIError
 
 from gateway import migrate
 from gateway import webhooks as webhook_route
@@ -25,6 +27,7 @@ from resolvers.errors import Failure
 from resolvers.users import UserRef
 
 T = TypeVar("T")
+log = logging.getLogger("gateway.cli")
 
 
 def fail(message: str) -> NoReturn:
@@ -51,10 +54,27 @@ def run_with_runtime(work: Callable[[Runtime], Awaitable[T]]) -> T:
             fail(str(exc))
         try:
             return await work(runtime)
+        except (OSError, DBAPIError) as exc:
+            fail(database_failure(exc))
         finally:
             await runtime.close()
 
     return asyncio.run(main())
+
+
+def database_failure(exc: OSError | DBAPIError) -> str:
+    """One line for a database that cannot be reached or used; the traceback at DEBUG only.
+
+    Never the URL itself: it may carry a password.
+    """
+    log.debug("database failure", exc_info=exc)
+    if isinstance(exc, DBAPIError):
+        detail = (str(exc.orig).strip().splitlines() or [""])[0]
+        return (
+            f"database error: {type(exc.orig).__name__}: {detail}"
+            " (is DATABASE_URL right and migrated? entitlements db upgrade)"
+        )
+    return f"DATABASE_URL: cannot reach the database: {type(exc).__name__}: {exc}"
 
 
 def cli_actor(source: str = "support") -> credits.Actor:
@@ -104,7 +124,10 @@ def db() -> None:
 def db_upgrade(revision: str) -> None:
     """Migrate the database (DATABASE_URL) up to REVISION."""
     settings = load_settings()
-    migrate.upgrade(settings.database_url, revision)
+    try:
+        migrate.upgrade(settings.database_url, revision)
+    except (OSError, DBAPIError) as exc:
+        fail(database_failure(exc))
     click.echo(f"database at {revision}")
 
 
@@ -113,7 +136,10 @@ def db_upgrade(revision: str) -> None:
 def db_downgrade(revision: str) -> None:
     """Migrate the database down to REVISION (one step by default)."""
     settings = load_settings()
-    migrate.downgrade(settings.database_url, revision)
+    try:
+        migrate.downgrade(settings.database_url, revision)
+    except (OSError, DBAPIError) as exc:
+        fail(database_failure(exc))
     click.echo(f"database at {revision}")
 
 
