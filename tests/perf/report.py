@@ -1,0 +1,114 @@
+"""The results table (printed, and pasted into the README) and the JSON written for later runs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.perf.scenarios import BASELINE, GATEWAY, POSTGRAPHILE, READS, WRITES
+from tests.perf.spec import LoadResult
+
+DB_LABEL = {"postgresql": "PostgreSQL", "sqlite": "SQLite"}
+
+
+@dataclass
+class Row:
+    scenario: str
+    database: str
+    target: str
+    result: LoadResult
+    statements: int | None = None
+    load_average: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "scenario": self.scenario,
+            "database": self.database,
+            "target": self.target,
+            **self.result.as_dict(),
+            "statements_per_request": self.statements,
+            "load_average_1m_before": self.load_average,
+            "notes": self.notes,
+        }
+
+
+def ratio(rows: list[Row], scenario: str, database: str, target: str, versus: str) -> float | None:
+    """req/s of `target` over `versus` for one scenario and database, when both ran cleanly."""
+    mine = _find(rows, scenario, database, target)
+    other = _find(rows, scenario, database, versus)
+    if mine is None or other is None or other.result.rps <= 0:
+        return None
+    return mine.result.rps / other.result.rps
+
+
+def _find(rows: list[Row], scenario: str, database: str, target: str) -> Row | None:
+    return next(
+        (r for r in rows if (r.scenario, r.database, r.target) == (scenario, database, target)),
+        None,
+    )
+
+
+def _pct(value: float | None) -> str:
+    return "" if value is None else f"{value * 100:.0f}%"
+
+
+def table(rows: list[Row]) -> list[str]:
+    """A Markdown table: readable in a terminal, pasteable into the README."""
+    header = (
+        "| scenario | database | target | req/s | p50 ms | p99 ms | errors"
+        " | vs baseline | vs PostGraphile | SQL/request |"
+    )
+    lines = [header, "|" + "---|" * 10]
+    for row in rows:
+        versus_base = (
+            ratio(rows, row.scenario, row.database, row.target, BASELINE)
+            if row.target != BASELINE
+            else None
+        )
+        versus_pg = (
+            ratio(rows, row.scenario, row.database, GATEWAY, POSTGRAPHILE)
+            if row.target == GATEWAY
+            else None
+        )
+        r = row.result
+        lines.append(
+            f"| {row.scenario} | {DB_LABEL.get(row.database, row.database)} | {row.target}"
+            f" | {r.rps:,.0f} | {r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.errors}"
+            f" | {_pct(versus_base)} | {_pct(versus_pg)}"
+            f" | {'' if row.statements is None else row.statements} |"
+        )
+    return lines
+
+
+def verdicts(rows: list[Row]) -> list[str]:
+    """The issue's bar: reads >= 50% of the baseline, consumeCredits >= 25%."""
+    out = []
+    for row in rows:
+        if row.target != GATEWAY:
+            continue
+        bar = 0.5 if row.scenario in READS else 0.25 if row.scenario in WRITES else None
+        value = ratio(rows, row.scenario, row.database, GATEWAY, BASELINE)
+        if bar is None or value is None:
+            continue
+        state = "meets" if value >= bar else "BELOW"
+        out.append(
+            f"{row.scenario} on {DB_LABEL.get(row.database, row.database)}: gateway at"
+            f" {value * 100:.0f}% of the baseline, {state} the {bar * 100:.0f}% bar"
+        )
+        if row.scenario == "viewer":
+            pg = ratio(rows, row.scenario, row.database, GATEWAY, POSTGRAPHILE)
+            if pg is not None:
+                state = "at least as fast as" if pg >= 1 else "SLOWER than"
+                out.append(
+                    f"viewer on {DB_LABEL.get(row.database, row.database)}: gateway at"
+                    f" {pg * 100:.0f}% of PostGraphile's req/s, {state} PostGraphile per process"
+                )
+    return out
+
+
+def write_json(path: Path, document: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2, default=str) + "\n")
