@@ -12,6 +12,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import strawberry
@@ -33,6 +34,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter
 from strawberry.http.ides import get_graphql_ide_html
 
+from gateway import webhooks
 from gateway.auth import Authenticator
 from gateway.logs import actor_var
 from gateway.runtime import Runtime
@@ -237,6 +239,7 @@ class GraphQLRoute:
             accept_language=request.headers.get("accept-language"),
             stripe=getattr(runtime, "stripe", None),
             analytics_events=runtime.settings.analytics_events,
+            replay_stripe_event=partial(webhooks.replay_stripe_event, runtime),
         )
 
     def refuse(self, error: AuthError, request_id: str) -> Response:

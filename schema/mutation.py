@@ -8,7 +8,7 @@ import strawberry
 from strawberry import Info
 from strawberry.scalars import JSON
 
-from resolvers import analytics, billing, checkout, credits, tiers, users
+from resolvers import analytics, checkout, credits, tiers, users
 from resolvers.errors import Failure, InvalidInput
 from resolvers.users import UserRef
 from schema import permissions
@@ -250,17 +250,8 @@ class Mutation:
     )
     async def replay_webhook_event(self, info: Info, id: strawberry.ID) -> ReplayWebhookEventResult:
         ctx: Context = info.context
-        now = ctx.clock()
-        result = await ctx.db.write(
-            lambda session: billing.replay_stripe_event(
-                session,
-                event_id=str(id),
-                catalog=ctx.catalog,
-                now=now,
-                request_id=ctx.request_id,
-                stripe_client=ctx.stripe,
-            )
-        )
+        assert ctx.replay_stripe_event is not None, "the gateway provides the replay"
+        result = await ctx.replay_stripe_event(str(id), ctx.request_id)
         if isinstance(result, Failure):
             return from_failure(result)  # type: ignore[return-value]
         return WebhookEventReplay.from_outcome(result)

@@ -133,6 +133,11 @@ async def test_support_lists_replays_and_links_a_payment(
     """
     still = data_of(await gql(replay, {"id": orphan["id"]}, token=support))["replayWebhookEvent"]
     assert still["__typename"] == "WebhookEventFailed"
+    attempts = data_of(
+        await gql("{ webhookEvents(status: FAILED) { edges { node { attempts } } } }",
+                  token=support)
+    )["webhookEvents"]["edges"][0]["node"]["attempts"]  # fmt: skip
+    assert attempts == 2  # the delivery and the failed replay, both recorded
     await make_user(runtime, email="late@example.com")
     done = data_of(await gql(replay, {"id": orphan["id"]}, token=support))["replayWebhookEvent"]
     assert done["__typename"] == "WebhookEventReplay" and done["status"] == "PROCESSED"
