@@ -17,6 +17,7 @@ from gateway.auth import Authenticator
 from gateway.graphql_route import GraphQLRoute
 from gateway.logs import configure_logging
 from gateway.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from gateway.prometheus import metrics_endpoint
 from gateway.runtime import Runtime
 from gateway.settings import Settings
 from gateway.webhooks import stripe_webhook
@@ -63,6 +64,7 @@ def create_app(runtime: Runtime) -> Starlette:
             Route("/readyz", readyz, methods=["GET"]),
             Route("/graphql", graphql.handle, methods=["GET", "POST"]),
             Route("/api/billing/webhook", stripe_webhook, methods=["POST"]),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
         ],
         middleware=[
             Middleware(RequestContextMiddleware),

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from gateway.logs import log_entitlement_changes
+from gateway.prometheus import count_changes
 from resolvers.changes import take_changes
 from resolvers.errors import Failure
 
@@ -88,6 +89,7 @@ class Database:
                 changes = take_changes(session)
                 if not isinstance(result, Failure):
                     log_entitlement_changes(changes)
+                    count_changes([change["action"] for change in changes])
                 return result
         raise AssertionError("unreachable")
 

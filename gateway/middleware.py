@@ -10,6 +10,7 @@ import uuid
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.logs import actor_var, log_fields, request_id_var
+from gateway.prometheus import count_request
 
 log = logging.getLogger("gateway.access")
 
@@ -63,6 +64,7 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            count_request(scope["path"], status)
             log_fields(
                 log,
                 logging.INFO,

@@ -12,6 +12,7 @@ from sqlalchemy import text
 
 from schema import schema
 from tests.factories import make_user
+from tests.resolvers.billing_rows import add_signature_failures
 from tests.schema.conftest import data_of, error_codes, user_token
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -195,3 +196,22 @@ def test_checked_in_schema_is_current() -> None:
     assert checked_in.strip() == schema.as_str().strip(), (
         "schema.graphql is stale: run `entitlements schema export > schema.graphql`"
     )
+
+
+async def test_metrics_endpoint_counts_requests_changes_and_signature_failures(
+    runtime, gql, make_key
+) -> None:
+    support = await make_key("support")
+    user = await make_user(runtime)
+    await gql(
+        'mutation ($e: String) { grantCredits(input: {email: $e, amount: 5, reason: "m"}) '
+        "{ __typename } }",
+        {"e": user.email},
+        token=support,
+    )
+    await add_signature_failures(runtime, 2, received_at=runtime.clock())
+    text = (await gql.http.get("/metrics")).text
+    assert 'entitlements_http_requests_total{path="/graphql",status="2xx"}' in text
+    assert 'entitlements_changes_total{action="credits_granted"}' in text
+    assert "entitlements_webhook_signature_failures_24h 2.0" in text
+    assert 'entitlements_webhook_events{status="failed"} 0.0' in text
