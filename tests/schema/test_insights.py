@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
+from resolvers import credits
+from resolvers.credits import Actor
+from resolvers.users import UserRef
 from tests.conftest import StatementCounter
 from tests.factories import make_user
-from tests.resolvers.billing_rows import add_payment, add_signature_failures
+from tests.resolvers.billing_rows import add_payment, add_signature_failures, update_user
 from tests.schema.conftest import data_of, error_codes, user_token
 
 PRICING = """
@@ -180,3 +183,42 @@ async def test_dashboards_run_saved_queries_only_and_get_cacheable_gets(gql, mak
         "/graphql", json={"id": "metrics_overview"}, headers={"Authorization": "Bearer x.y.z"}
     )
     assert error_codes(viewer_mutation.json()) == ["UNAUTHENTICATED"]
+
+
+DIAGNOSE = """
+query ($e: String!) { diagnose(email: $e) { findings { code severity escalation evidence } } }
+"""
+
+
+async def test_diagnose_names_each_escalation_criterion_over_http(runtime, gql, make_key) -> None:
+    """Runbook section 5, one broken account per criterion."""
+    support = await make_key("support")
+
+    async def codes_for(email: str) -> dict[str, dict]:
+        body = await gql(DIAGNOSE, {"e": email}, token=support)
+        return {f["code"]: f for f in data_of(body)["diagnose"]["findings"]}
+
+    # Correlation id missing: a change written without an X-Request-ID.
+    untraced = await make_user(runtime)
+    await runtime.db.write(
+        lambda s: credits.grant_ai_credits(
+            s, user=UserRef(user_id=untraced.id), amount=5, reason="batch", now=runtime.clock(),
+            actor=Actor(name="cron", source="system", request_id=None),
+        )
+    )  # fmt: skip
+    assert (await codes_for(untraced.email))["missing_correlation_id"]["escalation"] == (
+        "notify DevOps"
+    )
+
+    # Stripe reports a payment but no entitlement_change was ever written for it.
+    unpaid = await make_user(runtime)
+    await add_payment(runtime, unpaid, kind="credit_pack", amount=500, credits_granted=100)
+    found = await codes_for(unpaid.email)
+    assert found["payment_without_entitlement_change"]["escalation"] == "Billing engineering"
+
+    # Balance stuck: the row disagrees with the ledger.
+    stuck = await make_user(runtime, credits_granted=10)
+    await update_user(runtime, stuck.id, credits_available=999)
+    assert (await codes_for(stuck.email))["balance_mismatch"]["escalation"] == (
+        "Data platform team"
+    )
