@@ -136,8 +136,6 @@ async def grant_ai_credits(
         reason=reason, actor=actor, idempotency_key=idempotency_key
     ):
         return failure
-    if expires_at is not None and expires_at <= now:
-        return InvalidInput(field="expiresAt", reason="must be in the future")
     row = await find_user(session, user, lock=True)
     if row is None:
         return user.not_found()
@@ -154,6 +152,10 @@ async def grant_ai_credits(
         return keyed
     if keyed is not None:
         return CreditChanged(user=row, event=keyed, replayed=True)
+    # Only after the replay check: a retry that arrives once the expiry has passed must still
+    # answer its first result, not a validation error.
+    if expires_at is not None and expires_at <= now:
+        return InvalidInput(field="expiresAt", reason="must be in the future")
     await expire_credits(session, row, now=now, actor=actor)
     event = await _add_grant(
         session,

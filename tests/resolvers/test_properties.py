@@ -12,6 +12,7 @@ import dataclasses
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -133,7 +134,8 @@ class LedgerMachine(RuleBasedStateMachine):
         self.model = Ledger(
             catalog=CATALOG, tier=self.user.tier, allowance_period_start=allowance_period(START)[0]
         )
-        self.keyed_spends: list[tuple[str, int, int]] = []
+        # (how it was sent, key, arguments, event id) of each keyed change that went through.
+        self.keyed_changes: list[tuple[Any, str, dict[str, Any], int]] = []
 
     def run(self, coro):
         return self.runner.run(coro)
@@ -147,48 +149,60 @@ class LedgerMachine(RuleBasedStateMachine):
     def write(self, work):
         return self.run(self.runtime.db.write(work))
 
+    def send_grant(self, now: datetime, key: str | None, **args: Any) -> Any:
+        return self.write(
+            lambda s: credits.grant_ai_credits(
+                s,
+                user=UserRef(user_id=self.user.id),
+                reason="property grant",
+                actor=SUPPORT,
+                now=now,
+                idempotency_key=key,
+                **args,
+            )
+        )
+
+    def send_spend(self, now: datetime, key: str | None, **args: Any) -> Any:
+        return self.write(
+            lambda s: credits.consume_credits(
+                s,
+                user=UserRef(user_id=self.user.id),
+                reason="property spend",
+                actor=USAGE,
+                now=now,
+                catalog=CATALOG,
+                idempotency_key=key,
+                **args,
+            )
+        )
+
     @rule(
         amount=st.integers(1, 400),
         expires_in_hours=st.none() | st.integers(1, 24 * 45),
         is_purchased=st.booleans(),
+        keyed=st.booleans(),
     )
-    def grant(self, amount: int, expires_in_hours: int | None, is_purchased: bool) -> None:
+    def grant(
+        self, amount: int, expires_in_hours: int | None, is_purchased: bool, keyed: bool
+    ) -> None:
         now = self.clock()
         expires_at = None if expires_in_hours is None else now + timedelta(hours=expires_in_hours)
-        result = self.write(
-            lambda s: credits.grant_ai_credits(
-                s,
-                user=UserRef(user_id=self.user.id),
-                amount=amount,
-                reason="property grant",
-                actor=SUPPORT,
-                now=now,
-                expires_at=expires_at,
-                is_purchased=is_purchased,
-            )
-        )
+        args = {"amount": amount, "expires_at": expires_at, "is_purchased": is_purchased}
+        key = f"grant-{uuid.uuid4().hex}" if keyed else None
+        result = self.send_grant(now, key, **args)
         assert isinstance(result, credits.CreditChanged), result
         self.model.expire(now)
         self.model.add(amount, expires_at, now, is_purchased)
         assert result.event.balance_after == self.model.balance
+        if key is not None:
+            self.keyed_changes.append((self.send_grant, key, args, result.event.id))
 
     def consume_and_check(self, amount: int, key: str | None = None) -> None:
         now = self.clock()
         expected = self.model.copy()
         expected.expire(now)
         expected.grant_allowance(now)
-        result = self.write(
-            lambda s: credits.consume_credits(
-                s,
-                user=UserRef(user_id=self.user.id),
-                amount=amount,
-                reason="property spend",
-                actor=USAGE,
-                now=now,
-                catalog=CATALOG,
-                idempotency_key=key,
-            )
-        )
+        result = self.send_spend(now, key, amount=amount)
         if expected.balance < amount:
             # A refused spend rolls back everything, the expiry and allowance it wrote included.
             assert result == InsufficientCredits(available=expected.balance, requested=amount)
@@ -199,28 +213,17 @@ class LedgerMachine(RuleBasedStateMachine):
         assert result.event.amount == -amount
         assert result.event.balance_after == self.model.balance
         if key is not None:
-            self.keyed_spends.append((key, amount, result.event.id))
+            self.keyed_changes.append((self.send_spend, key, {"amount": amount}, result.event.id))
 
     @rule(amount=st.integers(1, 600), keyed=st.booleans())
     def consume(self, amount: int, keyed: bool) -> None:
         self.consume_and_check(amount, key=f"spend-{uuid.uuid4().hex}" if keyed else None)
 
-    @precondition(lambda self: self.keyed_spends)
+    @precondition(lambda self: self.keyed_changes)
     @rule(data=st.data())
-    def retry_a_keyed_spend(self, data: st.DataObject) -> None:
-        key, amount, event_id = data.draw(st.sampled_from(self.keyed_spends))
-        result = self.write(
-            lambda s: credits.consume_credits(
-                s,
-                user=UserRef(user_id=self.user.id),
-                amount=amount,
-                reason="property spend",
-                actor=USAGE,
-                now=self.clock(),
-                catalog=CATALOG,
-                idempotency_key=key,
-            )
-        )
+    def retry_a_keyed_change(self, data: st.DataObject) -> None:
+        send, key, args, event_id = data.draw(st.sampled_from(self.keyed_changes))
+        result = send(self.clock(), key, **args)
         # A retry answers the first result and changes nothing, however much time has passed.
         assert isinstance(result, credits.CreditChanged), result
         assert (result.replayed, result.event.id) == (True, event_id)
@@ -332,3 +335,29 @@ def test_random_ledger_histories_keep_every_invariant(database_url: str) -> None
             database=None,
         ),
     )
+
+
+async def test_a_keyed_grant_replays_even_after_its_credits_expired(runtime: Runtime) -> None:
+    """The shortest history the machine above can shrink a replay bug to, kept as an example."""
+    user = await make_user(runtime)
+    expires_at = runtime.clock() + timedelta(hours=1)
+
+    def send():
+        return runtime.db.write(
+            lambda s: credits.grant_ai_credits(
+                s,
+                user=UserRef(user_id=user.id),
+                amount=5,
+                reason="goodwill",
+                actor=SUPPORT,
+                now=runtime.clock(),
+                expires_at=expires_at,
+                idempotency_key="ticket-12",
+            )
+        )
+
+    first = await send()
+    runtime.clock.advance(hours=2)
+    retry = await send()
+    assert isinstance(retry, credits.CreditChanged), retry
+    assert (retry.replayed, retry.event.id) == (True, first.event.id)
