@@ -9,6 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./entitlements.db"
 DEFAULT_APP_BASE_URL = "http://localhost:5173"
 DEFAULT_CATALOG = Path(__file__).resolve().parent.parent / "resolvers" / "catalog.toml"
@@ -63,12 +66,8 @@ class Settings:
         _require_http_url("APP_BASE_URL", app_base_url)
 
         jwt_public_key = get("JWT_PUBLIC_KEY")
-        if jwt_public_key and "BEGIN PUBLIC KEY" not in jwt_public_key:
-            # Allow a path to a PEM file as well as the PEM itself.
-            pem = Path(jwt_public_key)
-            if not pem.is_file():
-                raise SettingsError("JWT_PUBLIC_KEY must be a PEM public key or a path to one")
-            jwt_public_key = pem.read_text()
+        if jwt_public_key:
+            jwt_public_key = _load_public_key(jwt_public_key)
 
         secrets = tuple(s.strip() for s in (get("STRIPE_WEBHOOK_SECRET") or "").split(",") if s)
         for secret in secrets:
@@ -111,6 +110,22 @@ class Settings:
             log_format=log_format,
             analytics_events=analytics_events,
         )
+
+
+def _load_public_key(value: str) -> str:
+    """The PEM itself, or read from the path given; it must load as a public key."""
+    if "-----BEGIN" not in value:
+        try:
+            value = Path(value).read_text()
+        except (OSError, UnicodeDecodeError):
+            raise SettingsError(
+                "JWT_PUBLIC_KEY must be a PEM public key or a path to one"
+            ) from None
+    try:
+        serialization.load_pem_public_key(value.encode())
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise SettingsError("JWT_PUBLIC_KEY is not a PEM public key that can be loaded") from None
+    return value
 
 
 def _require_http_url(name: str, value: str) -> None:

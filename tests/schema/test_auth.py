@@ -7,8 +7,11 @@ import time
 import httpx
 import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.app import create_app
+from gateway.settings import Settings
 from resolvers import keys
 from tests.factories import make_user
 from tests.schema.conftest import JWT_SECRET, data_of, error_codes, user_token
@@ -160,3 +163,39 @@ async def test_tokens_are_refused_when_no_jwt_key_is_configured(runtime, gql) ->
             headers={"Authorization": f"Bearer {user_token(1)}"},
         )
     assert error_codes(response.json()) == ["UNAUTHENTICATED"]
+
+
+async def test_rs256_tokens_with_audience_and_issuer(runtime) -> None:
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public_pem = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    runtime.settings = Settings.from_env(
+        {
+            "DATABASE_URL": runtime.settings.database_url,
+            "JWT_PUBLIC_KEY": public_pem.decode(),
+            "JWT_AUDIENCE": "entitlements",
+            "JWT_ISSUER": "https://auth.example.com",
+        }
+    )
+    user = await make_user(runtime, credits_granted=4)
+    claims = {"sub": str(user.id), "exp": int(time.time()) + 60, "iss": "https://auth.example.com"}
+    good = jwt.encode({**claims, "aud": "entitlements"}, private, algorithm="RS256")
+    wrong_audience = jwt.encode({**claims, "aud": "someone-else"}, private, algorithm="RS256")
+    hs256 = jwt.encode({**claims, "aud": "entitlements"}, "x" * 40, algorithm="HS256")
+    app = create_app(runtime)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t"
+    ) as http:
+
+        async def viewer(token: str) -> dict:
+            response = await http.post(
+                "/graphql",
+                json={"query": "{ viewer { credits { available } } }"},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            return response.json()
+
+        assert data_of(await viewer(good)) == {"viewer": {"credits": {"available": 4}}}
+        assert error_codes(await viewer(wrong_audience)) == ["UNAUTHENTICATED"]
+        assert error_codes(await viewer(hs256)) == ["UNAUTHENTICATED"]
