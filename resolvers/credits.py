@@ -27,6 +27,10 @@ from resolvers.models import CreditEvent, CreditGrant, User
 from resolvers.users import UserRef, find_user
 
 SOURCES = ("support", "stripe", "usage", "plan_allowance", "system")
+# Keys the gateway makes for itself (plan allowances, Stripe payments). A caller's key in these
+# namespaces would claim the key first and so silently block that allowance or those credits.
+RESERVED_KEY_PREFIXES = ("allowance:", "stripe:")
+CALLER_SOURCES = ("support", "usage")
 MAX_CREDITS_PER_CHANGE = 1_000_000
 MAX_REASON_LENGTH = 500
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
@@ -95,6 +99,15 @@ def check_change_args(
     if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
         return InvalidInput(
             field="idempotencyKey", reason=f"must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
+        )
+    if (
+        idempotency_key is not None
+        and actor.source in CALLER_SOURCES
+        and idempotency_key.startswith(RESERVED_KEY_PREFIXES)
+    ):
+        return InvalidInput(
+            field="idempotencyKey",
+            reason=f"keys starting with {' or '.join(RESERVED_KEY_PREFIXES)} are the gateway's own",
         )
     return None
 

@@ -246,6 +246,32 @@ async def test_granted_credits_expire_at_the_given_time(
             ["expiresAt", "future"],
         ),
         (["adjust", "--user", "{email}"], ["exactly one of"]),
+        # Keys of the gateway's own: taken by support, they would block a payment's credits or
+        # next month's allowance.
+        (
+            [
+                "adjust",
+                "--user",
+                "{email}",
+                "--grant-credits",
+                "5",
+                "--idempotency-key",
+                "stripe:checkout:cs_1",
+            ],
+            ["idempotencyKey", "gateway's own"],
+        ),
+        (
+            [
+                "adjust",
+                "--user",
+                "{email}",
+                "--consume-credits",
+                "5",
+                "--idempotency-key",
+                "allowance:1:free:2026-12",
+            ],
+            ["idempotencyKey", "gateway's own"],
+        ),
         (["user", "show", "nobody@example.com"], ["No user", "nobody@"]),
         (["user", "create", "not-an-email"], ["email"]),
         (["user", "create", "new@example.com", "--tier", "platinum"], ["Unknown tier"]),
