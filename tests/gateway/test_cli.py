@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
@@ -332,10 +334,11 @@ async def test_db_upgrade_creates_a_fresh_sqlite_database_and_its_folder(tmp_pat
     url = f"sqlite+aiosqlite:///{tmp_path / 'new' / 'folder' / 'entitlements.db'}"
     up = await entitlements(url, "db", "upgrade")
     assert up.returncode == 0, up.stderr
-    assert (tmp_path / "new" / "folder" / "entitlements.db").is_file()
+    with closing(sqlite3.connect(tmp_path / "new" / "folder" / "entitlements.db")) as db:
+        [(version,)] = db.execute("SELECT version_num FROM alembic_version").fetchall()
+    assert version == migrate.head_revision()
     show = await entitlements(url, "user", "show", "nobody@example.com")
     assert_one_line_error(show, "No user")
-    assert migrate.head_revision() is not None
 
 
 @pytest.mark.parametrize(
