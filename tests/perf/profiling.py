@@ -16,6 +16,12 @@ from pathlib import Path
 from typing import Any
 
 OUR_PACKAGES = ("gateway", "schema", "resolvers")
+_LOOP_FRAMES = {
+    "asyncio/runners.py:Runner.run",
+    "asyncio/base_events.py:BaseEventLoop.run_forever",
+    "asyncio/base_events.py:BaseEventLoop._run_once",
+    "asyncio/events.py:Handle._run",
+}
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^():]+)(?::(?P<line>\d+))?\)$")
 
 
@@ -58,6 +64,7 @@ class Profile:
     by_package: list[tuple[str, float]]  # self time by package
     self_time: list[tuple[str, float]]  # leaf functions
     ours: list[tuple[str, float]]  # our functions, inclusive (time in them and below)
+    packages: list[tuple[str, float]]  # packages, inclusive (time in them and below)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -65,12 +72,16 @@ class Profile:
             "self_by_package_pct": self.by_package,
             "self_by_function_pct": self.self_time,
             "inclusive_ours_pct": self.ours,
+            "inclusive_by_package_pct": self.packages,
         }
 
     def lines(self, top: int = 12) -> list[str]:
         out = [f"  {self.samples} samples (CPU time of the gateway process)"]
         out.append(
             "  self time by package: " + ", ".join(f"{p} {v:.0f}%" for p, v in self.by_package[:10])
+        )
+        out.append(
+            "  inclusive by package: " + ", ".join(f"{p} {v:.0f}%" for p, v in self.packages[:12])
         )
         out.append("  hottest functions (self):")
         out += [f"    {v:5.1f}%  {name}" for name, v in self.self_time[:top]]
@@ -93,6 +104,7 @@ def summarize(raw: Path) -> Profile:
     self_time: Counter[str] = Counter()
     by_package: Counter[str] = Counter()
     ours: Counter[str] = Counter()
+    packages: Counter[str] = Counter()
     total = 0
     for line in raw.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -102,15 +114,21 @@ def summarize(raw: Path) -> Profile:
         frames = [_frame(f) for f in stack.split(";") if f]
         if not frames:
             continue
+        # Inclusive figures start below the event loop: the launcher frames (CLI, uvicorn.run,
+        # asyncio.run) are on every stack and say nothing.
+        loop = max((i for i, (name, _) in enumerate(frames) if name in _LOOP_FRAMES), default=-1)
+        inner = frames[loop + 1 :]
         total += count
         leaf, package = frames[-1]
         self_time[leaf] += count
         by_package[package] += count
         # Inclusive: each of our functions once per stack, however deep it recurses.
-        for name in {name for name, pkg in frames if pkg in OUR_PACKAGES}:
+        for name in {name for name, pkg in inner if pkg in OUR_PACKAGES}:
             ours[name] += count
+        for pkg in {pkg for _, pkg in inner}:
+            packages[pkg] += count
 
     def pct(counter: Counter[str]) -> list[tuple[str, float]]:
         return [(k, round(100 * v / total, 1)) for k, v in counter.most_common(40)] if total else []
 
-    return Profile(total, pct(by_package), pct(self_time), pct(ours))
+    return Profile(total, pct(by_package), pct(self_time), pct(ours), pct(packages))

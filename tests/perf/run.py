@@ -40,7 +40,7 @@ import httpx
 
 from gateway.settings import DEFAULT_CATALOG
 from resolvers.catalog import Catalog, load_catalog
-from tests.perf import counting, drivers, profiling, report, seed, verify
+from tests.perf import counting, drivers, gcwatch, profiling, report, seed, verify
 from tests.perf.scenarios import (
     BASELINE,
     GATEWAY,
@@ -160,6 +160,7 @@ class Bench:
         self.data: seed.Dataset | None = None
         self.creds: Credentials | None = None
         self.prices: dict[int, str] = {}
+        self.gc_stats: Path | None = None
         self.keys: dict[str, dict[str, str]] = {}
         self.tokens: list[str] = []
         self.stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -289,8 +290,15 @@ class Bench:
         creds = self.credentials(database)
         targets: dict[str, Server] = {}
         say(f"{database}: starting the gateway and the baseline ({args.workers} worker(s) each)")
+        self.gc_stats = self.workdir / f"gc-{database}.json" if args.profile else None
         targets[GATEWAY] = start_gateway(
-            self.servers, database, url, self.jwt_secret, self.webhook_secret, args.workers
+            self.servers,
+            database,
+            url,
+            self.jwt_secret,
+            self.webhook_secret,
+            args.workers,
+            gc_stats=self.gc_stats,
         )
         targets[BASELINE] = start_baseline(
             self.servers, database, url, self.webhook_secret, args.workers
@@ -547,6 +555,8 @@ class Bench:
         run_spec = self._prepared(
             spec, scenario, name, prefix + "-p", rate=self.rows[-1].result.rps
         )
+        gc_before = gcwatch.read(self.gc_stats) if self.gc_stats else None
+        cpu_before = gcwatch.cpu_seconds(server.pid)
         sampler = profiling.start(server.pid, seconds, raw, subprocesses=self.args.workers > 1)
         try:
             self._load(run_spec, server, seconds, name)
@@ -560,10 +570,41 @@ class Bench:
             self._note(f"py-spy wrote nothing for {name}: {sampler.stderr.read().decode()[-300:]}")
             return
         summary = profiling.summarize(raw)
-        self.profiles[f"{database}/{scenario}"] = {**summary.as_dict(), "raw": str(raw)}
+        gc_line, gc_figures = self._gc_share(server, gc_before, cpu_before)
+        self.profiles[f"{database}/{scenario}"] = {
+            **summary.as_dict(),
+            "gc": gc_figures,
+            "raw": str(raw),
+        }
         say(f"profile of the gateway, {database} {scenario} ({raw}):")
-        for line in summary.lines():
+        for line in [*summary.lines(), gc_line]:
             print(line, flush=True)
+
+    def _gc_share(
+        self, server: Server, before: dict[str, Any] | None, cpu_before: float | None
+    ) -> tuple[str, dict[str, Any] | None]:
+        """The cyclic collector's share of the process's CPU during the profile run."""
+        after = gcwatch.read(self.gc_stats) if self.gc_stats else None
+        cpu_after = gcwatch.cpu_seconds(server.pid)
+        if before is None or after is None or cpu_before is None or cpu_after is None:
+            return "  garbage collector: not measured (workers > 1 or no stats)", None
+        per_generation = [a - b for a, b in zip(after["seconds"], before["seconds"], strict=True)]
+        counts = [a - b for a, b in zip(after["counts"], before["counts"], strict=True)]
+        cpu = max(cpu_after - cpu_before, 1e-9)
+        gc_seconds = sum(per_generation)
+        figures = {
+            "cpu_seconds": round(cpu, 2),
+            "gc_seconds": round(gc_seconds, 2),
+            "gc_share": round(gc_seconds / cpu, 3),
+            "collections": counts,
+            "seconds_by_generation": [round(x, 3) for x in per_generation],
+        }
+        line = (
+            f"  garbage collector: {gc_seconds:.2f}s of {cpu:.2f}s CPU"
+            f" ({100 * gc_seconds / cpu:.0f}%); collections by generation {counts},"
+            f" seconds {[round(x, 2) for x in per_generation]}"
+        )
+        return line, figures
 
     # --- the whole run ---------------------------------------------------------------------
 

@@ -181,11 +181,15 @@ def start_gateway(
     jwt_secret: str,
     webhook_secret: str,
     workers: int,
+    gc_stats: Path | None = None,
 ) -> Server:
-    """`entitlements serve`, as operators run it."""
+    """`entitlements serve`, as operators run it (under tests.perf.gcwatch with gc_stats)."""
     port = free_port()
+    launcher = [str(BIN / "entitlements")]
+    if gc_stats is not None:
+        launcher = [sys.executable, "-m", "tests.perf.gcwatch", str(gc_stats), "--"]
     command = [
-        str(BIN / "entitlements"),
+        *launcher,
         "serve",
         "--host",
         HOST,
