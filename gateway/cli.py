@@ -21,7 +21,7 @@ from gateway import webhooks as webhook_route
 from gateway.logs import configure_logging, request_id_var
 from gateway.runtime import Runtime
 from gateway.settings import Settings, SettingsError
-from resolvers import billing, credits, keys, metrics, payments, tiers, users
+from resolvers import billing, credits, keys, ledger, metrics, payments, tiers, users
 from resolvers.catalog import CatalogError
 from resolvers.errors import Failure
 from resolvers.users import UserRef
@@ -77,11 +77,11 @@ def database_failure(exc: OSError | DBAPIError) -> str:
     return f"DATABASE_URL: cannot reach the database: {type(exc).__name__}: {exc}"
 
 
-def cli_actor(source: str = "support") -> credits.Actor:
+def cli_actor(source: str = "support") -> ledger.Actor:
     """The CLI's actor: the operator's login, under a fresh correlation id for this command."""
     request_id = f"cli-{uuid.uuid4().hex}"
     request_id_var.set(request_id)
-    return credits.Actor(name=f"cli:{getpass.getuser()}", source=source, request_id=request_id)
+    return ledger.Actor(name=f"cli:{getpass.getuser()}", source=source, request_id=request_id)
 
 
 def echo_json(document: Any, *, compact: bool) -> None:
@@ -307,7 +307,7 @@ async def adjust(
         "correlation_id": actor.request_id,
     }
     if isinstance(result, credits.CreditChanged):
-        document["credit_event"] = credits.describe_event(result.event)
+        document["credit_event"] = ledger.describe_event(result.event)
         summary = f"{result.event.kind} {result.event.amount:+d} credits"
     else:
         change = result.change
@@ -586,7 +586,7 @@ async def payment_show(runtime: Runtime, ref: str, as_json: bool) -> None:
             for g in found.grants
         ],
         "ledger_events": [
-            {**credits.describe_event(e), "grant_id": e.grant_id, "allocations": e.allocations}
+            {**ledger.describe_event(e), "grant_id": e.grant_id, "allocations": e.allocations}
             for e in found.events
         ],
     }

@@ -19,8 +19,8 @@ from stripe import StripeClient
 from resolvers import billing_effects as effects
 from resolvers.billing_effects import EventContext, EventHandled, Handler, object_id
 from resolvers.catalog import Catalog
-from resolvers.credits import Actor
 from resolvers.errors import InvalidInput, StripeEventFailed, StripeEventNotFound
+from resolvers.ledger import Actor
 from resolvers.models import StripeEvent, WebhookSignatureFailure
 from resolvers.subscriptions import subscription_changed
 

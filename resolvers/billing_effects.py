@@ -18,8 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers import payments
 from resolvers.catalog import Catalog, CreditPack
-from resolvers.credits import Actor
 from resolvers.errors import Failure, StripeEventFailed
+from resolvers.ledger import Actor
 from resolvers.models import Payment, User
 from resolvers.users import UserRef, find_user, normalize_email
 

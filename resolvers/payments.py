@@ -14,18 +14,14 @@ from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers.catalog import CreditPack, Tier
-from resolvers.credits import (
-    Actor,
-    CreditChanged,
-    grant_ai_credits,
-    revoke_payment_credits,
-)
+from resolvers.credits import CreditChanged, grant_ai_credits, revoke_payment_credits
 from resolvers.errors import (
     IdempotencyConflict,
     InvalidInput,
     PaymentNotFound,
     UserNotFound,
 )
+from resolvers.ledger import Actor
 from resolvers.models import AnalyticsEvent, CreditEvent, CreditGrant, Payment, User
 from resolvers.users import UserRef, find_user
 

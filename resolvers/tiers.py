@@ -10,14 +10,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers.catalog import Catalog
 from resolvers.changes import record_change
-from resolvers.credits import (
-    Actor,
-    check_change_args,
-    expire_credits,
-    fingerprint,
-    grant_plan_allowance,
-)
+from resolvers.credits import grant_plan_allowance
 from resolvers.errors import IdempotencyConflict, InvalidInput, UnknownTier, UserNotFound
+from resolvers.ledger import Actor, check_change_args, expire_credits, fingerprint
 from resolvers.models import TierChange, User
 from resolvers.users import UserRef, find_user
 

@@ -11,7 +11,7 @@ from typing import Any, Protocol, TypeVar
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers.catalog import Catalog
-from resolvers.credits import Actor
+from resolvers.ledger import Actor
 from resolvers.loaders import Loaders
 
 T = TypeVar("T")

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from gateway.runtime import Runtime
 from resolvers import credits, users
-from resolvers.credits import Actor
+from resolvers.ledger import Actor
 from resolvers.models import User
 from resolvers.users import UserRef
 from tests.conftest import unique_email

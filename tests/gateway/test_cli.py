@@ -24,7 +24,7 @@ from gateway import migrate
 from gateway.runtime import Runtime
 from resolvers import credits
 from resolvers.changes import changes_by_request_id
-from resolvers.credits import describe_event, recent_credit_events
+from resolvers.ledger import describe_event, recent_credit_events
 from resolvers.models import CreditEvent, CreditGrant, TierChange, User
 from resolvers.users import UserRef
 from tests.factories import SUPPORT, make_user

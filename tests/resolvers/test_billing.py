@@ -16,7 +16,6 @@ from sqlalchemy import func, select
 from gateway.runtime import Runtime, build_stripe_client
 from gateway.webhooks import process_stripe_event, replay_stripe_event
 from resolvers import billing, checkout, credits, payments
-from resolvers.credits import Actor
 from resolvers.errors import (
     InvalidInput,
     NoStripeCustomer,
@@ -25,6 +24,7 @@ from resolvers.errors import (
     PaymentsNotConfigured,
     StripeEventFailed,
 )
+from resolvers.ledger import Actor
 from resolvers.models import AnalyticsEvent, CreditEvent, CreditGrant, Payment, StripeEvent, User
 from resolvers.users import UserRef
 from tests.factories import make_user

@@ -9,9 +9,9 @@ from datetime import timedelta
 from sqlalchemy import func, select
 
 from gateway.runtime import Runtime
-from resolvers import credits, tiers
-from resolvers.credits import Actor
+from resolvers import credits, ledger, tiers
 from resolvers.errors import IdempotencyConflict, InsufficientCredits, InvalidInput, UserNotFound
+from resolvers.ledger import Actor
 from resolvers.models import CreditEvent, CreditGrant, User
 from resolvers.users import UserRef
 from tests.factories import SUPPORT, make_user
@@ -111,7 +111,7 @@ async def test_unknown_user_and_bad_amounts_are_values(runtime: Runtime) -> None
     )
     assert result == UserNotFound(email="nobody@example.com")
     user = await make_user(runtime)
-    for amount in (0, -5, credits.MAX_CREDITS_PER_CHANGE + 1):
+    for amount in (0, -5, ledger.MAX_CREDITS_PER_CHANGE + 1):
         bad = await grant(runtime, user, amount)
         assert isinstance(bad, InvalidInput) and bad.field == "amount"
     assert isinstance(await grant(runtime, user, 1, reason=""), InvalidInput)

@@ -7,8 +7,8 @@ from typing import Any
 
 from gateway.runtime import Runtime
 from resolvers import credits
-from resolvers.credits import Actor
 from resolvers.diagnose import Diagnosis, Finding, Severity, diagnose
+from resolvers.ledger import Actor
 from resolvers.models import CreditEvent, CreditGrant, User
 from resolvers.users import UserRef
 from tests.factories import make_user

@@ -29,7 +29,7 @@ from sqlalchemy import select
 from gateway.db import Database
 from gateway.runtime import Runtime
 from gateway.settings import Settings
-from resolvers import credits, tiers
+from resolvers import credits, ledger, tiers
 from resolvers.catalog import Catalog, load_catalog
 from resolvers.credits import Actor, allowance_period
 from resolvers.errors import InsufficientCredits
@@ -228,7 +228,7 @@ class LedgerMachine(RuleBasedStateMachine):
         assert isinstance(result, credits.CreditChanged), result
         assert (result.replayed, result.event.id) == (True, event_id)
 
-    @precondition(lambda self: self.model.balance < credits.MAX_CREDITS_PER_CHANGE)
+    @precondition(lambda self: self.model.balance < ledger.MAX_CREDITS_PER_CHANGE)
     @rule()
     def consume_one_more_than_available(self) -> None:
         trial = self.model.copy()

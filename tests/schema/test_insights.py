@@ -7,7 +7,7 @@ import json
 from datetime import timedelta
 
 from resolvers import credits
-from resolvers.credits import Actor
+from resolvers.ledger import Actor
 from resolvers.users import UserRef
 from tests.conftest import StatementCounter
 from tests.factories import make_user
