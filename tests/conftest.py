@@ -119,6 +119,25 @@ async def database_url(
     yield url
 
 
+@pytest.fixture
+def empty_database_url(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[str]:
+    """A database with nothing in it (not even migrated), of the test's backend."""
+    if backend == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
+        return
+    # Skips (or fails under REQUIRE_POSTGRES=1) like every other PostgreSQL case.
+    request.getfixturevalue("postgres_database")
+    admin = postgres_admin_url()
+    name = f"entitlements_empty_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    pg_execute(admin, f"CREATE DATABASE {name}")
+    try:
+        yield with_database(admin, name)
+    finally:
+        pg_execute(admin, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 @dataclass
 class Clock:
     """A settable clock: resolvers take `now`, tests move it."""

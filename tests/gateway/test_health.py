@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 import httpx
-import pytest
 
 from gateway import migrate
 from gateway.app import create_app
@@ -17,7 +13,6 @@ from gateway.db import Database
 from gateway.runtime import Runtime
 from gateway.settings import Settings
 from resolvers.catalog import load_catalog
-from tests.conftest import pg_execute, postgres_admin_url, with_database
 
 
 @asynccontextmanager
@@ -40,23 +35,6 @@ async def client_for_url(url: str) -> AsyncIterator[httpx.AsyncClient]:
         await runtime.close()
 
 
-@pytest.fixture
-def unmigrated_database_url(
-    backend: str, request: pytest.FixtureRequest, tmp_path: Path
-) -> Iterator[str]:
-    if backend == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'unmigrated.db'}"
-        return
-    request.getfixturevalue("postgres_database")  # skips like every PostgreSQL case
-    admin = postgres_admin_url()
-    name = f"entitlements_unmigrated_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    pg_execute(admin, f"CREATE DATABASE {name}")
-    try:
-        yield with_database(admin, name)
-    finally:
-        pg_execute(admin, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
 async def test_healthz_answers_ok(runtime: Runtime) -> None:
     async with client_for(runtime) as client:
         response = await client.get("/healthz")
@@ -73,9 +51,9 @@ async def test_readyz_is_ok_at_the_migrations_head(runtime: Runtime) -> None:
 
 
 async def test_readyz_is_unavailable_on_an_unmigrated_database(
-    unmigrated_database_url: str,
+    empty_database_url: str,
 ) -> None:
-    async with client_for_url(unmigrated_database_url) as client:
+    async with client_for_url(empty_database_url) as client:
         response = await client.get("/readyz")
     assert response.status_code == 503
     assert response.json()["status"] == "unavailable"

@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -18,28 +13,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from gateway import migrate
 from resolvers.models import Base
-from tests.conftest import pg_execute, postgres_admin_url, with_database
 
 ORM_TABLES = set(Base.metadata.tables)
-
-
-@pytest.fixture
-def empty_database_url(
-    backend: str, request: pytest.FixtureRequest, tmp_path: Path
-) -> Iterator[str]:
-    """A database with nothing in it, of the test's backend."""
-    if backend == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
-        return
-    # Skips (or fails under REQUIRE_POSTGRES=1) like every other PostgreSQL case.
-    request.getfixturevalue("postgres_database")
-    admin = postgres_admin_url()
-    name = f"entitlements_migrations_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    pg_execute(admin, f"CREATE DATABASE {name}")
-    try:
-        yield with_database(admin, name)
-    finally:
-        pg_execute(admin, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def on_connection(url: str, fn: Any) -> Any:
