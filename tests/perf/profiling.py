@@ -1,7 +1,8 @@
 """Sampling the gateway under load with py-spy (`--profile`), summarized as where CPU time goes.
 
 py-spy is a profiling tool, not a project dependency: `pip install py-spy` to use this. Samples
-are of running (non-idle) threads, so the percentages are shares of the CPU the process used.
+are of the thread holding the GIL, so the percentages are shares of the Python work the process
+did (SQLite's own work in aiosqlite threads, with the GIL released, is not in them).
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ def start(pid: int, seconds: float, output: Path, *, subprocesses: bool) -> subp
         str(output),
         # Sampling without stopping the process keeps its own overhead out of the figures.
         "--nonblocking",
+        # Only the thread running Python: aiosqlite's worker threads wait (or run SQLite with
+        # the GIL released) and would otherwise fill the profile with their queue loop.
+        "--gil",
     ]
     if subprocesses:
         command.append("--subprocesses")
@@ -76,7 +80,7 @@ class Profile:
         }
 
     def lines(self, top: int = 12) -> list[str]:
-        out = [f"  {self.samples} samples (CPU time of the gateway process)"]
+        out = [f"  {self.samples} samples of the gateway's Python (the thread holding the GIL)"]
         out.append(
             "  self time by package: " + ", ".join(f"{p} {v:.0f}%" for p, v in self.by_package[:10])
         )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import os
 import platform
 import secrets
@@ -32,7 +33,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import IO, Any
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -73,6 +74,7 @@ FULL = {"users": 10_000, "events": 500_000, "payments": 20_000, "seconds": 10.0,
 # Webhooks are signed before each run; a run uses at most this many per second of load.
 WEBHOOK_POOL_MARGIN = 1.5
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+ADMIN_TIMEOUT_S = 120.0
 
 _started = time.monotonic()
 
@@ -220,7 +222,8 @@ class Bench:
         conn = await asyncpg.connect(self.pg_admin, timeout=10)
         try:
             for statement in statements:
-                await conn.execute(statement)
+                # Bounded: a DROP waiting on someone else's session must not hang the run.
+                await conn.execute(statement, timeout=ADMIN_TIMEOUT_S)
             return str(await conn.fetchval("SHOW server_version"))
         finally:
             await conn.close()
@@ -627,7 +630,8 @@ class Bench:
         machine = self.machine()
         print()
         print(
-            f"Machine: {machine['cores']} cores ({machine['cpu']}), {machine.get('postgresql')},"
+            f"Machine: {machine['cores']} cores ({machine['cpu']}),"
+            f" {machine.get('postgresql') or 'no PostgreSQL'},"
             f" SQLite {machine['sqlite']}, Python {machine['python']};"
             f" load by {self.driver}, {self.args.connections} connections,"
             f" {self.args.workers} worker(s) per server, {self.args.seconds:g}s per run"
@@ -695,8 +699,23 @@ def _stop_on_signal(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _exclusive(database: str) -> IO[str]:
+    """One run per bench database at a time: a second would drop the first one's database."""
+    handle = (Path(tempfile.gettempdir()) / f"entitlements-bench-{database}.lock").open("w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise SystemExit(
+            f"another `python -m tests.perf` is using database {database};"
+            " wait for it, or give this run its own --pg-db"
+        ) from None
+    return handle  # the lock lasts as long as the file stays open
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    lock = _exclusive(args.pg_db)
     signal.signal(signal.SIGTERM, _stop_on_signal)
     bench = Bench(args)
     try:
@@ -706,3 +725,4 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         bench.cleanup()
+        lock.close()

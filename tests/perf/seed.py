@@ -545,7 +545,8 @@ def _previous_month(start: datetime) -> datetime:
 async def load_postgres(dsn: str, data: Dataset) -> float:
     """COPY every table (binary protocol, one round trip per table); seconds taken."""
     started = time.perf_counter()
-    conn = await asyncpg.connect(dsn)
+    # Bounded: COPY of the default data set takes seconds; ten minutes means something is stuck.
+    conn = await asyncpg.connect(dsn, timeout=30, command_timeout=600)
     try:
         async with conn.transaction():
             for table, columns, rows in _tables(data):

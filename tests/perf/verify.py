@@ -41,7 +41,7 @@ class LedgerCheck:
 
 
 async def check_postgres(dsn: str) -> LedgerCheck:
-    conn = await asyncpg.connect(dsn)
+    conn = await asyncpg.connect(dsn, timeout=30, command_timeout=300)
     try:
         violations = {name: int(await conn.fetchval(sql)) for name, sql in CHECKS.items()}
         users = int(await conn.fetchval("SELECT COUNT(*) FROM users"))
@@ -64,7 +64,7 @@ def check_sqlite(path: Path) -> LedgerCheck:
 
 async def keyed_events_postgres(dsn: str, prefix: str) -> int:
     """Ledger events written under one run's idempotency-key prefix (exactly-once check)."""
-    conn = await asyncpg.connect(dsn)
+    conn = await asyncpg.connect(dsn, timeout=30, command_timeout=300)
     try:
         return int(
             await conn.fetchval(
