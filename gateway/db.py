@@ -15,6 +15,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -53,8 +54,23 @@ class Database:
         # Write transactions on SQLite take the write lock at BEGIN (IMMEDIATE): two deferred
         # transactions that both read and then write would deadlock, one failing with "busy".
         writer = self.engine.execution_options(entitlements_write=True)
+        self._reader = (
+            self.engine
+            if self.is_sqlite
+            else self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
         self._read_sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._write_sessions = async_sessionmaker(writer, expire_on_commit=False)
+
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for one-statement reads (dataloaders): no ORM, no transaction to end.
+
+        On PostgreSQL it runs in autocommit, which saves the BEGIN and ROLLBACK round trips a
+        single SELECT does not need; SQLite reads need no transaction either way.
+        """
+        async with self._reader.connect() as conn:
+            yield conn
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from resolvers.catalog import Catalog
 from resolvers.ledger import Actor
@@ -23,6 +23,8 @@ class UnitOfWork(Protocol):
     """The database as the schema needs it (gateway.db.Database is one)."""
 
     def read(self) -> AbstractAsyncContextManager[AsyncSession]: ...
+
+    def connect(self) -> AbstractAsyncContextManager[AsyncConnection]: ...
 
     async def write(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T: ...
 
@@ -79,7 +81,7 @@ class Context:
     @property
     def loaders(self) -> Loaders:
         if self._loaders is None:
-            self._loaders = Loaders(self.db.read)
+            self._loaders = Loaders(self.db.connect)
         return self._loaders
 
     def actor(self, source: str) -> Actor:
