@@ -163,6 +163,8 @@ class Bench:
         self.creds: Credentials | None = None
         self.prices: dict[int, str] = {}
         self.gc_stats: Path | None = None
+        # Other work on the machine shows here: the 1-minute load average when the run began.
+        self.load_at_start = os.getloadavg()[0]
         self.keys: dict[str, dict[str, str]] = {}
         self.tokens: list[str] = []
         self.stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -201,7 +203,7 @@ class Bench:
             "sqlite": sqlite3.sqlite_version,
             "postgresql": self.urls.get("pg_version"),
             "load_driver": self.driver,
-            "load_average_at_start": os.getloadavg()[0],
+            "load_average_at_start": self.load_at_start,
         }
 
     def migrate(self, url: str) -> None:
