@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers.catalog import Catalog
@@ -39,6 +39,17 @@ from resolvers.users import UserRef, find_user
 
 # Subscriptions in these states get their allowance from Stripe invoices, not the calendar.
 BILLED_BY_STRIPE = ("active", "trialing", "past_due")
+# The burn order: soonest expiry first (no expiry last), free before purchased, oldest first.
+_SPENDABLE = (
+    select(CreditGrant)
+    .where(CreditGrant.user_id == bindparam("user_id"), CreditGrant.remaining > 0)
+    .order_by(
+        CreditGrant.expires_at.asc().nulls_last(),
+        CreditGrant.is_purchased,
+        CreditGrant.created_at,
+        CreditGrant.id,
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -154,23 +165,7 @@ async def consume_credits(
     if row.credits_available < amount:
         return InsufficientCredits(available=row.credits_available, requested=amount)
 
-    # Burn order: soonest expiry first (no expiry last), free before purchased, oldest first.
-    grants = (
-        (
-            await session.execute(
-                select(CreditGrant)
-                .where(CreditGrant.user_id == row.id, CreditGrant.remaining > 0)
-                .order_by(
-                    CreditGrant.expires_at.asc().nulls_last(),
-                    CreditGrant.is_purchased,
-                    CreditGrant.created_at,
-                    CreditGrant.id,
-                )
-            )
-        )
-        .scalars()
-        .all()
-    )
+    grants = (await session.execute(_SPENDABLE, {"user_id": row.id})).scalars().all()
     allocations, left = take_from(grants, amount)
     if left:
         # The cached balance disagrees with the grants: refuse rather than overspend.

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers.changes import record_change
@@ -83,14 +83,15 @@ def fingerprint(operation: str, **args: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+_BY_KEY = select(CreditEvent).where(CreditEvent.idempotency_key == bindparam("key"))
+
+
 async def find_keyed_event(
     session: AsyncSession, key: str | None, digest: str
 ) -> CreditEvent | IdempotencyConflict | None:
     if key is None:
         return None
-    event = (
-        await session.execute(select(CreditEvent).where(CreditEvent.idempotency_key == key))
-    ).scalar_one_or_none()
+    event = (await session.execute(_BY_KEY, {"key": key})).scalar_one_or_none()
     if event is not None and event.fingerprint != digest:
         return IdempotencyConflict(idempotency_key=key)
     return event

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers.catalog import Catalog
@@ -47,19 +47,25 @@ def check_email(email: str, field: str = "email") -> InvalidInput | None:
     return None
 
 
+# Built once: every write starts here, and building a statement costs more than running the
+# cached compiled form of one.
+_BY_ID = select(User).where(User.id == bindparam("key"))
+_BY_EMAIL = select(User).where(User.email == bindparam("key"))
+# Every change to a user's credits or tier locks the user row first; that is what makes
+# concurrent spends of one balance take turns (SQLite: BEGIN IMMEDIATE does the same).
+_LOCK_BY_ID = _BY_ID.with_for_update().execution_options(populate_existing=True)
+_LOCK_BY_EMAIL = _BY_EMAIL.with_for_update().execution_options(populate_existing=True)
+
+
 async def find_user(session: AsyncSession, ref: UserRef, *, lock: bool = False) -> User | None:
     """The user `ref` names, or None. With `lock`, the row is locked for the transaction."""
     if ref.user_id is not None:
-        stmt = select(User).where(User.id == ref.user_id)
+        stmt, key = (_LOCK_BY_ID if lock else _BY_ID), ref.user_id
     elif ref.email is not None:
-        stmt = select(User).where(User.email == normalize_email(ref.email))
+        stmt, key = (_LOCK_BY_EMAIL if lock else _BY_EMAIL), normalize_email(ref.email)
     else:
         return None
-    if lock:
-        # Every change to a user's credits or tier locks the user row first; that is what makes
-        # concurrent spends of one balance take turns (SQLite: BEGIN IMMEDIATE does the same).
-        stmt = stmt.with_for_update().execution_options(populate_existing=True)
-    return (await session.execute(stmt)).scalar_one_or_none()
+    return (await session.execute(stmt, {"key": key})).scalar_one_or_none()
 
 
 async def upsert_user(
