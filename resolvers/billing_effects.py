@@ -23,6 +23,7 @@ from resolvers.ledger import Actor
 from resolvers.models import Payment, User
 from resolvers.users import UserRef, find_user, normalize_email
 
+ALLOWANCE_BILLING_REASONS = ("subscription_create", "subscription_cycle")
 
 @dataclass(frozen=True)
 class EventHandled:
@@ -90,7 +91,10 @@ async def checkout_completed(ctx: EventContext) -> EventHandled | StripeEventFai
     if mode == "subscription":
         # The tier comes with the customer.subscription.* events; this only links the account.
         subscription = object_id(cs.get("subscription"))
-        if subscription:
+        # Only a user with no subscription yet is linked here: a replayed or late checkout of an
+        # old subscription must not take the place of the current one. Later changes arrive as
+        # customer.subscription.* events, which are ordered by their time.
+        if subscription and user.stripe_subscription_id is None:
             user.stripe_subscription_id = subscription
             user.updated_at = ctx.now
         return EventHandled(
@@ -124,7 +128,14 @@ async def invoice_paid(ctx: EventContext) -> EventHandled | StripeEventFailed:
     subscription = object_id(inv.get("subscription")) or object_id(details.get("subscription"))
     if subscription is None:
         return ctx.ignore("not a subscription invoice")
-    lines = as_dict(inv.get("lines")).get("data") or []
+    # Only a period's first or recurring invoice pays for an allowance: a proration invoice of a
+    # plan switch (often 0) would otherwise grant a whole month of the new tier each switch.
+    reason = inv.get("billing_reason")
+    if reason is not None and reason not in ALLOWANCE_BILLING_REASONS:
+        return ctx.ignore(f"billing_reason {reason}: no allowance")
+    # Proration lines ("unused time on Pro") come first and their period has already ended;
+    # the allowance follows the recurring line.
+    lines = [li for li in as_dict(inv.get("lines")).get("data") or [] if not _is_proration(li)]
     priced = [(line, ctx.catalog.tier_for_price(_line_price(line) or "")) for line in lines]
     line, tier = next(((li, t) for li, t in priced if t is not None), ({}, None))
     if tier is None:
@@ -155,6 +166,12 @@ async def invoice_paid(ctx: EventContext) -> EventHandled | StripeEventFailed:
     if isinstance(recorded, Failure):
         return ctx.fail(recorded.message)
     return EventHandled(status="processed", effects=_payment_effects(recorded))
+
+
+def _is_proration(line: Any) -> bool:
+    line = as_dict(line)
+    parent = as_dict(as_dict(line.get("parent")).get("subscription_item_details"))
+    return bool(line.get("proration") or parent.get("proration"))
 
 
 async def charge_refunded(ctx: EventContext) -> EventHandled | StripeEventFailed:

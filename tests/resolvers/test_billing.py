@@ -390,6 +390,53 @@ async def test_paid_invoice_grants_the_allowance_until_the_period_end(runtime) -
     assert await balances(runtime, user.id) == (1, 1, 1)
 
 
+async def test_proration_invoices_grant_no_allowance_and_renewals_follow_the_new_plan(
+    runtime,
+) -> None:
+    user = await make_user(runtime)
+    await deliver(
+        runtime, sub_event(runtime, "customer.subscription.created", at(runtime), user_id=user.id)
+    )
+    period_end = datetime(2026, 12, 10, 12, 0, tzinfo=UTC)
+    switch = ev.invoice(
+        customer="cus_sub", subscription_id="sub_1", price="price_team_monthly_eur",
+        period_start=runtime.clock(), period_end=period_end, amount_paid=0,
+    )  # fmt: skip
+    switch["billing_reason"] = "subscription_update"
+    outcome = await deliver(runtime, ev.stripe_event("invoice.paid", switch))
+    assert outcome.status == "ignored"
+    assert await balances(runtime, user.id) == (0, 0, 0)
+
+    renewal = ev.invoice(
+        customer="cus_sub", subscription_id="sub_1", price="price_team_monthly_eur",
+        period_start=runtime.clock(), period_end=period_end, amount_paid=5900,
+    )  # fmt: skip
+    # Stripe lists the unused time on the old plan first; its period is already over.
+    unused = {**renewal["lines"]["data"][0], "id": "il_unused", "proration": True}
+    unused["price"] = {"id": "price_pro_monthly_eur", "object": "price"}
+    unused["period"] = {"start": at(runtime, days=-20), "end": at(runtime, days=-1)}
+    renewal["lines"]["data"].insert(0, unused)
+    assert (await deliver(runtime, ev.stripe_event("invoice.paid", renewal))).status == (
+        "processed"
+    )
+    [grant] = await load(runtime, CreditGrant)
+    assert (grant.amount, grant.expires_at) == (5000, period_end)
+
+
+async def test_replayed_checkout_of_an_old_subscription_does_not_relink_the_user(runtime) -> None:
+    user = await make_user(runtime)
+    await deliver(
+        runtime,
+        sub_event(runtime, "customer.subscription.created", at(runtime), user_id=user.id,
+                  sub_id="sub_new"),
+    )  # fmt: skip
+    old_checkout = ev.checkout_session(
+        user_id=user.id, pack=None, mode="subscription", subscription="sub_old", customer="cus_sub"
+    )
+    await deliver(runtime, ev.stripe_event("checkout.session.completed", old_checkout))
+    assert (await user_row(runtime, user.id)).stripe_subscription_id == "sub_new"
+
+
 async def test_invoice_without_subscription_is_ignored(runtime) -> None:
     invoice = {"id": "in_oneoff", "object": "invoice", "customer": "cus_x", "lines": {"data": []}}
     outcome = await deliver(runtime, ev.stripe_event("invoice.paid", invoice))
