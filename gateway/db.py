@@ -111,7 +111,12 @@ class Database:
 
     def _is_retryable(self, exc: DBAPIError) -> bool:
         if self.is_sqlite:
-            return isinstance(exc, IntegrityError) or "locked" in str(exc.orig)
+            # Only a unique key a concurrent writer took first is a lost race; a CHECK or
+            # foreign-key failure would fail the same way every time.
+            message = str(exc.orig)
+            return "locked" in message or (
+                isinstance(exc, IntegrityError) and "UNIQUE constraint failed" in message
+            )
         return getattr(exc.orig, "sqlstate", None) in _RETRY_SQLSTATES or (
             getattr(getattr(exc.orig, "__cause__", None), "sqlstate", None) in _RETRY_SQLSTATES
         )

@@ -105,7 +105,7 @@ async def process_stripe_event(
         )
     except Exception as exc:  # a bug or a database fault: the effects were rolled back
         log.exception("stripe event %s: handler raised", event["id"])
-        result = StripeEventFailed(event_id=event["id"], reason=f"{type(exc).__name__}: {exc}")
+        result = StripeEventFailed(event_id=event["id"], reason=internal_error(exc, request_id))
     if isinstance(result, StripeEventFailed):
         await _record_failure(runtime, result, request_id, event)
     _log_outcome(event["id"], event["type"], result)
@@ -130,12 +130,20 @@ async def replay_stripe_event(
         )
     except Exception as exc:
         log.exception("stripe event %s: replay raised", event_id)
-        result = StripeEventFailed(event_id=event_id, reason=f"{type(exc).__name__}: {exc}")
+        result = StripeEventFailed(event_id=event_id, reason=internal_error(exc, request_id))
     if isinstance(result, StripeEventFailed):
         await _record_failure(runtime, result, request_id)
     if not isinstance(result, StripeEventNotFound):
         _log_outcome(event_id, "replay", result)
     return result
+
+
+def internal_error(exc: Exception, request_id: str | None) -> str:
+    """What Stripe, the stored event and GraphQL may see of a crash: never SQL or parameters.
+
+    The traceback is in the log under the request id.
+    """
+    return f"internal error ({type(exc).__name__}); see the log for request {request_id}"
 
 
 async def _record_failure(

@@ -343,5 +343,20 @@ async def test_handler_crash_is_a_500_recorded_on_the_event(runtime, client) -> 
     assert "Traceback" not in answer.text
     row = await stored(runtime, event["id"])
     assert (row.status, row.attempts) == ("failed", 1)
-    assert row.last_error.startswith("ValueError")
+    assert row.last_error.startswith("internal error (ValueError)")
     assert await count(runtime, Payment) == 0 and await balance(runtime, user.id) == 0
+
+
+async def test_a_database_refusal_leaks_no_sql_to_stripe_or_the_stored_event(
+    runtime, client
+) -> None:
+    user = await make_user(runtime)
+    event = purchase(user.id)
+    event["data"]["object"]["amount_total"] = -500  # refused by the payments CHECK constraint
+    answer = await post(client, event)
+    assert answer.status_code == 500
+    row = await stored(runtime, event["id"])
+    for text in (answer.text, row.last_error):
+        assert "INSERT" not in text and "payments" not in text and "-500" not in text, text
+    assert row.last_error.startswith("internal error (IntegrityError)")
+    assert row.attempts == 1
