@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import event
+from sqlalchemy import event, make_url
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import (
@@ -39,7 +39,7 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
 class Database:
-    def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
+    def __init__(self, url: str, *, pool_size: int = 20, echo: bool = False) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         kwargs: dict[str, Any] = {"echo": echo}
@@ -47,7 +47,12 @@ class Database:
             kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
             ensure_sqlite_directory(url)
         else:
-            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False)
+            # Connections past the pool are closed when returned: under steady load that is a
+            # connect (and a TLS attempt) per request, so the pool itself carries the load.
+            kwargs.update(pool_size=pool_size, max_overflow=pool_size // 4, pool_pre_ping=False)
+            if _is_loopback(url):
+                # asyncpg tries TLS first by default; on loopback there is nothing to protect.
+                kwargs["connect_args"] = {"ssl": False}
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
             _configure_sqlite(self.engine)
@@ -123,6 +128,11 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+def _is_loopback(url: str) -> bool:
+    host = make_url(url).host or ""
+    return host in ("127.0.0.1", "localhost", "::1") and "ssl" not in make_url(url).query
 
 
 def ensure_sqlite_directory(url: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -45,6 +46,9 @@ log = logging.getLogger("gateway.graphql")
 MAX_DEPTH = 10
 MAX_ALIASES = 30
 MAX_TOKENS = 2_000
+# One string literal is one token, so tokens alone do not bound a document's size, nor what
+# the document cache holds: 500 entries of at most 20 KB.
+MAX_QUERY_BYTES = 20_000
 DOCUMENT_CACHE_SIZE = 500
 MASKED_MESSAGE = "Unexpected error."
 
@@ -185,10 +189,15 @@ class GraphQLRoute:
             return _json(
                 {"errors": [_error_body("No query given", "BAD_REQUEST", request_id)]}, 400
             )
+        if len(query) > MAX_QUERY_BYTES:
+            message = f"Query longer than {MAX_QUERY_BYTES} characters: use variables"
+            return _json({"errors": [_error_body(message, "BAD_REQUEST", request_id)]}, 400)
 
         prepared = self.documents.get(query)
         if prepared.errors or prepared.document is None:
-            return _json({"errors": [_graphql_error(e, request_id) for e in prepared.errors]})
+            staff = principal is not None and principal.is_staff
+            errors = [_graphql_error(e, request_id, suggestions=staff) for e in prepared.errors]
+            return _json({"errors": errors})
         if prepared.uses_introspection and (principal is None or not principal.is_staff):
             return self.refuse(forbidden("Introspection is for staff keys"), request_id)
         operation = _pick_operation(prepared, gql.operation_name)
@@ -273,7 +282,7 @@ class GraphQLRoute:
             raise RequestError(415, "Send application/json")
         try:
             data = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             raise RequestError(400, "The body is not valid JSON") from None
         if not isinstance(data, dict):
             raise RequestError(400, "The body must be one JSON object (batching is off)")
@@ -295,7 +304,7 @@ def _variables(raw: Any) -> dict[str, Any] | None:
     if isinstance(raw, str):
         try:
             raw = json.loads(raw)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             raise RequestError(400, "variables is not valid JSON") from None
     if not isinstance(raw, dict):
         raise RequestError(400, "variables must be a JSON object")
@@ -318,17 +327,25 @@ def _wants_html(request: Request) -> bool:
     return "text/html" in request.headers.get("accept", "")
 
 
+_SUGGESTION = re.compile(r"\s*Did you mean .*$", re.DOTALL)
+
+
 def _error_body(message: str, code: str, request_id: str) -> dict[str, Any]:
     return {"message": message, "extensions": {"code": code, "requestId": request_id}}
 
 
-def _graphql_error(error: GraphQLError, request_id: str) -> dict[str, Any]:
+def _graphql_error(
+    error: GraphQLError, request_id: str, *, suggestions: bool = True
+) -> dict[str, Any]:
     """The error as the client sees it: ours keep their code; anything unexpected is masked."""
     original = error.original_error
     if original is None:
         code = "GRAPHQL_VALIDATION_FAILED" if error.nodes else "GRAPHQL_PARSE_FAILED"
         body = error.formatted
         body["extensions"] = {**(body.get("extensions") or {}), "code": code}
+        if not suggestions:
+            # "Did you mean 'grantCredits'?" would hand out the schema introspection withholds.
+            body["message"] = _SUGGESTION.sub("", body["message"]).rstrip()
     elif isinstance(original, AuthError):
         body = {"message": str(original), "path": error.path, "extensions": {"code": original.code}}
     elif isinstance(original, BadUserInput):

@@ -28,7 +28,7 @@ class Runtime:
     stripe_http: stripe.HTTPClient | None = None  # the client's connection pool, closed with us
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, pool_size: int = 10) -> Runtime:
+    def from_settings(cls, settings: Settings, *, pool_size: int = 20) -> Runtime:
         """Build it; a bad catalog raises CatalogError naming the entry."""
         catalog = load_catalog(settings.catalog_path)
         stripe_client, stripe_http = build_stripe_client(settings)

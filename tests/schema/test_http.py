@@ -215,3 +215,22 @@ async def test_metrics_endpoint_counts_requests_changes_and_signature_failures(
     assert 'entitlements_changes_total{action="credits_granted"}' in text
     assert "entitlements_webhook_signature_failures_24h 2.0" in text
     assert 'entitlements_webhook_events{status="failed"} 0.0' in text
+
+
+async def test_hostile_documents_are_refused_cheaply(gql, make_key) -> None:
+    huge = '{ plans(locale: "' + "x" * 30_000 + '") { code } }'
+    response = await gql.http.post("/graphql", json={"query": huge})
+    assert response.status_code == 400 and "variables" in response.json()["errors"][0]["message"]
+    nested = b'{"query": "{ plans { code } }", "variables": ' + b"[" * 100_000 + b"}"
+    response = await gql.http.post(
+        "/graphql", content=nested, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400 and response.json()["errors"][0]["extensions"]["requestId"]
+
+
+async def test_validation_errors_suggest_field_names_to_staff_only(gql, make_key) -> None:
+    anonymous = await gql("{ viewr { email } }")
+    assert "Did you mean" not in anonymous["errors"][0]["message"]
+    assert anonymous["errors"][0]["message"] == "Cannot query field 'viewr' on type 'Query'."
+    staff = await gql("{ viewr { email } }", token=await make_key("support"))
+    assert "Did you mean 'viewer'" in staff["errors"][0]["message"]
