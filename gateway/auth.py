@@ -15,6 +15,7 @@ from gateway.db import Database
 from gateway.settings import Settings
 from resolvers import keys, users
 from resolvers.catalog import Catalog
+from resolvers.models import parse_row_id
 from resolvers.users import UserRef
 from schema.context import VIEWER, Principal, unauthenticated
 
@@ -127,13 +128,17 @@ class Authenticator:
 
     async def _user_id(self, claims: dict[str, Any]) -> int:
         sub = str(claims["sub"])
-        if sub.isdigit() and "email" not in claims:
-            return int(sub)
-        email = claims.get("email") or sub
+        sub_id = parse_row_id(sub)
+        email = claims.get("email") or (None if sub_id is not None else sub)
         if not isinstance(email, str) or users.check_email(users.normalize_email(email)):
-            if sub.isdigit():
-                return int(sub)
-            raise unauthenticated("Token sub is neither a user id nor an email")
+            if sub_id is None:
+                raise unauthenticated("Token sub is neither a user id nor an email")
+            # Checked once per token (then cached): a token for a user we do not have must not
+            # reach resolvers that would write rows for that id.
+            async with self.db.read() as session:
+                if await users.find_user(session, UserRef(user_id=sub_id)) is None:
+                    raise unauthenticated(f"No user with id {sub_id}")
+            return sub_id
         async with self.db.read() as session:
             row = await users.find_user(session, UserRef(email=email))
         if row is not None:

@@ -20,10 +20,11 @@ from resolvers import payments
 from resolvers.catalog import Catalog, CreditPack
 from resolvers.errors import Failure, StripeEventFailed
 from resolvers.ledger import Actor
-from resolvers.models import Payment, User
+from resolvers.models import Payment, User, parse_row_id
 from resolvers.users import UserRef, find_user, normalize_email
 
 ALLOWANCE_BILLING_REASONS = ("subscription_create", "subscription_cycle")
+
 
 @dataclass(frozen=True)
 class EventHandled:
@@ -249,8 +250,8 @@ async def _user_id_by(
     email: str | None,
 ) -> int | None:
     conditions = []
-    if isinstance(user_id, str) and user_id.isdigit():
-        conditions.append(User.id == int(user_id))
+    if (row_id := parse_row_id(user_id)) is not None:
+        conditions.append(User.id == row_id)
     if customer:
         conditions.append(User.stripe_customer_id == customer)
     if subscription:

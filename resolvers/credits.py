@@ -116,6 +116,8 @@ async def grant_ai_credits(
         return CreditChanged(user=row, event=keyed, replayed=True)
     # Only after the replay check: a retry that arrives once the expiry has passed must still
     # answer its first result, not a validation error.
+    if expires_at is not None and expires_at.tzinfo is None:
+        return InvalidInput(field="expiresAt", reason="needs a time zone, e.g. Z or +01:00")
     if expires_at is not None and expires_at <= now:
         return InvalidInput(field="expiresAt", reason="must be in the future")
     await expire_credits(session, row, now=now, actor=actor)

@@ -31,6 +31,23 @@ NAMING_CONVENTION = {
 }
 
 
+MAX_ROW_ID = 2**31 - 1  # ids are 32-bit integers on both databases
+
+
+def parse_row_id(text: str | int | None) -> int | None:
+    """A row id from outside (GraphQL ID, cursor, JWT sub, Stripe metadata), or None.
+
+    ASCII digits only ('²'.isdigit() is true but int('²') fails) and in the column's range,
+    so a bad id is "not found", never a database error.
+    """
+    if isinstance(text, int) and not isinstance(text, bool):
+        return text if 0 < text <= MAX_ROW_ID else None
+    if not isinstance(text, str) or not (text.isascii() and text.isdigit()) or len(text) > 10:
+        return None
+    value = int(text)
+    return value if 0 < value <= MAX_ROW_ID else None
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC on the way in and out; SQLite keeps no offset, so one is put back."""
 

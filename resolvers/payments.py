@@ -22,7 +22,14 @@ from resolvers.errors import (
     UserNotFound,
 )
 from resolvers.ledger import Actor
-from resolvers.models import AnalyticsEvent, CreditEvent, CreditGrant, Payment, User
+from resolvers.models import (
+    AnalyticsEvent,
+    CreditEvent,
+    CreditGrant,
+    Payment,
+    User,
+    parse_row_id,
+)
 from resolvers.users import UserRef, find_user
 
 PURCHASE_EVENT = "credit_purchase_completed"
@@ -263,8 +270,8 @@ async def find_payment_for_charge(
 async def find_payment(session: AsyncSession, *, ref: str) -> PaymentDetails | PaymentNotFound:
     """A payment by its id or by any Stripe id it carries (cs_, in_, pi_, ch_)."""
     ref = ref.strip()
-    if ref.isdigit():
-        payment = await session.get(Payment, int(ref))
+    if (payment_id := parse_row_id(ref)) is not None:
+        payment = await session.get(Payment, payment_id)
     else:
         stmt = (
             select(Payment)

@@ -8,6 +8,7 @@ from typing import Any, Generic, TypeVar
 
 import strawberry
 
+from resolvers.models import parse_row_id
 from schema.context import BadUserInput
 
 Node = TypeVar("Node")
@@ -50,8 +51,8 @@ def decode_cursor(cursor: str | None) -> int | None:
         return None
     try:
         kind, _, value = base64.urlsafe_b64decode(cursor.encode()).decode().partition(":")
-        if kind == "id" and value.isdigit():
-            return int(value)
+        if kind == "id" and (row_id := parse_row_id(value)) is not None:
+            return row_id
     except (ValueError, UnicodeDecodeError):
         pass
     raise BadUserInput("after is not a cursor this API gave out")

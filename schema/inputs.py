@@ -7,6 +7,7 @@ from datetime import datetime
 import strawberry
 
 from resolvers.errors import InvalidInput
+from resolvers.models import parse_row_id
 from resolvers.users import UserRef, check_email
 
 
@@ -49,9 +50,9 @@ def user_ref(email: str | None, user_id: strawberry.ID | None) -> UserRef | Inva
     if (email is None) == (user_id is None):
         return InvalidInput(field="email", reason="give exactly one of email or userId")
     if user_id is not None:
-        if not str(user_id).isdigit() or len(str(user_id)) > 18:
+        if (parsed := parse_row_id(str(user_id))) is None:
             return InvalidInput(field="userId", reason="not a user id")
-        return UserRef(user_id=int(user_id))
+        return UserRef(user_id=parsed)
     assert email is not None
     if failure := check_email(email.strip().lower()):
         return failure

@@ -11,6 +11,7 @@ from resolvers.errors import InvalidInput
 from resolvers.models import CreditEvent as CreditEventRow
 from resolvers.models import Payment as PaymentRow
 from resolvers.models import User as UserRow
+from resolvers.models import parse_row_id
 from resolvers.users import normalize_email
 from schema import permissions
 from schema.billing import (
@@ -63,9 +64,9 @@ class Query:
         if (email is None) == (id is None):
             raise BadUserInput("give exactly one of email or id")
         if id is not None:
-            if not str(id).isdigit():
+            if (user_id := parse_row_id(str(id))) is None:
                 return None
-            row = await ctx.loaders.user_by_id.load(int(id))
+            row = await ctx.loaders.user_by_id.load(user_id)
         else:
             row = await ctx.loaders.user_by_email.load(normalize_email(email or ""))
         row = await fresh_user(ctx, row)

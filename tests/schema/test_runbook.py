@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.factories import make_user
-from tests.schema.conftest import data_of
+from tests.schema.conftest import data_of, error_codes, user_token
 
 USER_STATE = """
 query ($email: String!) {
@@ -199,3 +199,27 @@ async def test_service_upserts_users_from_the_main_app(gql, make_key) -> None:
     ):
         result = data_of(await gql(UPSERT, {"input": bad}, token=service))["upsertUser"]
         assert result == {"__typename": "InvalidInput", "field": field}
+
+
+async def test_odd_ids_and_times_are_typed_errors_not_crashes(runtime, gql, make_key) -> None:
+    support = await make_key("support")
+    user = await make_user(runtime)
+    naive = data_of(
+        await gql(
+            GRANT,
+            {"input": {"email": user.email, "amount": 1, "reason": "x",
+                       "expiresAt": "2030-01-01T00:00:00"}},
+            token=support,
+        )
+    )["grantCredits"]  # fmt: skip
+    assert (naive["__typename"], naive["field"]) == ("InvalidInput", "expiresAt")
+    for bad_id in ("²", "9" * 30, "-1", "0"):
+        spent = data_of(
+            await gql(CONSUME, {"input": {"userId": bad_id, "amount": 1}}, token=support)
+        )["consumeCredits"]
+        assert spent["code"] == "INVALID_INPUT", bad_id
+        found = data_of(await gql("query ($i: ID) { user(id: $i) { id } }", {"i": bad_id},
+                                  token=support))  # fmt: skip
+        assert found == {"user": None}
+    ghost = await gql("{ viewer { id } }", token=user_token(987_654))
+    assert error_codes(ghost) == ["UNAUTHENTICATED"]
