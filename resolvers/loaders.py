@@ -12,7 +12,7 @@ from aiodataloader import DataLoader
 from sqlalchemy import BigInteger, Column, Row, Select, Table, bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from resolvers.models import CreditEvent, CreditGrant, Payment, User
+from resolvers.models import AnalyticsEvent, CreditEvent, CreditGrant, Payment, User
 
 K = TypeVar("K")
 OpenConnection = Callable[[], AbstractAsyncContextManager[AsyncConnection]]
@@ -51,6 +51,9 @@ _OPEN_GRANTS = (
 )
 _EVENTS_BY_PAYMENT = select(EVENTS).where(EVENTS.c.payment_id.in_(_KEYS)).order_by(EVENTS.c.id)
 _GRANTS_BY_PAYMENT = select(GRANTS).where(GRANTS.c.payment_id.in_(_KEYS)).order_by(GRANTS.c.id)
+_SHOWN_OVERLAYS = select(AnalyticsEvent.__table__.c.dedupe_key).where(
+    AnalyticsEvent.__table__.c.dedupe_key.in_(_KEYS)
+)
 _NEWEST_EVENTS = _newest_per_owner(EVENTS, EVENTS.c.user_id)
 _NEWEST_PAYMENTS = _newest_per_owner(PAYMENTS, PAYMENTS.c.user_id)
 
@@ -100,6 +103,12 @@ async def grants_by_payment(
 ) -> list[list[Row[Any]]]:
     rows = await conn.execute(_GRANTS_BY_PAYMENT, {"keys": list(payment_ids)})
     return _group(rows, payment_ids, lambda g: g.payment_id)
+
+
+async def shown_overlays(conn: AsyncConnection, dedupe_keys: Sequence[str]) -> list[bool]:
+    """Whether each once-per-session event is recorded, by its dedupe key."""
+    found = set((await conn.execute(_SHOWN_OVERLAYS, {"keys": list(dedupe_keys)})).scalars())
+    return [key in found for key in dedupe_keys]
 
 
 def _group(rows: Any, keys: Sequence[K], key_of: Callable[[Any], K]) -> list[list[Any]]:
@@ -166,6 +175,10 @@ class Loaders:
     @property
     def payment_grants(self) -> DataLoader[int, list[Any]]:
         return self._loader("payment_grants", grants_by_payment)
+
+    @property
+    def overlay_shown(self) -> DataLoader[str, bool]:
+        return self._loader("overlay_shown", shown_overlays)
 
     def prime_user(self, user: User) -> None:
         """A user already read (viewer, mutation result) need not be read again."""

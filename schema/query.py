@@ -148,21 +148,23 @@ class Query:
         "premium_overlay_impression), newest first.",
     )
     async def analytics_events(
-        self, info: Info, names: list[str] | None = None, last: int = 20
+        self, info: Info, names: list[str] | None = None, last: int | None = 20
     ) -> list[AnalyticsEvent]:
         async with info.context.db.read() as session:
-            rows = await analytics.recent_analytics_events(session, names=names, last=last)
+            rows = await analytics.recent_analytics_events(
+                session, names=names, last=20 if last is None else last
+            )
         return list(_or_bad_input(rows))  # type: ignore[arg-type]
 
     @strawberry.field(
         permission_classes=[permissions.DASHBOARD],
         description="collect_entitlement_metrics: plans, trials, payments, credits (3 statements).",
     )
-    async def metrics(self, info: Info, days: int = 7) -> EntitlementMetrics:
+    async def metrics(self, info: Info, days: int | None = 7) -> EntitlementMetrics:
         ctx: Context = info.context
         async with ctx.db.read() as session:
             result = await metrics.collect_entitlement_metrics(
-                session, now=ctx.clock(), days=days, catalog=ctx.catalog
+                session, now=ctx.clock(), days=7 if days is None else days, catalog=ctx.catalog
             )
         return _or_bad_input(result)  # type: ignore[return-value]
 

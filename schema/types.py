@@ -10,7 +10,6 @@ from strawberry import Info, Private
 
 from resolvers import analytics, models
 from resolvers.catalog import Tier
-from resolvers.errors import InvalidInput
 from resolvers.loaders import unexpired
 from schema.connections import Connection, connection, decode_cursor, page_size
 from schema.context import BadUserInput
@@ -321,13 +320,12 @@ class User:
     @strawberry.field(description="Whether to show the premium overlay in this browser session.")
     async def premium_overlay(self, info: Info, session_id: str) -> PremiumOverlay:
         ctx = info.context
-        async with ctx.db.read() as session:
-            result = await analytics.premium_overlay(
-                session, user=self.row, session_id=session_id, catalog=ctx.catalog, now=ctx.clock()
-            )
-        if isinstance(result, InvalidInput):
-            raise BadUserInput(result.message)
-        return result  # type: ignore[return-value]
+        if failure := analytics.check_session_id(session_id, required=True):
+            raise BadUserInput(failure.message)
+        # Batched: in a list of users every one asks about the same session.
+        shown = await ctx.loaders.overlay_shown.load(analytics.overlay_dedupe_key(session_id))
+        eligible = analytics.is_upgrade_prompt_eligible(self.row, ctx.catalog, ctx.clock())
+        return analytics.PremiumOverlay(eligible=eligible, shown=shown)  # type: ignore[return-value]
 
     @strawberry.field
     def subscription(self) -> Subscription | None:

@@ -68,3 +68,29 @@ async def test_support_query_statement_count_does_not_grow(runtime, gql, make_ke
     assert len(node["payments"]["edges"]) == 3
     # Users, their events, their payments: three statements, none per user.
     assert at_ten == at_hundred == 3, (at_ten, at_hundred)
+
+
+async def test_premium_overlay_in_a_list_is_one_statement(runtime, gql, make_key, db) -> None:
+    support = await make_key("support")
+    query = (
+        '{ users(first: 50) { edges { node { premiumOverlay(sessionId: "s") { eligible } } } } }'
+    )
+    counts = []
+    for total in (5, 50):
+        while (
+            len(
+                data_of(await gql("{ users(first: 100) { edges { cursor } } }", token=support))[
+                    "users"
+                ]["edges"]
+            )
+            < total
+        ):
+            await make_user(runtime)
+        counter = StatementCounter(db)
+        try:
+            body = data_of(await gql(query, token=support))
+        finally:
+            counter.close()
+        assert len(body["users"]["edges"]) == total
+        counts.append(counter.count)
+    assert counts[0] == counts[1] == 2, counts  # the users, then every overlay at once
