@@ -13,7 +13,7 @@ from resolvers.changes import record_change
 from resolvers.credits import grant_plan_allowance
 from resolvers.errors import IdempotencyConflict, InvalidInput, UnknownTier, UserNotFound
 from resolvers.ledger import Actor, check_change_args, expire_credits, fingerprint
-from resolvers.models import TierChange, User
+from resolvers.models import CreditEvent, TierChange, User
 from resolvers.users import UserRef, find_user
 
 
@@ -54,22 +54,23 @@ async def set_tier(
         if earlier is not None:
             if earlier.fingerprint != digest:
                 return IdempotencyConflict(idempotency_key=idempotency_key)
-            return TierSet(user=row, change=earlier, replayed=True)
+            unchanged = earlier.from_tier == earlier.to_tier
+            return TierSet(user=row, change=None if unchanged else earlier, replayed=True)
+        # One key, one operation: a key a credit change already used is not free for a tier.
+        used = await session.execute(
+            select(CreditEvent.id).where(CreditEvent.idempotency_key == idempotency_key)
+        )
+        if used.first() is not None:
+            return IdempotencyConflict(idempotency_key=idempotency_key)
     if row.tier == tier:
+        if idempotency_key is not None:
+            # Nothing changes, but the key is spent: a retry with other arguments must be a
+            # conflict, not a change (it could undo somebody else's change made since).
+            session.add(_tier_change(row, tier, reason, actor, now, idempotency_key, digest))
+            await session.flush()
         return TierSet(user=row, change=None)
 
-    change = TierChange(
-        user_id=row.id,
-        from_tier=row.tier,
-        to_tier=tier,
-        reason=reason,
-        source=actor.source,
-        actor=actor.name,
-        request_id=actor.request_id,
-        idempotency_key=idempotency_key,
-        fingerprint=digest,
-        created_at=now,
-    )
+    change = _tier_change(row, tier, reason, actor, now, idempotency_key, digest)
     session.add(change)
     row.tier = tier
     row.updated_at = now
@@ -91,6 +92,29 @@ async def set_tier(
         actor=actor.name,
     )
     return TierSet(user=row, change=change)
+
+
+def _tier_change(
+    user: User,
+    tier: str,
+    reason: str,
+    actor: Actor,
+    now: datetime,
+    idempotency_key: str | None,
+    digest: str,
+) -> TierChange:
+    return TierChange(
+        user_id=user.id,
+        from_tier=user.tier,
+        to_tier=tier,
+        reason=reason,
+        source=actor.source,
+        actor=actor.name,
+        request_id=actor.request_id,
+        idempotency_key=idempotency_key,
+        fingerprint=digest,
+        created_at=now,
+    )
 
 
 async def tier_history(session: AsyncSession, user_id: int, *, limit: int = 50) -> list[TierChange]:

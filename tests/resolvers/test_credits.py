@@ -253,3 +253,23 @@ async def test_entitlement_change_is_logged_after_commit_only(runtime: Runtime, 
 
     assert '"event":"entitlement_change"' in JsonFormatter().format(caplog.records[-1])
     json.loads(JsonFormatter().format(caplog.records[-1]))
+
+
+async def test_a_keyed_no_op_tier_change_spends_its_key(runtime: Runtime) -> None:
+    user = await make_user(runtime)
+
+    async def set_tier(tier: str, key: str, reason: str = "support reset"):
+        return await runtime.db.write(
+            lambda s: tiers.set_tier(
+                s, user=UserRef(user_id=user.id), tier=tier, reason=reason, actor=SUPPORT,
+                now=runtime.clock(), catalog=runtime.catalog, idempotency_key=key,
+            )
+        )  # fmt: skip
+
+    first = await set_tier("free", "t-1")  # already free: nothing changes
+    assert isinstance(first, tiers.TierSet) and first.change is None
+    assert await set_tier("pro", "t-1") == IdempotencyConflict(idempotency_key="t-1")
+    again = await set_tier("free", "t-1")
+    assert again.replayed and again.change is None and again.user.tier == "free"
+    await grant(runtime, user, 5, key="g-1")
+    assert await set_tier("pro", "g-1") == IdempotencyConflict(idempotency_key="g-1")
