@@ -42,6 +42,8 @@ class CheckoutStarted:
     checkout_session_id: str
     customer_id: str
     mode: str  # payment (credit pack) | subscription (tier)
+    user_id: int
+    new_customer: bool  # created for this checkout: remember_stripe_customer stores it
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,8 @@ async def start_checkout(
     | PaymentProviderError
 ):
     """A Stripe Checkout session: payment mode for a credit pack, subscription mode for a tier.
+
+    Reads only: call it in a read session, then remember_stripe_customer in a write.
 
     The session carries `client_reference_id` = the user's id and `metadata.pack` or
     `metadata.tier`, which the webhook reads first. The customer is reused or created.
@@ -121,15 +125,31 @@ async def start_checkout(
         )
     except stripe.StripeError as exc:
         return PaymentProviderError(exc.user_message or str(exc))
-    if row.stripe_customer_id is None:
-        locked = await find_user(session, UserRef(user_id=row.id), lock=True)
+    return CheckoutStarted(
+        url=str(created.url),
+        checkout_session_id=created.id,
+        customer_id=customer,
+        mode=item.mode,
+        user_id=row.id,
+        new_customer=row.stripe_customer_id is None,
+    )
+
+
+async def remember_stripe_customer(
+    session: AsyncSession, *, started: CheckoutStarted, now: datetime
+) -> CheckoutStarted:
+    """Store a customer the checkout created: a short write after Stripe has answered.
+
+    start_checkout only reads, so no lock (on SQLite: the one database write lock) is held
+    while Stripe is called; this takes it for a single UPDATE.
+    """
+    if started.new_customer:
+        locked = await find_user(session, UserRef(user_id=started.user_id), lock=True)
         if locked is not None and locked.stripe_customer_id is None:
-            locked.stripe_customer_id = customer
+            locked.stripe_customer_id = started.customer_id
             locked.updated_at = now
             await session.flush()
-    return CheckoutStarted(
-        url=str(created.url), checkout_session_id=created.id, customer_id=customer, mode=item.mode
-    )
+    return started
 
 
 async def open_billing_portal(

@@ -267,8 +267,9 @@ class Mutation:
         if isinstance(ref, InvalidInput):
             return from_failure(ref)  # type: ignore[return-value]
         now = ctx.clock()
-        result = await ctx.db.write(
-            lambda session: checkout.start_checkout(
+        # Stripe is called with no transaction open; the new customer id is stored after.
+        async with ctx.db.read() as session:
+            result = await checkout.start_checkout(
                 session,
                 user=ref,
                 catalog=ctx.catalog,
@@ -280,7 +281,11 @@ class Mutation:
                 currency=input.currency,
                 locale=input.locale,
             )
-        )
+        if isinstance(result, checkout.CheckoutStarted) and result.new_customer:
+            started = result
+            result = await ctx.db.write(
+                lambda session: checkout.remember_stripe_customer(session, started=started, now=now)
+            )
         if isinstance(result, Failure):
             return from_failure(result)  # type: ignore[return-value]
         return CheckoutSession.from_started(result)

@@ -7,6 +7,7 @@ to a path the way Stripe fails (status + `{"error": {...}}`), so the library rai
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 import socket
@@ -47,6 +48,8 @@ class FakeStripe:
     _replies: dict[str, dict[str, Any]] = field(default_factory=dict)
     _ids: Iterator[int] = field(default_factory=itertools.count)
 
+    delay_seconds: float = 0.0  # how long every answer takes: a slow Stripe
+
     def fail_next(self, path: str, status: int, message: str, **error: Any) -> None:
         """The next call to `path` answers `status` with Stripe's error body."""
         error.setdefault("type", "invalid_request_error")
@@ -57,6 +60,7 @@ class FakeStripe:
             store.clear()
         self.calls.clear()
         self._failures.clear()
+        self.delay_seconds = 0.0
 
     def calls_to(self, path: str) -> list[Call]:
         return [c for c in self.calls if c.path == path]
@@ -86,6 +90,8 @@ class FakeStripe:
         params.update(request.query_params)
         key = request.headers.get("idempotency-key")
         self.calls.append(Call(request.method, request.url.path, params, key))
+        if self.delay_seconds:
+            await asyncio.sleep(self.delay_seconds)
         if request.headers.get("authorization") != f"Bearer {API_KEY}":
             return params, _error(401, "Invalid API Key provided", type="invalid_request_error")
         if failure := self._failures.pop(request.url.path, None):

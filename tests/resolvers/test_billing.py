@@ -591,8 +591,9 @@ async def test_signature_failures_are_counted(runtime) -> None:
 
 
 async def start(runtime: Runtime, user: User, **kw):
-    return await runtime.db.write(
-        lambda s: checkout.start_checkout(
+    """As the startCheckout mutation does it: read and call Stripe, then store a new customer."""
+    async with runtime.db.read() as s:
+        started = await checkout.start_checkout(
             s,
             user=UserRef(user_id=user.id),
             catalog=runtime.catalog,
@@ -601,6 +602,10 @@ async def start(runtime: Runtime, user: User, **kw):
             now=runtime.clock(),
             **kw,
         )
+    if not isinstance(started, checkout.CheckoutStarted):
+        return started
+    return await runtime.db.write(
+        lambda s: checkout.remember_stripe_customer(s, started=started, now=runtime.clock())
     )
 
 

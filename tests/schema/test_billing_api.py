@@ -3,7 +3,9 @@ events, replays, and the runbook's way from a payment to its grant and ledger ev
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 
@@ -189,3 +191,29 @@ async def test_dashboard_saved_queries_for_payments_and_failed_webhooks(
     ]
     failed = await gql.http.post("/graphql", json={"id": "failed_webhooks"}, headers=headers)
     assert len(data_of(failed.json())["webhookEvents"]["edges"]) == 1
+
+
+async def test_a_slow_stripe_does_not_hold_up_other_customers_writes(
+    runtime, fake_stripe, gql, make_key
+) -> None:
+    buyer = await make_user(runtime)
+    spender = await make_user(runtime, credits_granted=5)
+    service = await make_key("service")
+    fake_stripe.delay_seconds = 1.5
+
+    async def spend() -> float:
+        await asyncio.sleep(0.3)  # the checkout is waiting on Stripe by now
+        started = time.perf_counter()
+        body = await gql(
+            "mutation ($i: ConsumeCreditsInput!) { consumeCredits(input: $i) { __typename } }",
+            {"i": {"userId": str(spender.id), "amount": 1}},
+            token=service,
+        )
+        assert data_of(body)["consumeCredits"]["__typename"] == "CreditChange"
+        return time.perf_counter() - started
+
+    checkout, waited = await asyncio.gather(
+        gql(CHECKOUT, {"input": {"pack": "credits_100"}}, token=user_token(buyer.id)), spend()
+    )
+    assert data_of(checkout)["startCheckout"]["__typename"] == "CheckoutSession"
+    assert waited < 1.0, f"a spend waited {waited:.2f} s behind a checkout"
