@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 import strawberry
+from sqlalchemy.ext.asyncio import AsyncSession
 from strawberry import Info
 from strawberry.scalars import JSON
 
 from resolvers import analytics, checkout, credits, tiers, users
 from resolvers.errors import Failure, InvalidInput
-from resolvers.users import UserRef
+from resolvers.users import UserRef, find_user
 from schema import permissions
 from schema.billing import (
     BillingPortalSession,
@@ -93,6 +94,12 @@ class TrackEventInput:
     name: str
     session_id: str | None = None
     properties: JSON | None = None
+    email: str | None = strawberry.field(
+        default=None, description="Staff only: the customer the event is about."
+    )
+    user_id: strawberry.ID | None = strawberry.field(
+        default=None, description="Staff only: the customer the event is about."
+    )
 
 
 ReplayWebhookEventResult = Annotated[
@@ -117,7 +124,9 @@ BillingPortalResult = Annotated[
     | InvalidInputError,
     strawberry.union("BillingPortalResult"),
 ]
-TrackEventResult = Annotated[TrackedEvent | InvalidInputError, strawberry.union("TrackEventResult")]
+TrackEventResult = Annotated[
+    TrackedEvent | InvalidInputError | UserNotFound, strawberry.union("TrackEventResult")
+]
 
 
 @strawberry.type
@@ -224,12 +233,25 @@ class Mutation:
         "credit_purchase_completed or a configured name); the overlay once per session.",
     )
     async def track_event(self, info: Info, input: TrackEventInput) -> TrackEventResult:
-        ctx = info.context
-        principal = ctx.principal
-        user_id = principal.user_id if principal is not None else None
+        ctx: Context = info.context
+        ref: UserRef | InvalidInput | None = None
+        if ctx.principal is not None and ctx.principal.role == VIEWER:
+            ref = _own_or_named_user(ctx, input.email, input.user_id)
+        elif input.email is not None or input.user_id is not None:
+            # Support records what an emitter missed (runbook section 4) for the customer.
+            ref = user_ref(input.email, input.user_id)
+        if isinstance(ref, InvalidInput):
+            return from_failure(ref)  # type: ignore[return-value]
         now = ctx.clock()
-        result = await ctx.db.write(
-            lambda session: analytics.track_event(
+
+        async def work(session: AsyncSession) -> analytics.EventTracked | Failure:
+            user_id = None
+            if ref is not None:
+                row = await find_user(session, ref)
+                if row is None:
+                    return ref.not_found()
+                user_id = row.id
+            return await analytics.track_event(
                 session,
                 name=input.name,
                 session_id=input.session_id,
@@ -239,7 +261,8 @@ class Mutation:
                 now=now,
                 request_id=ctx.request_id,
             )
-        )
+
+        result = await ctx.db.write(work)
         if isinstance(result, Failure):
             return from_failure(result)  # type: ignore[return-value]
         return TrackedEvent(event=result.event, recorded=result.recorded)  # type: ignore[arg-type]
@@ -292,13 +315,18 @@ class Mutation:
 
     @strawberry.mutation(
         permission_classes=[permissions.PORTAL],
-        description="A Stripe Billing Portal URL for the viewer's subscription and invoices.",
+        description="A Stripe Billing Portal URL for the viewer's subscription and invoices "
+        "(support names the user).",
     )
     async def open_billing_portal(
-        self, info: Info, return_url: str | None = None
+        self,
+        info: Info,
+        return_url: str | None = None,
+        email: str | None = None,
+        user_id: strawberry.ID | None = None,
     ) -> BillingPortalResult:
         ctx: Context = info.context
-        ref = _own_or_named_user(ctx, None, None)
+        ref = _own_or_named_user(ctx, email, user_id)
         if isinstance(ref, InvalidInput):
             return from_failure(ref)  # type: ignore[return-value]
         async with ctx.db.read() as session:
@@ -321,7 +349,7 @@ def _own_or_named_user(
     principal = ctx.principal
     if principal is not None and principal.role == VIEWER:
         if email is not None or user_id is not None:
-            return InvalidInput(field="email", reason="viewers check out for themselves only")
+            return InvalidInput(field="email", reason="viewers act for themselves only")
         assert principal.user_id is not None
         return UserRef(user_id=principal.user_id)
     return user_ref(email, user_id)

@@ -222,3 +222,23 @@ async def test_diagnose_names_each_escalation_criterion_over_http(runtime, gql, 
     assert (await codes_for(stuck.email))["balance_mismatch"]["escalation"] == (
         "Data platform team"
     )
+
+
+async def test_support_records_a_missed_purchase_event_for_the_customer(
+    runtime, gql, make_key
+) -> None:
+    support = await make_key("support")
+    user = await make_user(runtime)
+    event = {"name": "credit_purchase_completed", "email": user.email,
+             "properties": {"pack": "credits_100", "ticket": "T-1"}}  # fmt: skip
+    recorded = data_of(await gql(TRACK, {"input": event}, token=support))["trackEvent"]
+    assert recorded["recorded"] is True and recorded["event"]["userId"] == str(user.id)
+    ghost = data_of(
+        await gql(TRACK, {"input": {**event, "email": "ghost@example.com"}}, token=support)
+    )["trackEvent"]
+    assert ghost["__typename"] == "UserNotFound"
+    other = await make_user(runtime)
+    meddling = data_of(
+        await gql(TRACK, {"input": {**event, "email": other.email}}, token=user_token(user.id))
+    )["trackEvent"]
+    assert meddling["field"] == "email"
