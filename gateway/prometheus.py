@@ -16,12 +16,10 @@ from prometheus_client import (
     Gauge,
     generate_latest,
 )
-from sqlalchemy import func, select
 from starlette.requests import Request
 from starlette.responses import Response
 
 from resolvers import billing
-from resolvers.models import StripeEvent
 
 if TYPE_CHECKING:  # the unit of work counts changes here; runtime imports it
     from gateway.runtime import Runtime
@@ -69,13 +67,7 @@ async def metrics_endpoint(request: Request) -> Response:
     now = runtime.clock()
     async with runtime.db.read() as session:
         failures = await billing.count_signature_failures(session, since=now - timedelta(days=1))
-        by_status = dict(
-            (
-                await session.execute(
-                    select(StripeEvent.status, func.count()).group_by(StripeEvent.status)
-                )
-            ).all()
-        )
+        by_status = await billing.count_stripe_events_by_status(session)
     SIGNATURE_FAILURES_24H.set(failures)
     for status in billing.STATUSES:
         WEBHOOK_EVENTS.labels(status=status).set(by_status.get(status, 0))

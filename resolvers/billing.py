@@ -241,6 +241,13 @@ async def record_signature_failure(
     return row
 
 
+async def count_stripe_events_by_status(session: AsyncSession) -> dict[str, int]:
+    rows = await session.execute(
+        select(StripeEvent.status, func.count()).group_by(StripeEvent.status)
+    )
+    return {status: count for status, count in rows.all()}
+
+
 async def count_signature_failures(session: AsyncSession, *, since: datetime | None = None) -> int:
     """Webhook deliveries refused for their signature (since `since`): the diagnose counter."""
     stmt = select(func.count()).select_from(WebhookSignatureFailure)

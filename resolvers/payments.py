@@ -267,6 +267,16 @@ async def find_payment_for_charge(
     return None
 
 
+async def list_payments(
+    session: AsyncSession, *, limit: int, before_id: int | None = None
+) -> list[Payment]:
+    """Payments of every user, newest first, below a cursor."""
+    stmt = select(Payment).order_by(Payment.id.desc()).limit(limit)
+    if before_id is not None:
+        stmt = stmt.where(Payment.id < before_id)
+    return list((await session.execute(stmt)).scalars())
+
+
 async def find_payment(session: AsyncSession, *, ref: str) -> PaymentDetails | PaymentNotFound:
     """A payment by its id or by any Stripe id it carries (cs_, in_, pi_, ch_)."""
     ref = ref.strip()

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers.catalog import Catalog
@@ -126,5 +126,23 @@ async def upsert_user(
     return UserUpserted(user=user, created=True)
 
 
-async def count_users(session: AsyncSession) -> int:
-    return (await session.execute(select(func.count()).select_from(User))).scalar_one()
+async def list_users(
+    session: AsyncSession,
+    *,
+    limit: int,
+    after_id: int | None = None,
+    tier: str | None = None,
+    email_prefix: str | None = None,
+) -> list[User]:
+    """Users by id after a cursor; optionally of one tier, or whose email starts so."""
+    stmt = select(User).order_by(User.id).limit(limit)
+    if after_id is not None:
+        stmt = stmt.where(User.id > after_id)
+    if tier is not None:
+        stmt = stmt.where(User.tier == tier)
+    if email_prefix:
+        prefix = normalize_email(email_prefix)
+        # A literal prefix: % and _ typed by support are not wildcards.
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        stmt = stmt.where(User.email.like(escaped + "%", escape="\\"))
+    return list((await session.execute(stmt)).scalars())

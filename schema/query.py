@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import strawberry
-from sqlalchemy import select
 from strawberry import Info
 
-from resolvers import analytics, billing, changes, credits, diagnose, metrics, payments, pricing
+from resolvers import (
+    analytics,
+    billing,
+    changes,
+    credits,
+    diagnose,
+    metrics,
+    payments,
+    pricing,
+    users,
+)
 from resolvers.errors import InvalidInput
 from resolvers.models import CreditEvent as CreditEventRow
-from resolvers.models import Payment as PaymentRow
 from resolvers.models import User as UserRow
 from resolvers.models import parse_row_id
 from resolvers.users import normalize_email
@@ -86,19 +94,16 @@ class Query:
     ) -> Connection[User]:
         ctx: Context = info.context
         size = page_size(first)
-        stmt = select(UserRow).order_by(UserRow.id).limit(size + 1)
-        if (after_id := decode_cursor(after)) is not None:
-            stmt = stmt.where(UserRow.id > after_id)
-        if tier is not None:
-            stmt = stmt.where(UserRow.tier == tier)
-        if search:
-            if len(search) > MAX_SEARCH_LENGTH:
-                raise BadUserInput(f"search is longer than {MAX_SEARCH_LENGTH} characters")
-            prefix = normalize_email(search)
-            escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            stmt = stmt.where(UserRow.email.like(escaped + "%", escape="\\"))
+        if search and len(search) > MAX_SEARCH_LENGTH:
+            raise BadUserInput(f"search is longer than {MAX_SEARCH_LENGTH} characters")
         async with ctx.db.read() as session:
-            rows = list((await session.execute(stmt)).scalars())
+            rows = await users.list_users(
+                session,
+                limit=size + 1,
+                after_id=decode_cursor(after),
+                tier=tier,
+                email_prefix=search or None,
+            )
         for row in rows:
             ctx.loaders.prime_user(row)
         return connection(rows, size, lambda row: User(row=row))
@@ -207,11 +212,10 @@ class Query:
         self, info: Info, first: int | None = None, after: str | None = None
     ) -> Connection[Payment]:
         size = page_size(first)
-        stmt = select(PaymentRow).order_by(PaymentRow.id.desc()).limit(size + 1)
-        if (before := decode_cursor(after)) is not None:
-            stmt = stmt.where(PaymentRow.id < before)
         async with info.context.db.read() as session:
-            rows = list((await session.execute(stmt)).scalars())
+            rows = await payments.list_payments(
+                session, limit=size + 1, before_id=decode_cursor(after)
+            )
         return connection(rows, size, Payment.from_row)
 
     @strawberry.field(
