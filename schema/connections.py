@@ -24,8 +24,13 @@ class PageInfo:
 
 @strawberry.type
 class Edge(Generic[Node]):
-    cursor: str
+    row_id: strawberry.Private[int]
     node: Node
+
+    @strawberry.field
+    def cursor(self) -> str:
+        # Made only when asked for: most page views read nodes, not cursors.
+        return encode_cursor(self.row_id)
 
 
 @strawberry.type
@@ -61,11 +66,11 @@ def decode_cursor(cursor: str | None) -> int | None:
 def connection(rows: Sequence[Any], first: int, wrap: Callable[[Any], Node]) -> Connection[Node]:
     """A page from `rows` fetched with one extra row, which only tells that more exist."""
     page = rows[:first]
-    edges = [Edge(cursor=encode_cursor(row.id), node=wrap(row)) for row in page]
+    edges = [Edge(row_id=row.id, node=wrap(row)) for row in page]
     return Connection(
         edges=edges,
         page_info=PageInfo(
             has_next_page=len(rows) > first,
-            end_cursor=edges[-1].cursor if edges else None,
+            end_cursor=encode_cursor(page[-1].id) if page else None,
         ),
     )

@@ -231,13 +231,17 @@ class CreditBalance:
     user: Private[models.User]
 
     @strawberry.field(description="Spendable credits now: unexpired grants' remaining amounts.")
-    async def available(self, info: Info) -> int:
+    def available(self, info: Info) -> int:
         now = info.context.clock()
         row = self.user
         if row.credits_next_expiry is None or row.credits_next_expiry > now:
+            # Synchronous on purpose: an async resolver costs a task per user in a list.
             return row.credits_available
         # A grant expired since the last write: count what is left of the unexpired ones.
-        grants = await info.context.loaders.open_grants.load(row.id)
+        return self._unexpired_total(info, now)  # type: ignore[return-value]
+
+    async def _unexpired_total(self, info: Info, now: datetime) -> int:
+        grants = await info.context.loaders.open_grants.load(self.user.id)
         return sum(g.remaining for g in unexpired(grants, now))
 
     @strawberry.field(description="Grants with credits left, soonest expiry first.")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from tests.factories import make_user
 from tests.schema.conftest import data_of, error_codes, user_token
 
@@ -223,3 +225,25 @@ async def test_odd_ids_and_times_are_typed_errors_not_crashes(runtime, gql, make
         assert found == {"user": None}
     ghost = await gql("{ viewer { id } }", token=user_token(987_654))
     assert error_codes(ghost) == ["UNAUTHENTICATED"]
+
+
+async def test_balance_read_leaves_out_grants_expired_since_the_last_write(
+    runtime, gql, make_key
+) -> None:
+    support = await make_key("support")
+    user = await make_user(runtime, credits_granted=10)
+    await gql(
+        GRANT,
+        {"input": {"email": user.email, "amount": 5, "reason": "short-lived",
+                   "expiresAt": (runtime.clock() + timedelta(hours=1)).isoformat()}},
+        token=support,
+    )  # fmt: skip
+    query = "query ($e: String) { users(first: 5) { edges { node { credits { available "
+    query += "nextExpiry grants { amount } } } } } user(email: $e) { credits { available } } }"
+    before = data_of(await gql(query, {"e": user.email}, token=support))
+    assert before["users"]["edges"][0]["node"]["credits"]["available"] == 15
+    runtime.clock.advance(hours=2)
+    after = data_of(await gql(query, {"e": user.email}, token=support))
+    listed = after["users"]["edges"][0]["node"]["credits"]
+    assert listed == {"available": 10, "nextExpiry": None, "grants": [{"amount": 10}]}
+    assert after["user"]["credits"]["available"] == 10
