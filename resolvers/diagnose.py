@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from resolvers.billing import count_signature_failures
 from resolvers.catalog import Catalog, Tier
 from resolvers.metrics import UNPAID_STATUSES
 from resolvers.models import (
@@ -24,7 +25,6 @@ from resolvers.models import (
     StripeEvent,
     TierChange,
     User,
-    WebhookSignatureFailure,
 )
 from resolvers.users import normalize_email
 
@@ -406,11 +406,7 @@ async def _webhook_findings(session: AsyncSession, user: User) -> list[Finding]:
 async def _signature_findings(session: AsyncSession, now: datetime) -> list[Finding]:
     """Not about one customer: bad signatures carry no customer, but block all of them."""
     since = now - SIGNATURE_FAILURE_WINDOW
-    count = (
-        await session.execute(
-            select(func.count()).where(WebhookSignatureFailure.received_at > since)
-        )
-    ).scalar_one()
+    count = await count_signature_failures(session, since=since)
     if count < SIGNATURE_FAILURE_THRESHOLD:
         return []
     summary = f"{count} Stripe webhook deliveries failed the signature check in 24 hours"
