@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam, func, literal, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers.changes import record_change
 from resolvers.errors import IdempotencyConflict, InvalidInput
-from resolvers.models import CreditEvent, CreditGrant, User
+from resolvers.models import CreditEvent, CreditGrant, TierChange, User
 
 SOURCES = ("support", "stripe", "usage", "plan_allowance", "system")
 # Keys the gateway makes for itself (plan allowances, Stripe payments). A caller's key in these
@@ -83,7 +83,16 @@ def fingerprint(operation: str, **args: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-_BY_KEY = select(CreditEvent).where(CreditEvent.idempotency_key == bindparam("key"))
+# Where a key was used before, in one statement: a credit change (replay it, or conflict) or a
+# tier change (a key names one operation: conflict).
+_KEY_USES = union_all(
+    select(CreditEvent.id, CreditEvent.fingerprint, literal("credit").label("kind")).where(
+        CreditEvent.idempotency_key == bindparam("key")
+    ),
+    select(TierChange.id, TierChange.fingerprint, literal("tier").label("kind")).where(
+        TierChange.idempotency_key == bindparam("key")
+    ),
+)
 
 
 async def find_keyed_event(
@@ -91,10 +100,12 @@ async def find_keyed_event(
 ) -> CreditEvent | IdempotencyConflict | None:
     if key is None:
         return None
-    event = (await session.execute(_BY_KEY, {"key": key})).scalar_one_or_none()
-    if event is not None and event.fingerprint != digest:
+    used = (await session.execute(_KEY_USES, {"key": key})).first()
+    if used is None:
+        return None
+    if used.kind != "credit" or used.fingerprint != digest:
         return IdempotencyConflict(idempotency_key=key)
-    return event
+    return await session.get(CreditEvent, used.id)
 
 
 async def expire_credits(session: AsyncSession, user: User, *, now: datetime, actor: Actor) -> int:

@@ -273,3 +273,21 @@ async def test_a_keyed_no_op_tier_change_spends_its_key(runtime: Runtime) -> Non
     assert again.replayed and again.change is None and again.user.tier == "free"
     await grant(runtime, user, 5, key="g-1")
     assert await set_tier("pro", "g-1") == IdempotencyConflict(idempotency_key="g-1")
+
+
+async def test_a_tier_change_key_is_not_free_for_a_credit_change(runtime: Runtime) -> None:
+    user = await make_user(runtime, credits_granted=5)
+    changed = await runtime.db.write(
+        lambda s: tiers.set_tier(
+            s, user=UserRef(user_id=user.id), tier="pro", reason="upgrade", actor=SUPPORT,
+            now=runtime.clock(), catalog=runtime.catalog, idempotency_key="k-tier",
+        )
+    )  # fmt: skip
+    assert isinstance(changed, tiers.TierSet) and changed.change is not None
+    assert await grant(runtime, user, 5, key="k-tier") == IdempotencyConflict(
+        idempotency_key="k-tier"
+    )
+    assert await consume(runtime, user, 1, key="k-tier") == IdempotencyConflict(
+        idempotency_key="k-tier"
+    )
+    assert await ledger_state(runtime, user.id) == (1005, 1005, 1005)
