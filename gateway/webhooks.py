@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import stripe
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -92,49 +94,65 @@ async def process_stripe_event(
 ) -> billing.StripeEventOutcome | StripeEventFailed:
     """Store and apply one delivery in one transaction; on failure record it in a second."""
     now = runtime.clock()
-    try:
-        result = await runtime.db.write(
-            lambda s: billing.receive_stripe_event(
-                s,
-                event=event,
-                catalog=runtime.catalog,
-                now=now,
-                request_id=request_id,
-                stripe_client=runtime.stripe,
-            )
-        )
-    except Exception as exc:  # a bug or a database fault: the effects were rolled back
-        log.exception("stripe event %s: handler raised", event["id"])
-        result = StripeEventFailed(event_id=event["id"], reason=internal_error(exc, request_id))
-    if isinstance(result, StripeEventFailed):
-        await _record_failure(runtime, result, request_id, event)
+    result = await _apply_or_record(
+        runtime,
+        lambda s: billing.receive_stripe_event(
+            s,
+            event=event,
+            catalog=runtime.catalog,
+            now=now,
+            request_id=request_id,
+            stripe_client=runtime.stripe,
+        ),
+        event["id"],
+        request_id,
+        event,
+    )
     _log_outcome(event["id"], event["type"], result)
-    return result
+    return result  # type: ignore[return-value]
 
 
 async def replay_stripe_event(
     runtime: Runtime, event_id: str, request_id: str | None
 ) -> billing.StripeEventOutcome | StripeEventNotFound | StripeEventFailed:
-    """Re-run a stored event (CLI); a failure is recorded on the event like a delivery's."""
+    """Re-run a stored event (CLI, GraphQL); a failure is recorded like a delivery's."""
     now = runtime.clock()
-    try:
-        result = await runtime.db.write(
-            lambda s: billing.replay_stripe_event(
-                s,
-                event_id=event_id,
-                catalog=runtime.catalog,
-                now=now,
-                request_id=request_id,
-                stripe_client=runtime.stripe,
-            )
-        )
-    except Exception as exc:
-        log.exception("stripe event %s: replay raised", event_id)
-        result = StripeEventFailed(event_id=event_id, reason=internal_error(exc, request_id))
-    if isinstance(result, StripeEventFailed):
-        await _record_failure(runtime, result, request_id)
+    result = await _apply_or_record(
+        runtime,
+        lambda s: billing.replay_stripe_event(
+            s,
+            event_id=event_id,
+            catalog=runtime.catalog,
+            now=now,
+            request_id=request_id,
+            stripe_client=runtime.stripe,
+        ),
+        event_id,
+        request_id,
+    )
     if not isinstance(result, StripeEventNotFound):
         _log_outcome(event_id, "replay", result)
+    return result
+
+
+async def _apply_or_record(
+    runtime: Runtime,
+    work: Callable[[AsyncSession], Awaitable[Any]],
+    event_id: str,
+    request_id: str | None,
+    event: dict[str, Any] | None = None,
+) -> billing.StripeEventOutcome | StripeEventNotFound | StripeEventFailed:
+    """Apply in one transaction; a failure (value or crash) is recorded in a second one.
+
+    The effects roll back with the first transaction, so the failure must be written apart.
+    """
+    try:
+        result = await runtime.db.write(work)
+    except Exception as exc:  # a bug or a database fault: the effects were rolled back
+        log.exception("stripe event %s: handler raised", event_id)
+        result = StripeEventFailed(event_id=event_id, reason=internal_error(exc, request_id))
+    if isinstance(result, StripeEventFailed):
+        await _record_failure(runtime, result, request_id, event)
     return result
 
 
