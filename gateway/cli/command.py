@@ -1,0 +1,102 @@
+"""What every command shares: settings, a runtime per command, one-line failures, JSON output."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import logging
+import sys
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import UTC, datetime
+from functools import wraps
+from typing import Any, NoReturn, TypeVar
+
+import click
+from sqlalchemy.exc import DBAPIError
+
+from gateway.logs import configure_logging, request_id_var
+from gateway.runtime import Runtime
+from gateway.settings import Settings, SettingsError
+from resolvers import ledger
+from resolvers.catalog import CatalogError
+
+T = TypeVar("T")
+log = logging.getLogger("gateway.cli")
+
+
+def fail(message: str) -> NoReturn:
+    """One line on stderr, exit status 1: what scripts and support engineers both can read."""
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        fail(str(exc))
+
+
+def run_with_runtime(work: Callable[[Runtime], Awaitable[T]]) -> T:
+    settings = load_settings()
+    configure_logging(settings.log_level, settings.log_format)
+
+    async def main() -> T:
+        try:
+            runtime = Runtime.from_settings(settings, pool_size=2)
+        except CatalogError as exc:
+            fail(str(exc))
+        try:
+            return await work(runtime)
+        except (OSError, DBAPIError) as exc:
+            fail(database_failure(exc))
+        finally:
+            await runtime.close()
+
+    return asyncio.run(main())
+
+
+def database_failure(exc: OSError | DBAPIError) -> str:
+    """One line for a database that cannot be reached or used; the traceback at DEBUG only.
+
+    Never the URL itself: it may carry a password.
+    """
+    log.debug("database failure", exc_info=exc)
+    if isinstance(exc, DBAPIError):
+        detail = (str(exc.orig).strip().splitlines() or [""])[0]
+        return (
+            f"database error: {type(exc.orig).__name__}: {detail}"
+            " (is DATABASE_URL right and migrated? entitlements db upgrade)"
+        )
+    return f"DATABASE_URL: cannot reach the database: {type(exc).__name__}: {exc}"
+
+
+def cli_actor(source: str = "support") -> ledger.Actor:
+    """The CLI's actor: the operator's login, under a fresh correlation id for this command."""
+    request_id = f"cli-{uuid.uuid4().hex}"
+    request_id_var.set(request_id)
+    return ledger.Actor(name=f"cli:{getpass.getuser()}", source=source, request_id=request_id)
+
+
+def echo_json(document: Any, *, compact: bool) -> None:
+    click.echo(json.dumps(document, default=str, indent=None if compact else 2))
+
+
+def parse_time(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        fail(f"--expires-at: not an ISO 8601 time: {value!r}")
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def sync(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        run_with_runtime(lambda runtime: fn(runtime, *args, **kwargs))
+
+    return wrapper

@@ -1,0 +1,99 @@
+"""entitlements user: create users and show their account state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from gateway.cli.command import (
+    cli_actor,
+    echo_json,
+    fail,
+    sync,
+)
+from gateway.runtime import Runtime
+from resolvers import credits, users
+from resolvers.errors import Failure
+from resolvers.users import UserRef
+
+
+@click.group()
+def user() -> None:
+    """Look users up and create them."""
+
+
+@user.command("create")
+@click.argument("email")
+@click.option("--tier", default=None, help="Initial tier (default: the catalog's lowest).")
+@click.option("--locale", default=None)
+@click.option("--external-id", default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@sync
+async def user_create(
+    runtime: Runtime,
+    email: str,
+    tier: str | None,
+    locale: str | None,
+    external_id: str | None,
+    as_json: bool,
+) -> None:
+    """Create a user (or update an existing one's locale and external id)."""
+    actor = cli_actor()
+    now = runtime.clock()
+
+    def work(session: Any) -> Any:
+        return users.upsert_user(
+            session,
+            email=email,
+            catalog=runtime.catalog,
+            now=now,
+            external_id=external_id,
+            locale=locale,
+            tier=tier,
+        )
+
+    result = await runtime.db.write(work)
+    if isinstance(result, Failure):
+        fail(result.message)
+    document = {
+        "id": result.user.id,
+        "email": result.user.email,
+        "tier": result.user.tier,
+        "created": result.created,
+        "ai_credits": result.user.credits_available,
+        "correlation_id": actor.request_id,
+    }
+    if as_json:
+        echo_json(document, compact=True)
+    else:
+        verb = "created" if result.created else "updated"
+        click.echo(f"{verb} user {result.user.id} {result.user.email} (tier {result.user.tier})")
+        click.echo(f"correlation id: {actor.request_id}")
+
+
+@user.command("show")
+@click.argument("email")
+@click.option("--json", "as_json", is_flag=True, help="One compact JSON document on one line.")
+@sync
+async def user_show(runtime: Runtime, email: str, as_json: bool) -> None:
+    """The runbook's "verify account state": tier, Stripe customer, credits, last 5 events."""
+    actor = cli_actor(source="system")
+
+    async def work(session: Any) -> Any:
+        row = await users.find_user(session, UserRef(email=email))
+        if row is None:
+            return UserRef(email=email).not_found()
+        meta = await credits.ensure_plan_metadata(
+            session, row, catalog=runtime.catalog, now=runtime.clock(), actor=actor
+        )
+        return row, meta
+
+    result = await runtime.db.write(work)
+    if isinstance(result, Failure):
+        fail(result.message)
+    row, meta = result
+    echo_json(
+        {"email": row.email, "user_id": row.id, **meta.as_dict()},
+        compact=as_json,
+    )
