@@ -15,6 +15,7 @@ from starlette.routing import Route
 
 from gateway import migrate
 from gateway.auth import Authenticator
+from gateway.clock import install_test_clock
 from gateway.graphql_route import GraphQLRoute
 from gateway.logs import configure_logging
 from gateway.middleware import BodyLimitMiddleware, RequestContextMiddleware
@@ -79,6 +80,7 @@ def create_app(runtime: Runtime) -> Starlette:
 
 def create_app_from_env() -> Starlette:
     """uvicorn's factory: settings from the environment; a bad one stops start-up in one line."""
+    install_test_clock()  # each worker process, when a test or development run asks for it
     settings = Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
     app = create_app(Runtime.from_settings(settings))

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 import stripe
 
+from gateway.clock import utc_now
 from gateway.db import Database
 from gateway.settings import Settings
 from resolvers.catalog import Catalog, load_catalog
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass

@@ -14,16 +14,23 @@ import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
 import asyncpg
 import pytest
+import time_machine
 from sqlalchemy import event
 
 from gateway import migrate
+from gateway.clock import (
+    ALLOW_TEST_CLOCK,
+    TEST_CLOCK,
+    ClockSettingError,
+    parse_instant,
+    subprocess_clock_env,
+)
 from gateway.db import Database
 from gateway.runtime import Runtime
 from gateway.settings import Settings
@@ -138,14 +145,59 @@ def empty_database_url(
         pg_execute(admin, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-@dataclass
-class Clock:
-    """A settable clock: resolvers take `now`, tests move it."""
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--start-at",
+        metavar="INSTANT",
+        default=None,
+        help="Start the whole suite's clock at this ISO 8601 instant (e.g. 2027-01-31T23:59:30Z)"
+        " and let it tick on; every test's clock and every subprocess start from it.",
+    )
 
-    now: datetime
+
+def pytest_configure(config: pytest.Config) -> None:
+    value = config.getoption("--start-at")
+    if not value:
+        return
+    try:
+        instant = parse_instant(value, "--start-at")
+    except ClockSettingError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    traveller = time_machine.travel(instant, tick=True)
+    traveller.start()
+    config.add_cleanup(traveller.stop)
+
+
+@pytest.fixture(autouse=True)
+def subprocess_clock() -> Iterator[None]:
+    """Every subprocess a test starts (the CLI, a server) reads the test's clock, not the wall's."""
+    saved = {name: os.environ.get(name) for name in (TEST_CLOCK, ALLOW_TEST_CLOCK)}
+    os.environ.update(subprocess_clock_env(datetime.now(UTC)))
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+class Clock:
+    """A settable clock: resolvers take `now`, tests move it, and subprocesses follow it."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    @property
+    def now(self) -> datetime:
+        return self._now
+
+    @now.setter
+    def now(self, value: datetime) -> None:
+        self._now = value
+        os.environ.update(subprocess_clock_env(value))
 
     def __call__(self) -> datetime:
-        return self.now
+        return self._now
 
     def advance(self, **delta: float) -> datetime:
         self.now += timedelta(**delta)
@@ -153,8 +205,9 @@ class Clock:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock(datetime(2026, 11, 10, 12, 0, tzinfo=UTC))
+def clock(subprocess_clock: None) -> Clock:
+    """Starts at the current instant (the suite's, under --start-at), whole seconds."""
+    return Clock(datetime.now(UTC).replace(microsecond=0))
 
 
 @pytest.fixture

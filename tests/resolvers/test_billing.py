@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import func, select
@@ -354,7 +354,7 @@ async def test_paid_invoice_grants_the_allowance_until_the_period_end(runtime) -
     await deliver(
         runtime, sub_event(runtime, "customer.subscription.created", at(runtime), user_id=user.id)
     )
-    period_end = datetime(2026, 12, 10, 12, 0, tzinfo=UTC)
+    period_end = runtime.clock() + timedelta(days=30)
     invoice = ev.invoice(
         customer="cus_sub",
         subscription_id="sub_1",
@@ -397,7 +397,7 @@ async def test_proration_invoices_grant_no_allowance_and_renewals_follow_the_new
     await deliver(
         runtime, sub_event(runtime, "customer.subscription.created", at(runtime), user_id=user.id)
     )
-    period_end = datetime(2026, 12, 10, 12, 0, tzinfo=UTC)
+    period_end = runtime.clock() + timedelta(days=30)
     switch = ev.invoice(
         customer="cus_sub", subscription_id="sub_1", price="price_team_monthly_eur",
         period_start=runtime.clock(), period_end=period_end, amount_paid=0,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select
 
@@ -184,7 +184,9 @@ async def test_monthly_allowance_is_granted_once_and_expires(runtime: Runtime) -
         grant_row = (
             await session.execute(select(CreditGrant).where(CreditGrant.user_id == user.id))
         ).scalar_one()
-    assert grant_row.expires_at.isoformat() == "2026-12-01T00:00:00+00:00"
+    now = runtime.clock()
+    next_month = datetime(now.year + now.month // 12, now.month % 12 + 1, 1, tzinfo=UTC)
+    assert grant_row.expires_at == next_month
     for _ in range(2):
         meta = await runtime.db.write(
             lambda s: credits.ensure_plan_metadata(
@@ -192,7 +194,7 @@ async def test_monthly_allowance_is_granted_once_and_expires(runtime: Runtime) -
             )
         )
         assert meta.get("ai_credits") == 50
-    runtime.clock.now = runtime.clock.now.replace(month=12, day=2)
+    runtime.clock.now = next_month + timedelta(days=1)
     meta = await runtime.db.write(
         lambda s: credits.ensure_plan_metadata(
             s, user, catalog=runtime.catalog, now=runtime.clock(), actor=SUPPORT

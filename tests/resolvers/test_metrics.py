@@ -128,18 +128,19 @@ async def test_payment_rollups_cover_paid_payments_in_the_window(runtime: Runtim
 
 
 async def test_credits_granted_and_consumed_over_the_window(runtime: Runtime) -> None:
-    runtime.clock.advance(days=-10)
+    then = runtime.clock.advance(days=-10)
     old = await make_user(runtime, credits_granted=1000)
     await spend(runtime, old, 100)
-    runtime.clock.advance(days=10)
+    now = runtime.clock.advance(days=10)
     recent = await make_user(runtime, credits_granted=300)
     await spend(runtime, recent, 120)
     await spend(runtime, old, 5)
 
+    # When a month began in those 10 days, `old`'s first spend in it granted its allowance (50).
+    allowance = 50 if (then.year, then.month) != (now.year, now.month) else 0
     figures = (await collect(runtime)).credits
-    # 300 granted now, and `old`'s November allowance (50), granted on its first spend of the month.
-    assert (figures.granted, figures.consumed) == (350, 125)
-    assert (await collect(runtime, days=11)).credits.granted == 1350
+    assert (figures.granted, figures.consumed) == (300 + allowance, 125)
+    assert (await collect(runtime, days=11)).credits.granted == 1300 + allowance
 
 
 @pytest.mark.parametrize("days", [0, -1, 367, True])

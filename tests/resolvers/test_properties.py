@@ -30,8 +30,9 @@ from gateway.db import Database
 from gateway.runtime import Runtime
 from gateway.settings import Settings
 from resolvers import credits, ledger, tiers
+from resolvers.allowances import allowance_period
 from resolvers.catalog import Catalog, load_catalog
-from resolvers.credits import Actor, allowance_period
+from resolvers.credits import Actor
 from resolvers.errors import InsufficientCredits
 from resolvers.models import CreditEvent, CreditGrant, User
 from resolvers.users import UserRef, find_user
@@ -41,7 +42,6 @@ from tests.factories import SUPPORT, make_user
 pytestmark = pytest.mark.slow
 
 USAGE = Actor(name="ai-backend", source="usage", request_id="req-property")
-START = datetime(2026, 11, 10, 12, 0, tzinfo=UTC)
 CATALOG = load_catalog(Settings().catalog_path)
 
 
@@ -122,7 +122,9 @@ class LedgerMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.runner = asyncio.Runner()
-        self.clock = Clock(START)
+        # The suite's clock (under --start-at, a month's or a year's last minutes).
+        start = datetime.now(UTC).replace(microsecond=0)
+        self.clock = Clock(start)
         self.runtime = Runtime(
             settings=Settings(database_url=self.database_url),
             db=Database(self.database_url, pool_size=2),
@@ -132,7 +134,7 @@ class LedgerMachine(RuleBasedStateMachine):
         # make_user marks this month's allowance as handled without granting it.
         self.user = self.run(make_user(self.runtime))
         self.model = Ledger(
-            catalog=CATALOG, tier=self.user.tier, allowance_period_start=allowance_period(START)[0]
+            catalog=CATALOG, tier=self.user.tier, allowance_period_start=allowance_period(start)[0]
         )
         # (how it was sent, key, arguments, event id) of each keyed change that went through.
         self.keyed_changes: list[tuple[Any, str, dict[str, Any], int]] = []
