@@ -167,8 +167,14 @@ async def replay_stripe_event(
     )
     if isinstance(result, StripeEventFailed):
         return result
+    # Its effects are keyed by the objects they pay for: running it again changed nothing, so
+    # report that, not the first run's effects as if they had happened again.
     return StripeEventOutcome(
-        event=row, status=row.status, effects=result.effects, note=result.note, replayed=True
+        event=row,
+        status=row.status,
+        note=f"already {row.status}; replaying it changed nothing",
+        duplicate=True,
+        replayed=True,
     )
 
 

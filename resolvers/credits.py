@@ -7,12 +7,13 @@ balance on the row, the grants' remaining amounts and the ledger events move tog
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from resolvers.allowances import grant_plan_allowance, pending_allowance
 from resolvers.catalog import Catalog
 from resolvers.errors import (
     IdempotencyConflict,
@@ -37,8 +38,6 @@ from resolvers.ledger import (
 from resolvers.models import CreditEvent, CreditGrant, User
 from resolvers.users import UserRef, find_user
 
-# Subscriptions in these states get their allowance from Stripe invoices, not the calendar.
-BILLED_BY_STRIPE = ("active", "trialing", "past_due")
 # The burn order: soonest expiry first (no expiry last), free before purchased, oldest first.
 _SPENDABLE = (
     select(CreditGrant)
@@ -92,8 +91,13 @@ async def grant_ai_credits(
     payment_id: int | None = None,
     is_purchased: bool = False,
     idempotency_key: str | None = None,
+    catalog: Catalog | None = None,
 ) -> CreditChanged | UserNotFound | InvalidInput | IdempotencyConflict:
-    """Add `amount` credits to the user's balance as one grant and one ledger event."""
+    """Add `amount` credits to the user's balance as one grant and one ledger event.
+
+    Given the catalog, a monthly allowance that is due is granted first, so the balance the
+    caller is shown is the one reads already showed.
+    """
     if failure := check_amount(amount) or check_change_args(
         reason=reason, actor=actor, idempotency_key=idempotency_key
     ):
@@ -121,6 +125,8 @@ async def grant_ai_credits(
     if expires_at is not None and expires_at <= now:
         return InvalidInput(field="expiresAt", reason="must be in the future")
     await expire_credits(session, row, now=now, actor=actor)
+    if catalog is not None:
+        await grant_plan_allowance(session, row, catalog=catalog, now=now, actor=actor)
     event = await add_grant(
         session,
         row,
@@ -261,50 +267,6 @@ class CreditsRevoked:
     event: CreditEvent | None  # None when nothing of the payment's credits was left
 
 
-def allowance_period(now: datetime) -> tuple[datetime, datetime]:
-    """The calendar month (UTC) containing `now`: the period of a plan allowance."""
-    start = now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    end = (
-        start.replace(year=start.year + 1, month=1)
-        if start.month == 12
-        else start.replace(month=start.month + 1)
-    )
-    return start, end
-
-
-async def grant_plan_allowance(
-    session: AsyncSession, user: User, *, catalog: Catalog, now: datetime, actor: Actor
-) -> CreditEvent | None:
-    """Grant the tier's monthly credits for the current month, once; they expire at its end.
-
-    Users billed through a Stripe subscription get theirs from paid invoices instead.
-    """
-    start, end = allowance_period(now)
-    if user.allowance_period_start == start:
-        return None
-    user.allowance_period_start = start
-    tier = catalog.tier(user.tier)
-    if tier is None or tier.monthly_credits <= 0:
-        return None
-    if user.stripe_subscription_id and user.subscription_status in BILLED_BY_STRIPE:
-        return None
-    key = f"allowance:{user.id}:{tier.code}:{start:%Y-%m}"
-    digest = fingerprint("allowance", user=user.id, tier=tier.code, period=start)
-    if await find_keyed_event(session, key, digest) is not None:
-        return None
-    return await add_grant(
-        session,
-        user,
-        amount=tier.monthly_credits,
-        reason=f"{tier.code} plan allowance {start:%Y-%m}",
-        actor=Actor(name="system", source="plan_allowance", request_id=actor.request_id),
-        now=now,
-        expires_at=end,
-        idempotency_key=key,
-        digest=digest,
-    )
-
-
 async def ensure_plan_metadata(
     session: AsyncSession,
     user: User,
@@ -328,17 +290,43 @@ async def ensure_plan_metadata(
     )
 
 
-def is_allowance_due(user: User, now: datetime) -> bool:
-    """True when this month's plan allowance has not been looked at yet (a read can tell)."""
-    return user.allowance_period_start != allowance_period(now)[0]
+async def read_plan_metadata(
+    session: AsyncSession,
+    user: User,
+    *,
+    catalog: Catalog,
+    now: datetime,
+    event_count: int = 5,
+) -> PlanMetadata:
+    """What `ensure_plan_metadata` would report, as a read: nothing is written.
+
+    The balance is the one a write would leave: expired grants not counted, a due monthly
+    allowance counted as granted.
+    """
+    events = await recent_credit_events(session, user.id, limit=event_count)
+    return PlanMetadata(
+        tier=user.tier,
+        stripe_customer=user.stripe_customer_id,
+        ai_credits=await spendable_balance(session, user, catalog=catalog, now=now),
+        credit_events=[describe_event(e) for e in reversed(events)],
+    )
 
 
-async def refresh_balance(
-    session: AsyncSession, user_id: int, *, catalog: Catalog, now: datetime, actor: Actor
-) -> User | None:
-    """Lock the user, write off expired grants and grant a due allowance; the fresh row."""
-    row = await find_user(session, UserRef(user_id=user_id), lock=True)
-    if row is not None:
-        await expire_credits(session, row, now=now, actor=actor)
-        await grant_plan_allowance(session, row, catalog=catalog, now=now, actor=actor)
-    return row
+async def spendable_balance(
+    session: AsyncSession, user: User, *, catalog: Catalog, now: datetime
+) -> int:
+    """The balance a spend would see now, without writing off expiries or granting."""
+    available = user.credits_available
+    if user.credits_next_expiry is not None and user.credits_next_expiry <= now:
+        available = (
+            await session.scalar(
+                select(func.coalesce(func.sum(CreditGrant.remaining), 0)).where(
+                    CreditGrant.user_id == user.id,
+                    CreditGrant.remaining > 0,
+                    or_(CreditGrant.expires_at.is_(None), CreditGrant.expires_at > now),
+                )
+            )
+            or 0
+        )
+    due = pending_allowance(user, catalog=catalog, now=now)
+    return available + (due.amount if due else 0)

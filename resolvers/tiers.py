@@ -8,9 +8,9 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from resolvers.allowances import grant_plan_allowance
 from resolvers.catalog import Catalog
 from resolvers.changes import record_change
-from resolvers.credits import grant_plan_allowance
 from resolvers.errors import IdempotencyConflict, InvalidInput, UnknownTier, UserNotFound
 from resolvers.ledger import Actor, check_change_args, expire_credits, fingerprint
 from resolvers.models import CreditEvent, TierChange, User

@@ -105,6 +105,9 @@ class WebhookEventReplay:
     effects: list[str]
     note: str | None
     replayed: bool
+    changed: bool = strawberry.field(
+        description="False when the event had been applied already and replaying changed nothing."
+    )
 
     @classmethod
     def from_outcome(cls, outcome: billing.StripeEventOutcome) -> WebhookEventReplay:
@@ -114,6 +117,7 @@ class WebhookEventReplay:
             effects=list(outcome.effects),
             note=outcome.note,
             replayed=outcome.replayed,
+            changed=not outcome.duplicate,
         )
 
 

@@ -151,6 +151,7 @@ class Mutation:
                 now=now,
                 expires_at=input.expires_at,
                 idempotency_key=input.idempotency_key,
+                catalog=ctx.catalog,
             )
         )
         return credit_result(result)

@@ -9,7 +9,6 @@ from resolvers import (
     analytics,
     billing,
     changes,
-    credits,
     diagnose,
     metrics,
     payments,
@@ -18,7 +17,6 @@ from resolvers import (
 )
 from resolvers.errors import InvalidInput
 from resolvers.models import CreditEvent as CreditEventRow
-from resolvers.models import User as UserRow
 from resolvers.models import parse_row_id
 from resolvers.users import normalize_email
 from schema import permissions
@@ -36,17 +34,6 @@ from schema.types import CreditEvent, EntitlementChange, Payment, Plan, TierChan
 MAX_SEARCH_LENGTH = 320
 
 
-async def fresh_user(ctx: Context, row: UserRow | None) -> UserRow | None:
-    """The row, after granting a due monthly allowance, so a read shows this month's credits."""
-    if row is None or not credits.is_allowance_due(row, ctx.clock()):
-        return row
-    return await ctx.db.write(
-        lambda session: credits.refresh_balance(
-            session, row.id, catalog=ctx.catalog, now=ctx.clock(), actor=ctx.actor("system")
-        )
-    )
-
-
 @strawberry.type
 class Query:
     @strawberry.field(
@@ -58,7 +45,7 @@ class Query:
         principal = ctx.principal
         if principal is None or principal.role != VIEWER or principal.user_id is None:
             return None
-        row = await fresh_user(ctx, await ctx.loaders.user_by_id.load(principal.user_id))
+        row = await ctx.loaders.user_by_id.load(principal.user_id)
         return User(row=row) if row is not None else None
 
     @strawberry.field(
@@ -77,7 +64,6 @@ class Query:
             row = await ctx.loaders.user_by_id.load(user_id)
         else:
             row = await ctx.loaders.user_by_email.load(normalize_email(email or ""))
-        row = await fresh_user(ctx, row)
         return User(row=row) if row is not None else None
 
     @strawberry.field(

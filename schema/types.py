@@ -8,7 +8,7 @@ from typing import Annotated
 import strawberry
 from strawberry import Info, Private
 
-from resolvers import analytics, models
+from resolvers import allowances, analytics, models
 from resolvers.catalog import Tier
 from resolvers.loaders import unexpired
 from schema.connections import Connection, connection, decode_cursor, page_size
@@ -71,6 +71,20 @@ class CreditGrant:
     reason: str
     payment_id: strawberry.ID | None
     created_at: datetime
+
+    @classmethod
+    def pending(cls, due: allowances.PendingAllowance) -> CreditGrant:
+        return cls(
+            id=strawberry.ID(f"pending-allowance-{due.period_start:%Y-%m}"),
+            amount=due.amount,
+            remaining=due.amount,
+            expires_at=due.expires_at,
+            source="plan_allowance",
+            is_purchased=False,
+            reason=due.reason,
+            payment_id=None,
+            created_at=due.period_start,
+        )
 
     @classmethod
     def from_row(cls, row: models.CreditGrant) -> CreditGrant:
@@ -230,32 +244,57 @@ class Subscription:
 class CreditBalance:
     user: Private[models.User]
 
-    @strawberry.field(description="Spendable credits now: unexpired grants' remaining amounts.")
+    def _pending(self, info: Info) -> allowances.PendingAllowance | None:
+        # Reads never write: a due monthly allowance shows as if granted (it is, on next write).
+        return allowances.pending_allowance(
+            self.user, catalog=info.context.catalog, now=info.context.clock()
+        )
+
+    @strawberry.field(
+        description="Spendable credits now: unexpired grants' remaining amounts, with this "
+        "month's plan allowance counted once it is due, even before it is written."
+    )
     def available(self, info: Info) -> int:
         now = info.context.clock()
         row = self.user
+        pending = self._pending(info)
+        due = pending.amount if pending else 0
         if row.credits_next_expiry is None or row.credits_next_expiry > now:
             # Synchronous on purpose: an async resolver costs a task per user in a list.
-            return row.credits_available
+            return row.credits_available + due
         # A grant expired since the last write: count what is left of the unexpired ones.
-        return self._unexpired_total(info, now)  # type: ignore[return-value]
+        return self._unexpired_total(info, now, due)  # type: ignore[return-value]
 
-    async def _unexpired_total(self, info: Info, now: datetime) -> int:
+    async def _unexpired_total(self, info: Info, now: datetime, due: int) -> int:
         grants = await info.context.loaders.open_grants.load(self.user.id)
-        return sum(g.remaining for g in unexpired(grants, now))
+        return sum(g.remaining for g in unexpired(grants, now)) + due
 
-    @strawberry.field(description="Grants with credits left, soonest expiry first.")
+    @strawberry.field(
+        description="Grants with credits left, soonest expiry first; a due monthly allowance "
+        "not written yet is listed with an id starting `pending-`."
+    )
     async def grants(self, info: Info) -> list[CreditGrant]:
+        now = info.context.clock()
         grants = await info.context.loaders.open_grants.load(self.user.id)
-        return [CreditGrant.from_row(g) for g in unexpired(grants, info.context.clock())]
+        listed = [CreditGrant.from_row(g) for g in unexpired(grants, now)]
+        if pending := self._pending(info):
+            listed.append(CreditGrant.pending(pending))
+            listed.sort(key=lambda g: (g.expires_at is None, g.expires_at or now))
+        return listed
 
     @strawberry.field
     async def next_expiry(self, info: Info) -> datetime | None:
         now = info.context.clock()
-        if self.user.credits_next_expiry is None or self.user.credits_next_expiry > now:
-            return self.user.credits_next_expiry
-        grants = await info.context.loaders.open_grants.load(self.user.id)
-        return min((g.expires_at for g in unexpired(grants, now) if g.expires_at), default=None)
+        pending = self._pending(info)
+        soonest = self.user.credits_next_expiry
+        if soonest is not None and soonest <= now:
+            grants = await info.context.loaders.open_grants.load(self.user.id)
+            soonest = min(
+                (g.expires_at for g in unexpired(grants, now) if g.expires_at), default=None
+            )
+        if pending is not None and (soonest is None or pending.expires_at < soonest):
+            return pending.expires_at
+        return soonest
 
 
 @strawberry.type

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from gateway.runtime import Runtime
-from resolvers import credits, users
+from resolvers import allowances, credits, users
 from resolvers.ledger import Actor
 from resolvers.models import User
 from resolvers.users import UserRef
@@ -35,9 +35,9 @@ async def make_user(
         user = result.user
         if not with_allowance:
             # Mark this month's allowance as done so balances are exactly what the test grants.
-            user.allowance_period_start = credits.allowance_period(now)[0]
+            user.allowance_period_start = allowances.allowance_period(now)[0]
         else:
-            await credits.grant_plan_allowance(
+            await allowances.grant_plan_allowance(
                 session, user, catalog=runtime.catalog, now=now, actor=SUPPORT
             )
         if credits_granted:

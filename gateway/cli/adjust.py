@@ -61,6 +61,7 @@ async def adjust(
                 now=now,
                 expires_at=parse_time(expires_at),
                 idempotency_key=idempotency_key,
+                catalog=catalog,
             )
         if consume_credits is not None:
             return await credits.consume_credits(

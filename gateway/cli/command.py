@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import getpass
 import json
 import logging
+import logging.handlers
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
@@ -26,10 +28,25 @@ T = TypeVar("T")
 log = logging.getLogger("gateway.cli")
 
 
+# A command's log lines wait until it ends: a failure then prints its one line alone, with no
+# JSON line before it; a long command still writes them out every few thousand.
+_held_lines = logging.handlers.MemoryHandler(capacity=5_000, flushLevel=logging.CRITICAL + 1)
+
+
 def fail(message: str) -> NoReturn:
     """One line on stderr, exit status 1: what scripts and support engineers both can read."""
+    with _held_lines.lock:
+        _held_lines.buffer.clear()
     click.echo(f"error: {message}", err=True)
     sys.exit(1)
+
+
+def hold_log_lines() -> None:
+    """Route the command's log lines through the holding buffer, written out when it ends."""
+    root = logging.getLogger()
+    _held_lines.setTarget(root.handlers[0] if root.handlers else logging.lastResort)
+    root.handlers[:] = [_held_lines]
+    atexit.register(_held_lines.flush)
 
 
 def load_settings() -> Settings:
@@ -42,6 +59,7 @@ def load_settings() -> Settings:
 def run_with_runtime(work: Callable[[Runtime], Awaitable[T]]) -> T:
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
+    hold_log_lines()
 
     async def main() -> T:
         try:

@@ -77,23 +77,16 @@ async def user_create(
 @click.option("--json", "as_json", is_flag=True, help="One compact JSON document on one line.")
 @sync
 async def user_show(runtime: Runtime, email: str, as_json: bool) -> None:
-    """The runbook's "verify account state": tier, Stripe customer, credits, last 5 events."""
-    actor = cli_actor(source="system")
+    """The runbook's "verify account state": tier, Stripe customer, credits, last 5 events.
 
-    async def work(session: Any) -> Any:
+    A read: nothing is written. A monthly allowance that is due shows in the balance as if
+    granted; the user's next credit change (or `entitlements allowances grant`) writes it.
+    """
+    async with runtime.db.read() as session:
         row = await users.find_user(session, UserRef(email=email))
         if row is None:
-            return UserRef(email=email).not_found()
-        meta = await credits.ensure_plan_metadata(
-            session, row, catalog=runtime.catalog, now=runtime.clock(), actor=actor
+            fail(UserRef(email=email).not_found().message)
+        meta = await credits.read_plan_metadata(
+            session, row, catalog=runtime.catalog, now=runtime.clock()
         )
-        return row, meta
-
-    result = await runtime.db.write(work)
-    if isinstance(result, Failure):
-        fail(result.message)
-    row, meta = result
-    echo_json(
-        {"email": row.email, "user_id": row.id, **meta.as_dict()},
-        compact=as_json,
-    )
+    echo_json({"email": row.email, "user_id": row.id, **meta.as_dict()}, compact=as_json)

@@ -76,12 +76,17 @@ async def webhooks_replay(runtime: Runtime, event_id: str, as_json: bool) -> Non
     document = {
         "event": describe_stripe_event(result.event),
         "outcome": result.status,
+        "changed": not result.duplicate,
         "effects": list(result.effects),
         "note": result.note,
         "correlation_id": actor.request_id,
     }
     if as_json:
         echo_json(document, compact=True)
+        return
+    if result.duplicate:
+        click.echo(f"{event_id} ({result.event.type}): {result.note}")
+        click.echo(f"correlation id: {actor.request_id}")
         return
     click.echo(f"{event_id} ({result.event.type}): {result.status}")
     for effect in result.effects:

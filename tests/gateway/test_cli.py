@@ -21,6 +21,7 @@ import pytest
 from sqlalchemy import func, select
 
 from gateway import migrate
+from gateway.clock import ALLOW_TEST_CLOCK, TEST_CLOCK
 from gateway.runtime import Runtime
 from resolvers import credits
 from resolvers.changes import changes_by_request_id
@@ -59,6 +60,8 @@ async def entitlements(database_url: str | None, *args: str, **env: str) -> Run:
         "HOME": os.environ.get("HOME", "/tmp"),
         "LOG_LEVEL": "INFO",
         "LOG_FORMAT": "json",
+        # The test's clock (tests/conftest.py keeps these two current).
+        **{name: os.environ[name] for name in (TEST_CLOCK, ALLOW_TEST_CLOCK)},
         **({"DATABASE_URL": database_url} if database_url else {}),
         **env,
     }
@@ -103,7 +106,8 @@ async def test_runbook_adjustments_carry_the_printed_correlation_id(
     assert created.returncode == 0, created.stderr
     assert "created user" in created.stdout and "ann@example.com (tier free)" in created.stdout
 
-    # Verify account state: the runbook's snippet, which also grants this month's allowance.
+    # Verify account state: a read. This month's allowance shows in the balance; the first
+    # credit change below writes it.
     shown = await entitlements(database_url, "user", "show", "ann@example.com", "--json")
     assert shown.returncode == 0, shown.stderr
     state = shown.json()
@@ -112,9 +116,7 @@ async def test_runbook_adjustments_carry_the_printed_correlation_id(
         None,
         allowance,
     )
-    assert [(e["kind"], e["amount"], e["source"]) for e in state["credit_events"]] == [
-        ("grant", allowance, "plan_allowance")
-    ]
+    assert state["credit_events"] == []
 
     granted = await entitlements(
         database_url, "adjust", "--user", "ANN@example.com", "--grant-credits", "100"
@@ -160,7 +162,9 @@ async def test_runbook_adjustments_carry_the_printed_correlation_id(
         ("free", "pro", "support")
     ]
     # The entitlement_change log line support searches for carries the same id.
-    [line] = granted.change_lines()
+    # The month's allowance, written by this first change, then the grant itself.
+    first, line = granted.change_lines()
+    assert (first["amount"], first["request_id"]) == (allowance, granted.correlation_id)
     assert (line["action"], line["amount"], line["request_id"]) == (
         "credits_granted",
         100,
@@ -386,3 +390,127 @@ async def test_an_unusable_database_is_one_line_not_a_traceback(
     run = await entitlements(database, *command)
     assert_one_line_error(run, fragment)
     assert "hunter2" not in run.stderr
+
+
+async def test_user_show_writes_nothing_and_shows_a_due_allowance(
+    runtime: Runtime, database_url: str
+) -> None:
+    user = await make_user(runtime, tier="pro", credits_granted=3)
+    await runtime.db.write(lambda s: _forget_allowance(s, user.id))
+    before = await migrate.row_counts(database_url)
+    shown = await entitlements(database_url, "user", "show", user.email, "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.json()["ai_credits"] == 3 + 1000
+    assert await migrate.row_counts(database_url) == before
+
+
+async def _forget_allowance(session, user_id: int) -> None:
+    row = await session.get(User, user_id)
+    row.allowance_period_start = None
+
+
+async def test_allowances_grant_writes_each_due_allowance_once(
+    runtime: Runtime, database_url: str
+) -> None:
+    due = await make_user(runtime, tier="pro")
+    await runtime.db.write(lambda s: _forget_allowance(s, due.id))
+    settled = await make_user(runtime, tier="pro")
+    first = await entitlements(database_url, "allowances", "grant", "--json")
+    assert first.returncode == 0, first.stderr
+    assert (first.json()["users"], first.json()["granted"]) == (1, 1)
+    again = await entitlements(database_url, "allowances", "grant", "--json")
+    assert (again.json()["users"], again.json()["granted"]) == (0, 0)
+    async with runtime.db.read() as session:
+        granted = [
+            (e.user_id, e.amount, e.source)
+            for e in await session.scalars(select(CreditEvent).order_by(CreditEvent.id))
+        ]
+    assert granted == [(due.id, 1000, "plan_allowance")]
+    assert settled.id not in [user_id for user_id, _, _ in granted]
+
+
+async def test_db_downgrade_of_a_database_with_data_refuses_without_yes(
+    runtime: Runtime, database_url: str
+) -> None:
+    user = await make_user(runtime, credits_granted=5)
+    for args in (["db", "downgrade"], ["db", "downgrade", "--revision", "base"]):
+        refused = await entitlements(database_url, *args)
+        assert refused.returncode != 0
+        assert refused.stdout == ""
+        assert len(refused.stderr.splitlines()) == 1, refused.stderr
+    assert "--yes" in refused.stderr and "users (1 rows)" in refused.stderr
+    async with runtime.db.read() as session:
+        assert (await session.get(User, user.id)).credits_available == 5
+
+    dropped = await entitlements(database_url, "db", "downgrade", "--revision", "base", "--yes")
+    assert dropped.returncode == 0, dropped.stderr
+    assert "users" not in await migrate.row_counts(database_url)
+    assert (await entitlements(database_url, "db", "upgrade")).returncode == 0
+
+
+async def test_db_downgrade_on_a_terminal_asks_for_the_database_name(
+    runtime: Runtime, database_url: str
+) -> None:
+    await make_user(runtime)
+    name = migrate.database_name(database_url)
+    wrong = await on_terminal(
+        database_url, "not-the-name\n", "db", "downgrade", "--revision", "base"
+    )
+    assert wrong.returncode != 0 and "not confirmed" in wrong.stdout
+    assert "users" in await migrate.row_counts(database_url)
+    right = await on_terminal(database_url, f"{name}\n", "db", "downgrade", "--revision", "base")
+    assert right.returncode == 0, right.stdout
+    assert "users" not in await migrate.row_counts(database_url)
+    assert (await entitlements(database_url, "db", "upgrade")).returncode == 0
+
+
+async def on_terminal(database_url: str, typed: str, *args: str) -> Run:
+    """Run a command with a pseudo-terminal as stdin, stdout and stderr, typing `typed`."""
+    import pty
+
+    def run() -> Run:
+        leader, follower = pty.openpty()
+        process = subprocess.Popen(
+            [str(ENTITLEMENTS), *args],
+            env={**os.environ, "DATABASE_URL": database_url},
+            stdin=follower,
+            stdout=follower,
+            stderr=follower,
+        )
+        os.close(follower)
+        output = b""
+        os.write(leader, typed.encode())
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # the terminal closed: the process ended
+                break
+            if not chunk:
+                break
+            output += chunk
+        os.close(leader)
+        return Run(process.wait(timeout=60), output.decode(errors="replace"), "")
+
+    return await asyncio.to_thread(run)
+
+
+async def test_the_test_clock_is_refused_unless_allowed(database_url: str) -> None:
+    run = await entitlements(
+        database_url, "user", "show", "a@example.com", **{ALLOW_TEST_CLOCK: "0"}
+    )
+    assert_one_line_error(run, TEST_CLOCK, ALLOW_TEST_CLOCK)
+
+
+async def test_the_cli_reads_the_tests_clock(runtime: Runtime, database_url: str) -> None:
+    runtime.clock.now = datetime(2031, 2, 28, 23, 59, 50, tzinfo=UTC)
+    user = await make_user(runtime, tier="pro")
+    await runtime.db.write(lambda s: _forget_allowance(s, user.id))
+    run = await entitlements(
+        database_url, "adjust", "--user", user.email, "--consume-credits", "1", "--json"
+    )
+    assert run.returncode == 0, run.stderr
+    async with runtime.db.read() as session:
+        grant = await session.scalar(select(CreditGrant).where(CreditGrant.user_id == user.id))
+    # February 2031's allowance, expiring on 1 March: the process ran at the test's instant.
+    assert grant.reason == "pro plan allowance 2031-02"
+    assert grant.expires_at == datetime(2031, 3, 1, tzinfo=UTC)

@@ -112,7 +112,9 @@ async def test_replay_after_success_changes_nothing(runtime, client) -> None:
     await post(client, event)
     outcome = await replay_stripe_event(runtime, event["id"], "req-replay")
     assert isinstance(outcome, billing.StripeEventOutcome) and outcome.replayed
-    assert any("grant_ai_credits: 100 credits" in e for e in outcome.effects)
+    # It says nothing changed, not the first run's effects as if they had happened again.
+    assert outcome.duplicate and outcome.effects == ()
+    assert outcome.note == "already processed; replaying it changed nothing"
     assert await balance(runtime, user.id) == 100
     assert await count(runtime, CreditEvent) == 1
     row = await stored(runtime, event["id"])
@@ -317,7 +319,9 @@ async def test_cli_lists_a_failed_event_replays_it_and_links_the_payment_to_its_
     assert await balance(runtime, user.id) == 100
 
     again = await asyncio.to_thread(run_cli, database_url, "webhooks", "replay", event["id"])
-    assert again.returncode == 0 and "already recorded, nothing changed" in again.stdout
+    assert again.returncode == 0, again.stderr
+    assert f"{event['id']} (checkout.session.completed): already processed;" in again.stdout
+    assert "changed nothing" in again.stdout and "grant_ai_credits" not in again.stdout
     assert await balance(runtime, user.id) == 100
 
     session_id = event["data"]["object"]["id"]

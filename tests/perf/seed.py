@@ -26,8 +26,9 @@ import jwt
 
 from gateway.db import Database
 from resolvers import keys
+from resolvers.allowances import allowance_period
 from resolvers.catalog import Catalog
-from resolvers.credits import allowance_period, fingerprint
+from resolvers.credits import fingerprint
 
 USER_COLUMNS = (
     "id",

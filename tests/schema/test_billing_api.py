@@ -129,7 +129,7 @@ async def test_support_lists_replays_and_links_a_payment(
     replay = """
     mutation ($id: ID!) { replayWebhookEvent(id: $id) {
       __typename
-      ... on WebhookEventReplay { status replayed effects event { status attempts } }
+      ... on WebhookEventReplay { status replayed changed effects event { status attempts } }
       ... on Error { code }
     } }
     """
@@ -143,8 +143,10 @@ async def test_support_lists_replays_and_links_a_payment(
     await make_user(runtime, email="late@example.com")
     done = data_of(await gql(replay, {"id": orphan["id"]}, token=support))["replayWebhookEvent"]
     assert done["__typename"] == "WebhookEventReplay" and done["status"] == "PROCESSED"
+    assert done["changed"] is True and done["effects"]
     again = data_of(await gql(replay, {"id": orphan["id"]}, token=support))["replayWebhookEvent"]
     assert again["status"] == "PROCESSED"
+    assert (again["changed"], again["effects"]) == (False, [])
     missing = data_of(await gql(replay, {"id": "evt_nope"}, token=support))
     assert missing["replayWebhookEvent"]["code"] == "STRIPE_EVENT_NOT_FOUND"
 

@@ -1,0 +1,122 @@
+"""The monthly plan allowance: when it is due, what it grants, and granting it once a month."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from resolvers.catalog import Catalog
+from resolvers.ledger import Actor, add_grant, expire_credits, find_keyed_event, fingerprint
+from resolvers.models import CreditEvent, User
+from resolvers.users import UserRef, find_user
+
+# Subscriptions in these states get their allowance from Stripe invoices, not the calendar.
+BILLED_BY_STRIPE = ("active", "trialing", "past_due")
+
+
+def allowance_period(now: datetime) -> tuple[datetime, datetime]:
+    """The calendar month (UTC) containing `now`: the period of a plan allowance."""
+    start = now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    end = (
+        start.replace(year=start.year + 1, month=1)
+        if start.month == 12
+        else start.replace(month=start.month + 1)
+    )
+    return start, end
+
+
+async def grant_plan_allowance(
+    session: AsyncSession, user: User, *, catalog: Catalog, now: datetime, actor: Actor
+) -> CreditEvent | None:
+    """Grant the tier's monthly credits for the current month, once; they expire at its end."""
+    start = allowance_period(now)[0]
+    if user.allowance_period_start == start:
+        return None
+    due = pending_allowance(user, catalog=catalog, now=now)
+    user.allowance_period_start = start
+    if due is None:
+        return None
+    key = f"allowance:{user.id}:{due.tier}:{due.period_start:%Y-%m}"
+    digest = fingerprint("allowance", user=user.id, tier=due.tier, period=due.period_start)
+    if await find_keyed_event(session, key, digest) is not None:
+        return None
+    return await add_grant(
+        session,
+        user,
+        amount=due.amount,
+        reason=due.reason,
+        actor=Actor(name="system", source="plan_allowance", request_id=actor.request_id),
+        now=now,
+        expires_at=due.expires_at,
+        idempotency_key=key,
+        digest=digest,
+    )
+
+
+@dataclass(frozen=True)
+class PendingAllowance:
+    """This month's plan allowance, due but not granted yet: what a read shows as if granted."""
+
+    tier: str
+    amount: int
+    period_start: datetime
+    expires_at: datetime
+
+    @property
+    def reason(self) -> str:
+        return f"{self.tier} plan allowance {self.period_start:%Y-%m}"
+
+
+def pending_allowance(user: User, *, catalog: Catalog, now: datetime) -> PendingAllowance | None:
+    """The allowance the user's next write (or `entitlements allowances grant`) will grant.
+
+    Reads never write: a balance read before the grant adds this to what is stored.
+    Users billed through a Stripe subscription get theirs from paid invoices instead.
+    """
+    start, end = allowance_period(now)
+    if user.allowance_period_start == start:
+        return None
+    tier = catalog.tier(user.tier)
+    if tier is None or tier.monthly_credits <= 0:
+        return None
+    if user.stripe_subscription_id and user.subscription_status in BILLED_BY_STRIPE:
+        return None
+    return PendingAllowance(
+        tier=tier.code, amount=tier.monthly_credits, period_start=start, expires_at=end
+    )
+
+
+async def users_due_an_allowance(
+    session: AsyncSession, *, now: datetime, after_id: int, limit: int
+) -> list[int]:
+    """Ids of users whose allowance for this month has not been looked at, in id order."""
+    start = allowance_period(now)[0]
+    return list(
+        (
+            await session.scalars(
+                select(User.id)
+                .where(
+                    User.id > after_id,
+                    or_(
+                        User.allowance_period_start.is_(None), User.allowance_period_start != start
+                    ),
+                )
+                .order_by(User.id)
+                .limit(limit)
+            )
+        ).all()
+    )
+
+
+async def grant_due_allowance(
+    session: AsyncSession, user_id: int, *, catalog: Catalog, now: datetime, actor: Actor
+) -> CreditEvent | None:
+    """Lock the user, write off expired grants, grant a due allowance; the grant's event."""
+    row = await find_user(session, UserRef(user_id=user_id), lock=True)
+    if row is None:
+        return None
+    await expire_credits(session, row, now=now, actor=actor)
+    return await grant_plan_allowance(session, row, catalog=catalog, now=now, actor=actor)
