@@ -16,13 +16,22 @@ from schema import schema
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 _LINK = re.compile(r"\]\(([^)\s]+)\)")
-_FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
+_FENCE = re.compile(r"^[ \t]*```(\w*)\n(.*?)^[ \t]*```", re.S | re.M)
+_HEADING = re.compile(r"^#+ (.+)$", re.M)
 # Where one shell command ends and the next (or a pipe, or a redirect) begins.
 _COMMAND_ENDS = {"|", "||", "&&", ";", ">", ">>", "<", "&"}
 
 
 def fenced(document: Path, language: str) -> list[str]:
     return [body for lang, body in _FENCE.findall(document.read_text()) if lang == language]
+
+
+def anchors(document: Path) -> set[str]:
+    """The #fragments of the document's headings, as GitHub makes them."""
+    return {
+        re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+        for heading in _HEADING.findall(document.read_text())
+    }
 
 
 def cli_calls(document: Path) -> list[list[str]]:
@@ -55,7 +64,10 @@ def resolve(words: list[str]) -> tuple[click.Command, list[str]]:
 @pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: p.name)
 def test_links_stay_inside_the_repository_and_exist(document: Path) -> None:
     for target in _LINK.findall(document.read_text()):
-        if target.startswith(("http://127.0.0.1", "http://localhost", "#")):
+        if target.startswith(("http://127.0.0.1", "http://localhost")):
+            continue
+        if target.startswith("#"):
+            assert target[1:] in anchors(document), f"{document.name}: no heading for {target}"
             continue
         assert "://" not in target, f"{document.name} links outside the repository: {target}"
         path = (document.parent / target.split("#")[0]).resolve()
