@@ -1,0 +1,102 @@
+"""The README and docs/ stay true: links inside the repo, real CLI commands, valid GraphQL."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import click
+import pytest
+from graphql import parse, validate
+
+from gateway.cli import main
+from schema import schema
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+_LINK = re.compile(r"\]\(([^)\s]+)\)")
+_FENCE = re.compile(r"^[ \t]*```(\w*)\n(.*?)^[ \t]*```", re.S | re.M)
+_HEADING = re.compile(r"^#+ (.+)$", re.M)
+# Where one shell command ends and the next (or a pipe, or a redirect) begins.
+_COMMAND_ENDS = {"|", "||", "&&", ";", ">", ">>", "<", "&"}
+
+
+def fenced(document: Path, language: str) -> list[str]:
+    return [body for lang, body in _FENCE.findall(document.read_text()) if lang == language]
+
+
+def anchors(document: Path) -> set[str]:
+    """The #fragments of the document's headings, as GitHub makes them."""
+    return {
+        re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+        for heading in _HEADING.findall(document.read_text())
+    }
+
+
+def cli_calls(document: Path) -> list[list[str]]:
+    """Each `entitlements …` command in the document's bash blocks, as words after the name."""
+    calls = []
+    for block in fenced(document, "bash"):
+        for line in block.replace("\\\n", " ").splitlines():
+            lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+            lexer.commenters = "#"
+            words = list(lexer)
+            for i, word in enumerate(words):
+                if word.removeprefix("$(").endswith(("entitlements", "bin/entitlements")):
+                    rest = words[i + 1 :]
+                    end = next((j for j, w in enumerate(rest) if w in _COMMAND_ENDS), len(rest))
+                    calls.append(rest[:end])
+    return calls
+
+
+def resolve(words: list[str]) -> tuple[click.Command, list[str]]:
+    """The CLI command the words name, and the words left for its options and arguments."""
+    command: click.Command = main
+    while isinstance(command, click.Group) and words and not words[0].startswith("-"):
+        name = words[0]
+        assert name in command.commands, f"`entitlements … {name}` is not a command"
+        command, words = command.commands[name], words[1:]
+    assert not isinstance(command, click.Group), f"`{command.name}` needs a subcommand"
+    return command, words
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: p.name)
+def test_links_stay_inside_the_repository_and_exist(document: Path) -> None:
+    for target in _LINK.findall(document.read_text()):
+        if target.startswith(("http://127.0.0.1", "http://localhost")):
+            continue
+        if target.startswith("#"):
+            assert target[1:] in anchors(document), f"{document.name}: no heading for {target}"
+            continue
+        assert "://" not in target, f"{document.name} links outside the repository: {target}"
+        path = (document.parent / target.split("#")[0]).resolve()
+        assert path.is_relative_to(ROOT), f"{document.name} leaves the repository: {target}"
+        assert path.exists(), f"{document.name} links to a missing file: {target}"
+    assert "../shared" not in document.read_text()
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: p.name)
+def test_documented_cli_commands_and_options_exist(document: Path) -> None:
+    calls = cli_calls(document)
+    for words in calls:
+        command, rest = resolve(words)
+        known = {opt for param in command.params for opt in param.opts + param.secondary_opts}
+        for word in rest:
+            option = word.strip("[]").split("=")[0]
+            if option.startswith("--"):
+                assert option in known, f"`{command.name}` has no option {option}"
+    if document.name in ("README.md", "support.md"):
+        assert calls, f"{document.name} documents no CLI command: the parser is broken"
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: p.name)
+def test_documented_graphql_is_valid_against_the_schema(document: Path) -> None:
+    for block in fenced(document, "graphql"):
+        errors = validate(schema._schema, parse(block))
+        assert not errors, f"{document.name}: {errors[0].message}\n{block}"
+
+
+def test_resolve_refuses_a_command_that_does_not_exist() -> None:
+    with pytest.raises(AssertionError, match="not a command"):
+        resolve(["user", "delete", "someone@example.com"])
