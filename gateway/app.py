@@ -12,9 +12,9 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
-from gateway import migrate
+from gateway import graphiql, migrate
 from gateway.auth import Authenticator
 from gateway.graphql_route import GraphQLRoute
 from gateway.logs import configure_logging
@@ -65,6 +65,7 @@ def create_app(runtime: Runtime) -> Starlette:
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/graphql", graphql.handle, methods=["GET", "POST"]),
+            Mount(graphiql.STATIC_PATH, graphiql.static_files(), name="graphiql-static"),
             Route("/api/billing/webhook", stripe_webhook, methods=["POST"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
         ],

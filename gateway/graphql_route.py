@@ -33,9 +33,8 @@ from graphql.language.visitor import Visitor
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter
-from strawberry.http.ides import get_graphql_ide_html
 
-from gateway import media_types, webhooks
+from gateway import graphiql, media_types, webhooks
 from gateway.auth import Authenticator
 from gateway.logs import actor_var
 from gateway.runtime import Runtime
@@ -151,7 +150,6 @@ class GraphQLRoute:
             prepared = self.documents.get(query)
             if prepared.errors:
                 raise SavedQueryError(f"saved query {query_id}: {prepared.errors[0].message}")
-        self.graphiql_html = get_graphql_ide_html(graphql_ide="graphiql")
 
     async def handle(self, request: Request) -> Response:
         request_id: str = request.state.request_id
@@ -264,7 +262,8 @@ class GraphQLRoute:
         return _json({"data": None, "errors": [_error_body(str(error), error.code, request_id)]})
 
     async def graphiql(self, request: Request, request_id: str) -> Response:
-        """GraphiQL for staff keys only; browsers are asked for the key as a Basic password."""
+        """GraphiQL for staff keys only; browsers are asked for the key as a Basic password,
+        which the page then puts in its headers editor."""
         challenge = {"WWW-Authenticate": 'Basic realm="entitlements gateway (API key)"'}
         try:
             principal = await self.authenticator.authenticate(request.headers.get("authorization"))
@@ -274,7 +273,10 @@ class GraphQLRoute:
             return HTMLResponse("An API key is required (as the password).", 401, challenge)
         if not principal.is_staff:
             return HTMLResponse("GraphiQL is for staff keys.", 403)
-        return HTMLResponse(self.graphiql_html)
+        api_key = graphiql.api_key_of(request.headers.get("authorization"))
+        if api_key is None:
+            return HTMLResponse("An API key is required (as the password).", 401, challenge)
+        return graphiql.page(api_key)
 
     async def read_request(self, request: Request) -> GraphQLRequest:
         if request.method == "GET":
