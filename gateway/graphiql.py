@@ -28,7 +28,8 @@ CONTENT_SECURITY_POLICY = (
 )
 
 VERIFY_ACCOUNT = """\
-# Runbook: verify account state. Set the email under Variables, then run (Ctrl-Enter).
+# Runbook: verify account state.
+# Set the email under Variables, then run (Ctrl-Enter).
 query VerifyAccount($email: String!) {
   user(email: $email) {
     tier
@@ -46,8 +47,9 @@ query VerifyAccount($email: String!) {
 """
 
 ADJUST_CREDITS = """\
-# Runbook: adjust credits. Pick the operation to run with the play button's menu.
-# The idempotency key makes a retried adjustment a no-op: use a new one per adjustment.
+# Runbook: adjust credits.
+# Pick GrantCredits or ConsumeCredits with the run button's menu.
+# The idempotency key makes a retry a no-op: a new key per adjustment.
 mutation GrantCredits($email: String!, $amount: Int!, $reason: String!, $key: String) {
   grantCredits(input: {email: $email, amount: $amount, reason: $reason, idempotencyKey: $key}) {
     __typename
@@ -66,8 +68,9 @@ mutation ConsumeCredits($email: String!, $amount: Int!, $reason: String!, $key: 
 """
 
 PAYMENT_TO_LEDGER = """\
-# Runbook: from a payment to the ledger. ref: a Checkout session, invoice, payment intent or
-# charge id (cs_…, in_…, pi_…, ch_…), or the payment's id.
+# Runbook: from a payment to the ledger.
+# ref: a Checkout session, invoice, payment intent or charge id
+# (cs_…, in_…, pi_…, ch_…), or the payment's id.
 query PaymentToLedger($ref: String!) {
   payment(ref: $ref) {
     kind amount currency status amountRefunded
@@ -132,6 +135,7 @@ def page(api_key: str) -> HTMLResponse:
 <meta charset="utf-8">
 <title>Entitlements gateway · GraphiQL</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
 {styles}
 <style>body {{ margin: 0; }} #graphiql {{ height: 100vh; }}</style>
 </head>

@@ -20,6 +20,8 @@
     React.createElement(GraphiQL, {
       fetcher: GraphiQL.createFetcher({ url: config.url }),
       defaultTabs: config.tabs,
+      // GraphiQL fills the first tab's variables editor from this prop, not from defaultTabs.
+      variables: config.tabs[0].variables,
       defaultHeaders: config.headers,
       defaultEditorToolsVisibility: "headers",
       isHeadersEditorEnabled: true,
