@@ -9,11 +9,12 @@ from contextlib import asynccontextmanager
 from sqlalchemy import text
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
-from gateway import migrate
+from gateway import graphiql, migrate
 from gateway.auth import Authenticator
 from gateway.clock import install_test_clock
 from gateway.graphql_route import GraphQLRoute
@@ -65,17 +66,40 @@ def create_app(runtime: Runtime) -> Starlette:
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/graphql", graphql.handle, methods=["GET", "POST"]),
+            Mount(graphiql.STATIC_PATH, graphiql.static_files(), name="graphiql-static"),
             Route("/api/billing/webhook", stripe_webhook, methods=["POST"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
         ],
         middleware=[
             Middleware(RequestContextMiddleware),
+            *cors_middleware(runtime.settings.cors_origins),
             Middleware(BodyLimitMiddleware),
         ],
         lifespan=lifespan,
     )
     app.state.runtime = runtime
     return app
+
+
+def cors_middleware(origins: tuple[str, ...]) -> list[Middleware]:
+    """Browsers on these origins may call the API; none when CORS_ORIGINS is unset.
+
+    Inside the request-context middleware, so preflight answers carry an X-Request-ID too.
+    Without credentials: frontends send their bearer token in a header, never a cookie.
+    """
+    if not origins:
+        return []
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=list(origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-Request-ID"],
+            expose_headers=["X-Request-ID"],
+            allow_credentials=False,
+            max_age=600,
+        )
+    ]
 
 
 def create_app_from_env() -> Starlette:

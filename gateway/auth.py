@@ -12,6 +12,7 @@ from typing import Any, Generic, TypeVar
 import jwt
 
 from gateway.db import Database
+from gateway.jwks import JwksKeys
 from gateway.settings import Settings
 from resolvers import keys, users
 from resolvers.catalog import Catalog
@@ -60,6 +61,7 @@ class Authenticator:
         self.clock = clock
         self.jwt_key = settings.jwt_public_key or settings.jwt_secret
         self.jwt_algorithms = ["RS256"] if settings.jwt_public_key else ["HS256"]
+        self.jwks = JwksKeys(settings.jwt_jwks_url) if settings.jwt_jwks_url else None
         self.audience = settings.jwt_audience
         self.issuer = settings.jwt_issuer
         self._keys: TTLCache[str, Principal | None] = TTLCache(CACHE_SIZE)
@@ -105,13 +107,14 @@ class Authenticator:
         cached = self._tokens.get(token)
         if cached is not None:
             return cached
-        if not self.jwt_key:
+        if not self.jwt_key and self.jwks is None:
             raise unauthenticated("End-user tokens are not accepted here")
         try:
+            key, algorithms = await self._verification_key(token)
             claims = jwt.decode(
                 token,
-                self.jwt_key,
-                algorithms=self.jwt_algorithms,
+                key,
+                algorithms=algorithms,
                 audience=self.audience,
                 issuer=self.issuer,
                 options={"require": ["sub", "exp"], "verify_aud": self.audience is not None},
@@ -125,6 +128,15 @@ class Authenticator:
         if ttl > 0:
             self._tokens.put(token, principal, min(ttl, 3600.0))
         return principal
+
+    async def _verification_key(self, token: str) -> tuple[Any, list[str]]:
+        """The JWKS key the token's kid names, else the configured secret or public key."""
+        if self.jwks is not None and (
+            not self.jwt_key or jwt.get_unverified_header(token).get("kid") is not None
+        ):
+            key = await self.jwks.key_for(token)
+            return key, [key.algorithm_name]
+        return self.jwt_key, self.jwt_algorithms
 
     async def _user_id(self, claims: dict[str, Any]) -> int:
         sub = str(claims["sub"])

@@ -31,11 +31,10 @@ from graphql import execute as graphql_execute
 from graphql.language import FieldNode, visit
 from graphql.language.visitor import Visitor
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, Response
 from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter
-from strawberry.http.ides import get_graphql_ide_html
 
-from gateway import webhooks
+from gateway import graphiql, media_types, webhooks
 from gateway.auth import Authenticator
 from gateway.logs import actor_var
 from gateway.runtime import Runtime
@@ -151,12 +150,20 @@ class GraphQLRoute:
             prepared = self.documents.get(query)
             if prepared.errors:
                 raise SavedQueryError(f"saved query {query_id}: {prepared.errors[0].message}")
-        self.graphiql_html = get_graphql_ide_html(graphql_ide="graphiql")
 
     async def handle(self, request: Request) -> Response:
         request_id: str = request.state.request_id
         if request.method == "GET" and _wants_html(request):
             return await self.graphiql(request, request_id)
+        media_type = media_types.negotiate(request.headers.get("accept"))
+        if media_type is None:
+            return media_types.not_acceptable(request_id)
+        response = await self.respond(request, request_id)
+        if isinstance(response, media_types.GraphQLResponse):
+            return response.answer_as(media_type)
+        return response
+
+    async def respond(self, request: Request, request_id: str) -> Response:
         try:
             gql = await self.read_request(request)
         except RequestError as error:
@@ -255,7 +262,8 @@ class GraphQLRoute:
         return _json({"data": None, "errors": [_error_body(str(error), error.code, request_id)]})
 
     async def graphiql(self, request: Request, request_id: str) -> Response:
-        """GraphiQL for staff keys only; browsers are asked for the key as a Basic password."""
+        """GraphiQL for staff keys only; browsers are asked for the key as a Basic password,
+        which the page then puts in its headers editor."""
         challenge = {"WWW-Authenticate": 'Basic realm="entitlements gateway (API key)"'}
         try:
             principal = await self.authenticator.authenticate(request.headers.get("authorization"))
@@ -265,7 +273,10 @@ class GraphQLRoute:
             return HTMLResponse("An API key is required (as the password).", 401, challenge)
         if not principal.is_staff:
             return HTMLResponse("GraphiQL is for staff keys.", 403)
-        return HTMLResponse(self.graphiql_html)
+        api_key = graphiql.api_key_of(request.headers.get("authorization"))
+        if api_key is None:
+            return HTMLResponse("An API key is required (as the password).", 401, challenge)
+        return graphiql.page(api_key)
 
     async def read_request(self, request: Request) -> GraphQLRequest:
         if request.method == "GET":
@@ -290,6 +301,9 @@ class GraphQLRoute:
         for field, value in (("query", query), ("operationName", name), ("id", doc_id)):
             if value is not None and not isinstance(value, str):
                 raise RequestError(400, f"{field} must be a string")
+        extensions = data.get("extensions")
+        if extensions is not None and not isinstance(extensions, dict):
+            raise RequestError(400, "extensions must be a JSON object")
         return GraphQLRequest(
             query=query,
             variables=_variables(data.get("variables")),
@@ -374,4 +388,4 @@ def _graphql_error(
 def _json(
     body: dict[str, Any], status: int = 200, headers: Mapping[str, str] | None = None
 ) -> Response:
-    return JSONResponse(body, status, headers=dict(headers) if headers else None)
+    return media_types.GraphQLResponse(body, status, headers)

@@ -17,6 +17,8 @@ DEFAULT_APP_BASE_URL = "http://localhost:5173"
 DEFAULT_CATALOG = Path(__file__).resolve().parent.parent / "resolvers" / "catalog.toml"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("json", "text")
+# RFC 7518 §3.2: an HS256 key must be at least as long as the hash output (256 bits).
+MIN_JWT_SECRET_BYTES = 32
 
 
 class SettingsError(Exception):
@@ -38,6 +40,8 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "json"
     analytics_events: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()
+    jwt_jwks_url: str | None = None
 
     @property
     def is_sqlite(self) -> bool:
@@ -64,6 +68,16 @@ class Settings:
 
         app_base_url = (get("APP_BASE_URL") or DEFAULT_APP_BASE_URL).rstrip("/")
         _require_http_url("APP_BASE_URL", app_base_url)
+
+        jwt_secret = get("JWT_SECRET")
+        if jwt_secret and len(jwt_secret.encode()) < MIN_JWT_SECRET_BYTES:
+            raise SettingsError(
+                f"JWT_SECRET must be at least {MIN_JWT_SECRET_BYTES} bytes"
+                f" (got {len(jwt_secret.encode())})"
+            )
+        jwt_jwks_url = get("JWT_JWKS_URL")
+        if jwt_jwks_url:
+            _require_http_url("JWT_JWKS_URL", jwt_jwks_url)
 
         jwt_public_key = get("JWT_PUBLIC_KEY")
         if jwt_public_key:
@@ -95,11 +109,15 @@ class Settings:
                     f"ENTITLEMENTS_ANALYTICS_EVENTS: {name[:64]!r} is not a snake_case event name"
                 )
 
+        cors_origins = tuple(
+            _cors_origin(o) for o in (get("CORS_ORIGINS") or "").split(",") if o.strip()
+        )
+
         return cls(
             database_url=database_url,
             catalog_path=catalog_path,
             app_base_url=app_base_url,
-            jwt_secret=get("JWT_SECRET"),
+            jwt_secret=jwt_secret,
             jwt_public_key=jwt_public_key,
             jwt_audience=get("JWT_AUDIENCE"),
             jwt_issuer=get("JWT_ISSUER"),
@@ -109,6 +127,8 @@ class Settings:
             log_level=log_level,
             log_format=log_format,
             analytics_events=analytics_events,
+            cors_origins=cors_origins,
+            jwt_jwks_url=jwt_jwks_url,
         )
 
 
@@ -132,3 +152,21 @@ def _require_http_url(name: str, value: str) -> None:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise SettingsError(f"{name} must be an http(s) URL (got {value!r})")
+
+
+def _cors_origin(value: str) -> str:
+    """One browser origin as browsers send it: scheme://host[:port], no path, no slash."""
+    origin = value.strip().rstrip("/")
+    parts = urlsplit(origin)
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.netloc
+        or parts.path
+        or parts.query
+        or parts.fragment
+        or "@" in parts.netloc
+    ):
+        raise SettingsError(
+            f"CORS_ORIGINS entries must be origins like https://app.example.com (got {origin!r})"
+        )
+    return origin

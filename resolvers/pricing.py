@@ -23,6 +23,7 @@ from babel.numbers import (
 )
 
 from resolvers.catalog import Catalog, CreditPack, Tier
+from resolvers.errors import InvalidInput
 from resolvers.models import User
 
 FALLBACK_LOCALE = "en"
@@ -106,16 +107,21 @@ class _Links:
 
 
 def negotiate_locale(
-    argument: str | None, accept_language: str | None, available: Sequence[str]
+    argument: str | None,
+    accept_language: str | None,
+    available: Sequence[str],
+    *,
+    stored: str | None = None,
 ) -> str:
-    """The locale to render in: the argument, else Accept-Language, else "en".
+    """The locale to render in: the argument, else the viewer's stored locale, else
+    Accept-Language, else "en".
 
     A candidate counts when Babel's negotiation finds catalog copy for it; its region is kept
     (`en-US` renders English copy with US number formats and USD by default). An explicit
-    locale the catalog cannot serve, or a malformed one, is treated as absent, so the
-    Accept-Language header decides next: a page in the browser's language beats an error.
+    locale the catalog cannot serve, or a malformed one, is treated as absent, so the next
+    candidate decides: a page in the viewer's language beats an error.
     """
-    candidates = [argument] if argument else []
+    candidates = [c for c in (argument, stored) if c]
     candidates += _accept_language_tags(accept_language)
     for candidate in candidates:
         tag = _canonical_tag(candidate)
@@ -124,11 +130,22 @@ def negotiate_locale(
     return FALLBACK_LOCALE if FALLBACK_LOCALE in available else available[0]
 
 
-def choose_currency(catalog: Catalog, locale: str, requested: str | None = None) -> str:
-    """The requested currency if the catalog sells in it, else the locale region's, else the
-    catalog's default (an unknown requested currency falls back rather than failing)."""
-    if requested and requested.strip().upper() in catalog.currencies:
-        return requested.strip().upper()
+def choose_currency(
+    catalog: Catalog, locale: str, requested: str | None = None
+) -> str | InvalidInput:
+    """The requested currency, else the locale region's, else the catalog's default.
+
+    A requested currency the catalog does not sell is InvalidInput: a page quietly priced in
+    another currency than the one asked for would show the wrong amounts.
+    """
+    if requested is not None:
+        code = requested.strip().upper()
+        if code in catalog.currencies:
+            return code
+        sold = ", ".join(catalog.currencies)
+        return InvalidInput(
+            field="currency", reason=f"{requested[:16]!r} is not sold here; one of {sold}"
+        )
     tag = _canonical_tag(locale)
     territory = Locale.parse(tag, sep="-").territory if tag else None
     if territory:
@@ -145,12 +162,15 @@ def pricing(
     currency: str | None = None,
     user: User | None,
     app_base_url: str,
-) -> Pricing:
-    """Tier cards and credit packs in `locale`, with CTAs for `user` (None: anonymous)."""
+) -> Pricing | InvalidInput:
+    """Tier cards and credit packs in `locale`, with CTAs for `user` (None: anonymous);
+    InvalidInput for a currency the catalog does not sell."""
     tag = negotiate_locale(locale, None, catalog.locales)
     copy_locale = _catalog_locale(tag, catalog.locales) or catalog.locales[0]
     babel_locale = Locale.parse(tag, sep="-")
     chosen = choose_currency(catalog, tag, currency)
+    if isinstance(chosen, InvalidInput):
+        return chosen
     copy = catalog.copy[copy_locale]
     links = _Links(app_base_url.rstrip("/"))
     # A tier the catalog no longer sells (None) cannot be ranked: every card then sends the

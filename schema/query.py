@@ -114,7 +114,8 @@ class Query:
 
     @strawberry.field(
         description="Tier cards and credit packs with CTAs for the caller (anyone may ask). "
-        "Locale from the argument, else Accept-Language, else en."
+        "Locale from the argument, else the viewer's stored locale, else Accept-Language, "
+        "else en. A currency the catalog does not sell is BAD_USER_INPUT."
     )
     async def pricing(
         self, info: Info, locale: str | None = None, currency: str | None = None
@@ -124,14 +125,20 @@ class Query:
         principal = ctx.principal
         if principal is not None and principal.role == VIEWER and principal.user_id is not None:
             viewer = await ctx.loaders.user_by_id.load(principal.user_id)
-        chosen = pricing.negotiate_locale(locale, ctx.accept_language, ctx.catalog.locales)
-        return pricing.pricing(  # type: ignore[return-value]
+        chosen = pricing.negotiate_locale(
+            locale,
+            ctx.accept_language,
+            ctx.catalog.locales,
+            stored=viewer.locale if viewer is not None else None,
+        )
+        page = pricing.pricing(
             catalog=ctx.catalog,
             locale=chosen,
             currency=currency,
             user=viewer,
             app_base_url=ctx.app_base_url,
         )
+        return _or_bad_input(page)  # type: ignore[return-value]
 
     @strawberry.field(
         permission_classes=[permissions.DASHBOARD],

@@ -18,6 +18,7 @@ PUBLIC_KEY = (
     .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     .decode()
 )
+LONG_SECRET = "s3cret-that-is-at-least-32-bytes-long"
 
 
 def test_an_empty_environment_gives_the_documented_defaults() -> None:
@@ -30,6 +31,7 @@ def test_an_empty_environment_gives_the_documented_defaults() -> None:
     assert settings.stripe_api_key is None
     assert settings.stripe_webhook_secrets == ()
     assert settings.stripe_api_base is None
+    assert (settings.cors_origins, settings.jwt_jwks_url) == ((), None)
     assert (settings.log_level, settings.log_format) == ("INFO", "json")
     assert settings.is_sqlite
 
@@ -49,7 +51,9 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
             "DATABASE_URL": "postgresql+asyncpg://gw:pw@db:5432/entitlements",
             "ENTITLEMENTS_CATALOG": str(catalog),
             "APP_BASE_URL": "https://app.example.com/",
-            "JWT_SECRET": "s3cret",
+            "JWT_SECRET": LONG_SECRET,
+            "JWT_JWKS_URL": "https://auth.example.com/.well-known/jwks.json",
+            "CORS_ORIGINS": "https://app.example.com/, http://localhost:5173",
             "JWT_PUBLIC_KEY": str(pem),
             "JWT_AUDIENCE": "lucy",
             "JWT_ISSUER": "https://auth.example.com",
@@ -64,7 +68,9 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         database_url="postgresql+asyncpg://gw:pw@db:5432/entitlements",
         catalog_path=catalog,
         app_base_url="https://app.example.com",
-        jwt_secret="s3cret",
+        jwt_secret=LONG_SECRET,
+        jwt_jwks_url="https://auth.example.com/.well-known/jwks.json",
+        cors_origins=("https://app.example.com", "http://localhost:5173"),
         jwt_public_key=PUBLIC_KEY,
         jwt_audience="lucy",
         jwt_issuer="https://auth.example.com",
@@ -96,6 +102,12 @@ def test_a_pem_itself_is_accepted_as_jwt_public_key() -> None:
         ("STRIPE_API_BASE", "api.stripe.com"),
         ("LOG_LEVEL", "LOUD"),
         ("LOG_FORMAT", "xml"),
+        ("JWT_SECRET", "s3cret"),
+        ("JWT_SECRET", "x" * 31),
+        ("JWT_JWKS_URL", "auth.example.com/jwks.json"),
+        ("CORS_ORIGINS", "*"),
+        ("CORS_ORIGINS", "https://app.example.com/pricing"),
+        ("CORS_ORIGINS", "https://app.example.com,app.example.com"),
     ],
 )
 def test_a_bad_value_is_one_line_naming_the_variable(name: str, value: str) -> None:
@@ -112,3 +124,9 @@ def test_an_unusable_jwt_public_key_is_a_settings_error_not_a_crash() -> None:
     pkcs1 = "-----BEGIN RSA PUBLIC KEY-----\n" + "A" * 400 + "\n-----END RSA PUBLIC KEY-----\n"
     with pytest.raises(SettingsError, match="JWT_PUBLIC_KEY"):
         Settings.from_env({"JWT_PUBLIC_KEY": pkcs1})
+
+
+def test_a_jwt_secret_of_32_bytes_is_enough() -> None:
+    assert Settings.from_env({"JWT_SECRET": "x" * 32}).jwt_secret == "x" * 32
+    # Bytes, not characters: 11 three-byte characters are 33 bytes.
+    assert Settings.from_env({"JWT_SECRET": "€" * 11}).jwt_secret == "€" * 11

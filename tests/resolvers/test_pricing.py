@@ -10,6 +10,7 @@ import pytest
 
 from gateway.settings import DEFAULT_CATALOG
 from resolvers.catalog import Catalog, load_catalog
+from resolvers.errors import InvalidInput
 from resolvers.models import User
 from resolvers.pricing import (
     CtaKind,
@@ -138,12 +139,16 @@ def test_us_english_defaults_to_dollars_and_other_regions_to_the_catalog_default
     assert choose_currency(catalog, "de-CH") == "EUR"
 
 
-def test_requested_currency_wins_and_an_unsold_one_falls_back(catalog: Catalog) -> None:
+def test_requested_currency_wins_and_an_unsold_one_is_invalid_input(catalog: Catalog) -> None:
     dollars = page(catalog, locale="nl", currency="usd")
     assert dollars.currency == "USD"
     assert dollars.tiers[1].price == f"US${NBSP}21,00"
-    assert page(catalog, locale="en-US", currency="JPY").currency == "USD"
-    assert page(catalog, locale="nl", currency="JPY").currency == "EUR"
+    # Asked for yen or sterling, the page must not quietly quote euros or dollars instead.
+    for locale, currency in (("en-US", "JPY"), ("nl", "JPY"), ("en-GB", "GBP"), ("nl", "")):
+        refused = page(catalog, locale=locale, currency=currency)
+        assert isinstance(refused, InvalidInput), refused
+        assert refused.field == "currency"
+        assert "EUR, USD" in refused.message
 
 
 def test_unknown_locale_renders_english(catalog: Catalog) -> None:
@@ -178,6 +183,22 @@ AVAILABLE = ("en", "nl", "de")
 )
 def test_negotiate_locale(argument: str | None, header: str | None, expected: str) -> None:
     assert negotiate_locale(argument, header, AVAILABLE) == expected
+
+
+@pytest.mark.parametrize(
+    ("argument", "stored", "header", "expected"),
+    [
+        pytest.param(None, "nl", "de-DE,de;q=0.9", "nl", id="stored-beats-header"),
+        pytest.param("de", "nl", "en", "de", id="argument-beats-stored"),
+        pytest.param(None, "fr", "de-DE", "de-DE", id="unsold-stored-falls-to-header"),
+        pytest.param(None, "nl_be", None, "nl-BE", id="stored-is-normalized"),
+        pytest.param(None, None, "de", "de", id="no-stored-locale"),
+    ],
+)
+def test_negotiate_locale_with_a_stored_locale(
+    argument: str | None, stored: str | None, header: str | None, expected: str
+) -> None:
+    assert negotiate_locale(argument, header, AVAILABLE, stored=stored) == expected
 
 
 def test_negotiated_locale_feeds_pricing(catalog: Catalog) -> None:
