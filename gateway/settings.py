@@ -17,6 +17,7 @@ DEFAULT_APP_BASE_URL = "http://localhost:5173"
 DEFAULT_CATALOG = Path(__file__).resolve().parent.parent / "resolvers" / "catalog.toml"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("json", "text")
+_METRICS_TOKEN = re.compile(r"[!-~]{16,256}")
 
 
 class SettingsError(Exception):
@@ -38,6 +39,8 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "json"
     analytics_events: tuple[str, ...] = ()
+    # GET /metrics shows business counters: with a token set, only Prometheus may read them.
+    metrics_token: str | None = None
 
     @property
     def is_sqlite(self) -> bool:
@@ -95,6 +98,10 @@ class Settings:
                     f"ENTITLEMENTS_ANALYTICS_EVENTS: {name[:64]!r} is not a snake_case event name"
                 )
 
+        metrics_token = get("METRICS_TOKEN")
+        if metrics_token is not None and not _METRICS_TOKEN.fullmatch(metrics_token):
+            raise SettingsError("METRICS_TOKEN must be 16 to 256 visible ASCII characters")
+
         return cls(
             database_url=database_url,
             catalog_path=catalog_path,
@@ -109,6 +116,7 @@ class Settings:
             log_level=log_level,
             log_format=log_format,
             analytics_events=analytics_events,
+            metrics_token=metrics_token,
         )
 
 
