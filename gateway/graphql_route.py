@@ -31,13 +31,14 @@ from graphql import execute as graphql_execute
 from graphql.language import FieldNode, visit
 from graphql.language.visitor import Visitor
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, Response
 from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter
 from strawberry.http.ides import get_graphql_ide_html
 
 from gateway import webhooks
 from gateway.auth import Authenticator
 from gateway.logs import actor_var
+from gateway.responses import SafeJSONResponse
 from gateway.runtime import Runtime
 from schema.context import AuthError, BadUserInput, Context, Principal, forbidden
 
@@ -374,4 +375,4 @@ def _graphql_error(
 def _json(
     body: dict[str, Any], status: int = 200, headers: Mapping[str, str] | None = None
 ) -> Response:
-    return JSONResponse(body, status, headers=dict(headers) if headers else None)
+    return SafeJSONResponse(body, status, headers=dict(headers) if headers else None)
