@@ -12,6 +12,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+import asyncpg
 from sqlalchemy import event, make_url
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -37,6 +38,12 @@ MAX_ATTEMPTS = 5
 # upsert won the race: the next attempt sees its row). SQLite: the busy timeout ran out.
 _RETRY_SQLSTATES = {"40001", "40P01", "23505"}
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Taken by SQLAlchemy's asyncpg adapter from the URL's query; asyncpg.connect refuses them.
+_ADAPTER_ONLY_PARAMETERS = (
+    "prepared_statement_cache_size",
+    "prepared_statement_name_func",
+    "async_creator_fn",
+)
 
 
 class Database:
@@ -54,6 +61,7 @@ class Database:
             if _is_loopback(url):
                 # asyncpg tries TLS first by default; on loopback there is nothing to protect.
                 kwargs["connect_args"] = {"ssl": False}
+        self._connect_args: dict[str, Any] = kwargs.get("connect_args", {})
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
             _configure_sqlite(self.engine)
@@ -67,6 +75,17 @@ class Database:
         )
         self._read_sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._write_sessions = async_sessionmaker(writer, expire_on_commit=False)
+
+    async def connect_outside_pool(self, **extra: Any) -> Any:
+        """An asyncpg connection of its own, configured as the pool's are (PostgreSQL only).
+
+        For LISTEN, which holds a session for the life of the process.
+        """
+        assert not self.is_sqlite, "SQLite has no server session to hold"
+        _, params = self.engine.dialect.create_connect_args(self.engine.url)
+        for adapter_only in _ADAPTER_ONLY_PARAMETERS:
+            params.pop(adapter_only, None)
+        return await asyncpg.connect(**{**params, **self._connect_args, **extra})
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[AsyncConnection]:
