@@ -310,3 +310,20 @@ async def test_saved_query_variables_are_checked_too(gql, make_key) -> None:
     body = response.json()
     assert error_codes(body) == ["BAD_USER_INPUT"]
     assert body["errors"][0]["message"].startswith("names: contains a lone surrogate")
+
+
+async def test_arguments_of_nested_fields_are_checked_too(runtime, gql, make_key) -> None:
+    """The check wraps every field that takes arguments, not only the roots."""
+    support = await make_key("support")
+    user = await make_user(runtime, credits_granted=3)
+    response = await post_escaped(
+        gql,
+        "query ($e: String, $after: String) { user(email: $e) { email "
+        "creditEvents(after: $after) { edges { node { amount } } } } }",
+        {"e": user.email, "after": LONE_SURROGATE},
+        support,
+    )
+    body = response.json()
+    assert error_codes(body) == ["BAD_USER_INPUT"]
+    assert body["errors"][0]["message"].startswith("after: contains a lone surrogate")
+    assert body["errors"][0]["path"] == ["user", "creditEvents"]
