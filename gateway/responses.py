@@ -10,11 +10,10 @@ from starlette.responses import JSONResponse
 
 from resolvers.text import scrub
 
-# What refused text looks like once dumped: C0 controls as \u00XX escapes (tab and line breaks
-# have short escapes of their own and are fine), \b and \f, raw DEL/C1 controls and surrogates.
-# A false alarm (an escaped backslash followed by "u0000") only costs a scrub that changes
-# nothing.
-_SUSPECT = re.compile(r"\\u00[01][0-9a-fA-F]|\\[bf]|[\x7f-\x9f\ud800-\udfff]")
+# How json.dumps writes the C0 controls but tab and line breaks (\u00XX, \b, \f). Searched
+# only when the body has a backslash at all (one memchr); a false alarm (an escaped backslash
+# followed by "u00") costs a scrub that changes nothing.
+_ESCAPED_CONTROL = re.compile(rb"\\(?:u00|b|f)")
 
 
 class SafeJSONResponse(JSONResponse):
@@ -25,10 +24,13 @@ class SafeJSONResponse(JSONResponse):
     """
 
     def render(self, content: Any) -> bytes:
-        text = _dumps(content)
-        if _SUSPECT.search(text):
-            text = _dumps(scrub(content))
-        return text.encode("utf-8")
+        try:
+            body = _dumps(content).encode("utf-8")
+        except UnicodeEncodeError:
+            return _dumps(scrub(content)).encode("utf-8")
+        if b"\\" in body and _ESCAPED_CONTROL.search(body):
+            return _dumps(scrub(content)).encode("utf-8")
+        return body
 
 
 def _dumps(content: Any) -> str:

@@ -73,10 +73,6 @@ def _label(key: Any) -> str:
     return text if len(text) <= 64 else text[:63] + "…"
 
 
-def has_bad_text(value: str) -> bool:
-    return _BAD_CHARACTER.search(value) is not None
-
-
 def scrub(value: Any) -> Any:
     """A copy of a JSON-like value whose refused characters are replaced with U+FFFD.
 
