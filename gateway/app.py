@@ -21,6 +21,7 @@ from gateway.graphql_route import GraphQLRoute
 from gateway.logs import configure_logging
 from gateway.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from gateway.prometheus import metrics_endpoint
+from gateway.revocations import RevocationListener
 from gateway.runtime import Runtime
 from gateway.settings import Settings
 from gateway.webhooks import stripe_webhook
@@ -53,12 +54,17 @@ async def readyz(request: Request) -> JSONResponse:
 def create_app(runtime: Runtime) -> Starlette:
     authenticator = Authenticator(runtime.settings, runtime.db, runtime.catalog, runtime.clock)
     graphql = GraphQLRoute(schema, runtime, authenticator, load_saved_queries())
+    revocations = None if runtime.db.is_sqlite else RevocationListener(runtime.db, authenticator)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         try:
+            if revocations is not None:
+                await revocations.start()
             yield
         finally:
+            if revocations is not None:
+                await revocations.stop()
             await runtime.close()
 
     app = Starlette(

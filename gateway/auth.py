@@ -23,7 +23,8 @@ from schema.context import VIEWER, Principal, unauthenticated
 K = TypeVar("K")
 V = TypeVar("V")
 
-# A revoked key stops working in every process within this many seconds.
+# A revoked key stops working in every process within this many seconds; on PostgreSQL at once,
+# through gateway.revocations, while its listening connection is up.
 KEY_CACHE_SECONDS = 10.0
 CACHE_SIZE = 10_000
 MAX_TOKEN_LENGTH = 8192
@@ -47,6 +48,12 @@ class TTLCache(Generic[K, V]):
         self._items.move_to_end(key)
         return value
 
+    def pop(self, key: K) -> None:
+        self._items.pop(key, None)
+
+    def clear(self) -> None:
+        self._items.clear()
+
     def put(self, key: K, value: V, ttl: float) -> None:
         self._items[key] = (time.monotonic() + ttl, value)
         self._items.move_to_end(key)
@@ -64,7 +71,9 @@ class Authenticator:
         self.jwks = JwksKeys(settings.jwt_jwks_url) if settings.jwt_jwks_url else None
         self.audience = settings.jwt_audience
         self.issuer = settings.jwt_issuer
+        # By key hash: the key itself is not kept, and a revocation names the hash.
         self._keys: TTLCache[str, Principal | None] = TTLCache(CACHE_SIZE)
+        self._revocations_heard = 0
         self._tokens: TTLCache[str, Principal] = TTLCache(CACHE_SIZE)
 
     async def authenticate(self, authorization: str | None) -> Principal | None:
@@ -92,13 +101,27 @@ class Authenticator:
             return await self._api_key(credentials)
         return await self._end_user(credentials)
 
+    def forget_api_key(self, key_hash: str) -> None:
+        """A key was revoked: the next request with it reads the database again."""
+        self._revocations_heard += 1
+        self._keys.pop(key_hash)
+
+    def forget_api_keys(self) -> None:
+        """Revocations may have been missed (the listening connection was down)."""
+        self._revocations_heard += 1
+        self._keys.clear()
+
     async def _api_key(self, secret: str) -> Principal:
-        principal = self._keys.get(secret)
+        key_hash = keys.hash_secret(secret)
+        principal = self._keys.get(key_hash)
         if principal is None:
+            heard = self._revocations_heard
             async with self.db.read() as session:
                 row = await keys.find_active_key(session, secret)
             principal = None if row is None else Principal(role=row.role, name=f"key:{row.name}")
-            self._keys.put(secret, principal, KEY_CACHE_SECONDS)
+            # A revocation heard during the read may postdate it: caching the row would undo it.
+            if heard == self._revocations_heard:
+                self._keys.put(key_hash, principal, KEY_CACHE_SECONDS)
         if principal is None:
             raise unauthenticated("Unknown or revoked API key")
         return principal

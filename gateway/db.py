@@ -8,9 +8,11 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+import asyncpg
 from sqlalchemy import event, make_url
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -36,6 +38,12 @@ MAX_ATTEMPTS = 5
 # upsert won the race: the next attempt sees its row). SQLite: the busy timeout ran out.
 _RETRY_SQLSTATES = {"40001", "40P01", "23505"}
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Taken by SQLAlchemy's asyncpg adapter from the URL's query; asyncpg.connect refuses them.
+_ADAPTER_ONLY_PARAMETERS = (
+    "prepared_statement_cache_size",
+    "prepared_statement_name_func",
+    "async_creator_fn",
+)
 
 
 class Database:
@@ -53,6 +61,7 @@ class Database:
             if _is_loopback(url):
                 # asyncpg tries TLS first by default; on loopback there is nothing to protect.
                 kwargs["connect_args"] = {"ssl": False}
+        self._connect_args: dict[str, Any] = kwargs.get("connect_args", {})
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
             _configure_sqlite(self.engine)
@@ -66,6 +75,17 @@ class Database:
         )
         self._read_sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._write_sessions = async_sessionmaker(writer, expire_on_commit=False)
+
+    async def connect_outside_pool(self, **extra: Any) -> Any:
+        """An asyncpg connection of its own, configured as the pool's are (PostgreSQL only).
+
+        For LISTEN, which holds a session for the life of the process.
+        """
+        assert not self.is_sqlite, "SQLite has no server session to hold"
+        _, params = self.engine.dialect.create_connect_args(self.engine.url)
+        for adapter_only in _ADAPTER_ONLY_PARAMETERS:
+            params.pop(adapter_only, None)
+        return await asyncpg.connect(**{**params, **self._connect_args, **extra})
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[AsyncConnection]:
@@ -142,9 +162,12 @@ def ensure_sqlite_directory(url: str) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
 
 
+_TEXT = partial(str, encoding="utf-8", errors="replace")
+
+
 def _configure_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+    def _on_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         # Take transaction control away from the driver so that BEGIN is ours to emit.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
@@ -153,6 +176,9 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
+        # SQLite stores any bytes as TEXT; one invalid UTF-8 sequence would make every read of
+        # its row fail. Shown as U+FFFD instead (partial of a builtin: no Python frame per value).
+        record.driver_connection.text_factory = _TEXT
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:

@@ -12,6 +12,8 @@ from typing import Any
 
 from starlette.responses import JSONResponse, Response
 
+from gateway.responses import SafeJSONResponse
+
 GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
 APPLICATION_JSON = "application/json"
 # What each acceptable media range is answered with; a wildcard gets the legacy type, which
@@ -62,7 +64,7 @@ def _quality(params: str) -> float:
     return 1.0
 
 
-class GraphQLResponse(JSONResponse):
+class GraphQLResponse(SafeJSONResponse):
     """A GraphQL answer that knows the status it gets under application/graphql-response+json."""
 
     def __init__(

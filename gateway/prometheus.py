@@ -6,6 +6,7 @@ the gauges come from the database so every worker reports the same totals.
 
 from __future__ import annotations
 
+import hmac
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -62,8 +63,25 @@ def count_changes(actions: list[str]) -> None:
         ENTITLEMENT_CHANGES.labels(action=action).inc()
 
 
+def is_metrics_reader(authorization: str | None, token: str | None) -> bool:
+    """Anyone when no METRICS_TOKEN is set; else only `Authorization: Bearer <token>`."""
+    if token is None:
+        return True
+    scheme, _, credentials = (authorization or "").partition(" ")
+    # Compared in constant time: the answer's timing must not tell how much of a guess matched.
+    matches = hmac.compare_digest(credentials.strip().encode(), token.encode())
+    return scheme.lower() == "bearer" and matches
+
+
 async def metrics_endpoint(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
+    if not is_metrics_reader(request.headers.get("authorization"), runtime.settings.metrics_token):
+        return Response(
+            "A bearer token is required (METRICS_TOKEN).\n",
+            401,
+            headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+            media_type="text/plain",
+        )
     now = runtime.clock()
     async with runtime.db.read() as session:
         failures = await billing.count_signature_failures(session, since=now - timedelta(days=1))

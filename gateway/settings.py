@@ -19,6 +19,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("json", "text")
 # RFC 7518 §3.2: an HS256 key must be at least as long as the hash output (256 bits).
 MIN_JWT_SECRET_BYTES = 32
+_METRICS_TOKEN = re.compile(r"[!-~]{16,256}")
 
 
 class SettingsError(Exception):
@@ -42,6 +43,8 @@ class Settings:
     analytics_events: tuple[str, ...] = ()
     cors_origins: tuple[str, ...] = ()
     jwt_jwks_url: str | None = None
+    # GET /metrics shows business counters: with a token set, only Prometheus may read them.
+    metrics_token: str | None = None
 
     @property
     def is_sqlite(self) -> bool:
@@ -112,6 +115,9 @@ class Settings:
         cors_origins = tuple(
             _cors_origin(o) for o in (get("CORS_ORIGINS") or "").split(",") if o.strip()
         )
+        metrics_token = get("METRICS_TOKEN")
+        if metrics_token is not None and not _METRICS_TOKEN.fullmatch(metrics_token):
+            raise SettingsError("METRICS_TOKEN must be 16 to 256 visible ASCII characters")
 
         return cls(
             database_url=database_url,
@@ -129,6 +135,7 @@ class Settings:
             analytics_events=analytics_events,
             cors_origins=cors_origins,
             jwt_jwks_url=jwt_jwks_url,
+            metrics_token=metrics_token,
         )
 
 

@@ -8,7 +8,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers.errors import InvalidInput
@@ -16,6 +16,8 @@ from resolvers.models import ApiKey
 
 ROLES = ("service", "support", "dashboard", "admin")
 KEY_PREFIX = "ent_"
+# PostgreSQL NOTIFY channel of revocations; the payload is the key's hash.
+KEY_REVOKED_CHANNEL = "entitlements_key_revoked"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,99}$")
 
 
@@ -72,6 +74,10 @@ async def revoke_api_key(
         return InvalidInput(field="name", reason=f"no key named {name!r}")
     if key.revoked_at is None:
         key.revoked_at = now
+    if (await session.connection()).dialect.name == "postgresql":
+        # Delivered at commit, and only then, to every gateway process listening (each drops
+        # the key from its cache at once). SQLite has no such channel: its cache entries expire.
+        await session.execute(select(func.pg_notify(KEY_REVOKED_CHANNEL, key.key_hash)))
     return key
 
 

@@ -42,7 +42,9 @@ def normalize_email(email: str) -> str:
 
 
 def check_email(email: str, field: str = "email") -> InvalidInput | None:
-    if len(email) > MAX_EMAIL_LENGTH or not _EMAIL.match(email):
+    # isprintable() is False for controls, surrogates and format characters: bidi overrides
+    # (U+202E) and zero-width ones make one address display as another in support's tools.
+    if len(email) > MAX_EMAIL_LENGTH or not _EMAIL.match(email) or not email.isprintable():
         return InvalidInput(field=field, reason="not a well-formed email address")
     return None
 

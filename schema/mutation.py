@@ -103,7 +103,7 @@ class TrackEventInput:
 
 
 ReplayWebhookEventResult = Annotated[
-    WebhookEventReplay | WebhookEventNotFound | WebhookEventFailed,
+    WebhookEventReplay | WebhookEventNotFound | WebhookEventFailed | InvalidInputError,
     strawberry.union("ReplayWebhookEventResult"),
 ]
 CheckoutResult = Annotated[

@@ -108,6 +108,8 @@ def test_a_pem_itself_is_accepted_as_jwt_public_key() -> None:
         ("CORS_ORIGINS", "*"),
         ("CORS_ORIGINS", "https://app.example.com/pricing"),
         ("CORS_ORIGINS", "https://app.example.com,app.example.com"),
+        ("METRICS_TOKEN", "too-short"),
+        ("METRICS_TOKEN", "spaces are not allowed in it"),
     ],
 )
 def test_a_bad_value_is_one_line_naming_the_variable(name: str, value: str) -> None:
@@ -118,6 +120,12 @@ def test_a_bad_value_is_one_line_naming_the_variable(name: str, value: str) -> N
     assert "\n" not in message
     # A database password never reaches a log line or a terminal.
     assert "hunter2" not in message
+
+
+def test_metrics_token_is_read() -> None:
+    assert Settings.from_env({}).metrics_token is None
+    token = "prom-scrape-0123456789abcdef"
+    assert Settings.from_env({"METRICS_TOKEN": f" {token} "}).metrics_token == token
 
 
 def test_an_unusable_jwt_public_key_is_a_settings_error_not_a_crash() -> None:

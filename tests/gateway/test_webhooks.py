@@ -216,6 +216,15 @@ async def test_stale_timestamp_is_refused(runtime, client) -> None:
     assert fresh.status_code == 200
 
 
+async def test_timestamp_from_the_future_is_refused(runtime, client) -> None:
+    user = await make_user(runtime)
+    answer = await post(client, purchase(user.id), timestamp=int(time.time()) + 301)
+    await assert_refused(runtime, answer, "timestamp outside the 300 s tolerance")
+    near = await post(client, purchase(user.id), timestamp=int(time.time()) + 200)
+    assert near.status_code == 200
+    assert await balance(runtime, user.id) > 0
+
+
 async def test_body_tampered_after_signing_is_refused(runtime, client) -> None:
     user = await make_user(runtime)
     body = json.dumps(purchase(user.id, pack="credits_100"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -215,6 +216,21 @@ async def test_metrics_endpoint_counts_requests_changes_and_signature_failures(
     assert 'entitlements_changes_total{action="credits_granted"}' in text
     assert "entitlements_webhook_signature_failures_24h 2.0" in text
     assert 'entitlements_webhook_events{status="failed"} 0.0' in text
+
+
+async def test_metrics_token_when_set_is_required_as_a_bearer_token(runtime, gql) -> None:
+    token = "prom-scrape-0123456789abcdef"
+    assert (await gql.http.get("/metrics")).status_code == 200  # unset: open
+    runtime.settings = replace(runtime.settings, metrics_token=token)
+    for authorization in (None, f"Bearer {token}x", f"Basic {token}", "Bearer ", token):
+        headers = {"Authorization": authorization} if authorization else {}
+        refused = await gql.http.get("/metrics", headers=headers)
+        assert refused.status_code == 401, authorization
+        assert refused.headers["www-authenticate"].startswith("Bearer")
+        assert "entitlements_" not in refused.text
+    allowed = await gql.http.get("/metrics", headers={"Authorization": f"bearer {token}"})
+    assert allowed.status_code == 200
+    assert "entitlements_webhook_signature_failures_24h" in allowed.text
 
 
 async def test_hostile_documents_are_refused_cheaply(gql, make_key) -> None:

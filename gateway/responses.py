@@ -1,0 +1,37 @@
+"""JSON responses that stay valid JSON whatever text a stored row holds."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from starlette.responses import JSONResponse
+
+from resolvers.text import scrub
+
+# How json.dumps writes the C0 controls but tab and line breaks (\u00XX, \b, \f). Searched
+# only when the body has a backslash at all (one memchr); a false alarm (an escaped backslash
+# followed by "u00") costs a scrub that changes nothing.
+_ESCAPED_CONTROL = re.compile(rb"\\(?:u00|b|f)")
+
+
+class SafeJSONResponse(JSONResponse):
+    """Text that should never have been stored (a NUL, a lone surrogate) is shown as U+FFFD.
+
+    A lone surrogate cannot be encoded as UTF-8 at all: left alone it turns the answer into
+    a bare 500 with no request id, for as long as the row is there.
+    """
+
+    def render(self, content: Any) -> bytes:
+        try:
+            body = _dumps(content).encode("utf-8")
+        except UnicodeEncodeError:
+            return _dumps(scrub(content)).encode("utf-8")
+        if b"\\" in body and _ESCAPED_CONTROL.search(body):
+            return _dumps(scrub(content)).encode("utf-8")
+        return body
+
+
+def _dumps(content: Any) -> str:
+    return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
