@@ -7,7 +7,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -128,6 +128,27 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+class ReplicaReads:
+    """Reads from a read replica, writes to the primary: what saved dashboard queries run on.
+
+    The replica lags the primary a little; dashboards' rollups can, a support fix cannot, so
+    only saved queries use it.
+    """
+
+    def __init__(self, primary: Database, replica: Database) -> None:
+        self.primary = primary
+        self.replica = replica
+
+    def connect(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        return self.replica.connect()
+
+    def read(self) -> AbstractAsyncContextManager[AsyncSession]:
+        return self.replica.read()
+
+    async def write(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        return await self.primary.write(work)
 
 
 def _is_loopback(url: str) -> bool:

@@ -218,6 +218,8 @@ class GraphQLRoute:
             )
 
         context = self.context(request, request_id, principal)
+        if gql.document_id is not None:
+            context.db = self.runtime.dashboard_db
         result = graphql_execute(
             self.schema._schema,
             prepared.document,

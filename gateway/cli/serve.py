@@ -12,16 +12,18 @@ from gateway.logs import configure_logging
 
 
 @click.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=int)
-@click.option("--workers", default=1, show_default=True, type=int)
+@click.option("--host", default=None, help="Listen address  [default: HOST, or 127.0.0.1]")
+@click.option(
+    "--port", default=None, type=click.IntRange(1, 65535), help="[default: PORT, or 8000]"
+)
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
 @click.option(
     "--migrate/--no-migrate",
     "migrate_first",
     default=None,
     help="Migrate before serving (default: yes on SQLite, no on PostgreSQL).",
 )
-def serve(host: str, port: int, workers: int, migrate_first: bool | None) -> None:
+def serve(host: str | None, port: int | None, workers: int, migrate_first: bool | None) -> None:
     """Serve the gateway with uvicorn."""
     import uvicorn
 
@@ -32,8 +34,8 @@ def serve(host: str, port: int, workers: int, migrate_first: bool | None) -> Non
     uvicorn.run(
         "gateway.app:create_app_from_env",
         factory=True,
-        host=host,
-        port=port,
+        host=host or settings.host,
+        port=port or settings.port,
         workers=workers,
         log_config=None,
         access_log=False,
