@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from gateway import migrate
+from gateway import migrate, multiprocess
 from gateway.auth import Authenticator
 from gateway.clock import install_test_clock
 from gateway.graphql_route import GraphQLRoute
@@ -56,7 +56,8 @@ def create_app(runtime: Runtime) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         try:
-            yield
+            async with multiprocess.worker_sampling():
+                yield
         finally:
             await runtime.close()
 

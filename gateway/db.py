@@ -21,10 +21,10 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
 
 from gateway.logs import log_entitlement_changes
-from gateway.prometheus import count_changes
+from gateway.prometheus import POOL_IN_USE, POOL_WAITING, count_changes, count_statement
 from resolvers.changes import take_changes
 from resolvers.errors import Failure
 
@@ -42,7 +42,7 @@ class Database:
     def __init__(self, url: str, *, pool_size: int = 20, echo: bool = False) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
-        kwargs: dict[str, Any] = {"echo": echo}
+        kwargs: dict[str, Any] = {"echo": echo, "poolclass": MeteredPool}
         if self.is_sqlite:
             kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
             ensure_sqlite_directory(url)
@@ -56,6 +56,7 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
             _configure_sqlite(self.engine)
+        _meter(self.engine)
         # Write transactions on SQLite take the write lock at BEGIN (IMMEDIATE): two deferred
         # transactions that both read and then write would deadlock, one failing with "busy".
         writer = self.engine.execution_options(entitlements_write=True)
@@ -149,6 +150,24 @@ class ReplicaReads:
 
     async def write(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
         return await self.primary.write(work)
+
+
+class MeteredPool(AsyncAdaptedQueuePool):
+    """The engine's pool, counting who waits for a connection (the pool has no event for it)."""
+
+    def _do_get(self) -> ConnectionPoolEntry:
+        POOL_WAITING.inc()
+        try:
+            return super()._do_get()
+        finally:
+            POOL_WAITING.dec()
+
+
+def _meter(engine: AsyncEngine) -> None:
+    """Statements per request and connections in use, for /metrics."""
+    event.listen(engine.sync_engine, "before_cursor_execute", count_statement)
+    event.listen(engine.sync_engine, "checkout", lambda *_: POOL_IN_USE.inc())
+    event.listen(engine.sync_engine, "checkin", lambda *_: POOL_IN_USE.dec())
 
 
 def _is_loopback(url: str) -> bool:

@@ -38,6 +38,7 @@ from strawberry.http.ides import get_graphql_ide_html
 from gateway import webhooks
 from gateway.auth import Authenticator
 from gateway.logs import actor_var
+from gateway.prometheus import OperationLabels
 from gateway.runtime import Runtime
 from schema.context import AuthError, BadUserInput, Context, Principal, forbidden
 
@@ -146,11 +147,14 @@ class GraphQLRoute:
         self.authenticator = authenticator
         self.documents = DocumentCache(schema)
         self.saved_queries = dict(saved_queries or {})
+        self.operation_labels = OperationLabels()
         for query_id, query in self.saved_queries.items():
             # Checked at start-up: a saved query the schema no longer accepts stops the process.
             prepared = self.documents.get(query)
             if prepared.errors:
                 raise SavedQueryError(f"saved query {query_id}: {prepared.errors[0].message}")
+            for name in prepared.operation_types:
+                self.operation_labels.label(name)
         self.graphiql_html = get_graphql_ide_html(graphql_ide="graphiql")
 
     async def handle(self, request: Request) -> Response:
@@ -217,6 +221,9 @@ class GraphQLRoute:
                 headers={"Allow": "POST"},
             )
 
+        request.state.graphql_operation = self.operation_labels.label(
+            gql.operation_name or next(iter(prepared.operation_types), None)
+        )
         context = self.context(request, request_id, principal)
         if gql.document_id is not None:
             context.db = self.runtime.dashboard_db

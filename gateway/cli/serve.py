@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from gateway import migrate
+from gateway import migrate, multiprocess
 from gateway.cli.command import (
     load_settings,
 )
@@ -31,12 +31,14 @@ def serve(host: str | None, port: int | None, workers: int, migrate_first: bool 
     if settings.is_sqlite if migrate_first is None else migrate_first:
         migrate.upgrade(settings.database_url)
     configure_logging(settings.log_level, settings.log_format)
-    uvicorn.run(
-        "gateway.app:create_app_from_env",
-        factory=True,
-        host=host or settings.host,
-        port=port or settings.port,
-        workers=workers,
-        log_config=None,
-        access_log=False,
-    )
+    # Set before the workers start: prometheus_client picks its storage when first imported.
+    with multiprocess.metrics_directory(workers):
+        uvicorn.run(
+            "gateway.app:create_app_from_env",
+            factory=True,
+            host=host or settings.host,
+            port=port or settings.port,
+            workers=workers,
+            log_config=None,
+            access_log=False,
+        )
