@@ -22,6 +22,7 @@ from gateway.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from gateway.prometheus import metrics_endpoint
 from gateway.runtime import Runtime
 from gateway.settings import Settings
+from gateway.tracing import configure_tracing, tracing_middleware
 from gateway.webhooks import stripe_webhook
 from schema import schema
 from schema.saved import load_saved_queries
@@ -70,6 +71,7 @@ def create_app(runtime: Runtime) -> Starlette:
             Route("/metrics", metrics_endpoint, methods=["GET"]),
         ],
         middleware=[
+            tracing_middleware(),
             Middleware(RequestContextMiddleware),
             Middleware(BodyLimitMiddleware),
         ],
@@ -84,7 +86,9 @@ def create_app_from_env() -> Starlette:
     install_test_clock()  # each worker process, when a test or development run asks for it
     settings = Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
-    app = create_app(Runtime.from_settings(settings))
+    runtime = Runtime.from_settings(settings)
+    configure_tracing([db.engine for db in (runtime.db, runtime.read_db) if db is not None])
+    app = create_app(runtime)
     tune_garbage_collector()
     return app
 

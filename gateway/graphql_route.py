@@ -40,6 +40,7 @@ from gateway.auth import Authenticator
 from gateway.logs import actor_var
 from gateway.prometheus import OperationLabels
 from gateway.runtime import Runtime
+from gateway.tracing import name_operation
 from schema.context import AuthError, BadUserInput, Context, Principal, forbidden
 
 log = logging.getLogger("gateway.graphql")
@@ -221,9 +222,11 @@ class GraphQLRoute:
                 headers={"Allow": "POST"},
             )
 
-        request.state.graphql_operation = self.operation_labels.label(
+        operation_label = self.operation_labels.label(
             gql.operation_name or next(iter(prepared.operation_types), None)
         )
+        request.state.graphql_operation = operation_label
+        name_operation(operation_label)
         context = self.context(request, request_id, principal)
         if gql.document_id is not None:
             context.db = self.runtime.dashboard_db
