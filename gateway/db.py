@@ -42,6 +42,7 @@ class Database:
     def __init__(self, url: str, *, pool_size: int = 20, echo: bool = False) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        self.max_connections: int | None = None  # SQLite: no server to run out of
         kwargs: dict[str, Any] = {"echo": echo, "poolclass": MeteredPool}
         if self.is_sqlite:
             kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
@@ -50,6 +51,8 @@ class Database:
             # Connections past the pool are closed when returned: under steady load that is a
             # connect (and a TLS attempt) per request, so the pool itself carries the load.
             kwargs.update(pool_size=pool_size, max_overflow=pool_size // 4, pool_pre_ping=False)
+            # The most this process opens: size workers x replicas against max_connections.
+            self.max_connections = pool_size + pool_size // 4
             if _is_loopback(url):
                 # asyncpg tries TLS first by default; on loopback there is nothing to protect.
                 kwargs["connect_args"] = {"ssl": False}
@@ -161,6 +164,10 @@ class MeteredPool(AsyncAdaptedQueuePool):
             return super()._do_get()
         finally:
             POOL_WAITING.dec()
+
+
+# SQLAlchemy names a pool's logger after its class and quiets only its own `sqlalchemy.*` ones.
+logging.getLogger(f"{MeteredPool.__module__}.{MeteredPool.__name__}").setLevel(logging.WARNING)
 
 
 def _meter(engine: AsyncEngine) -> None:
