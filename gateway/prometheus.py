@@ -60,7 +60,7 @@ REQUEST_SECONDS = Histogram(
 )
 STATEMENTS = Histogram(
     "entitlements_sql_statements_per_request",
-    "SQL statements an HTTP request sent (BEGIN and COMMIT included), by route.",
+    "SQL statements an HTTP request handed to the database driver, by route.",
     ["path"],
     buckets=(0, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89),
     registry=REGISTRY,
