@@ -26,14 +26,14 @@ def dev() -> None:
 
 
 @dev.command("seed")
-@click.option("--users", "count", required=True, type=int, help=f"1 to {MAX_SEED_USERS:,}.")
+@click.option("--users", "count", required=True, type=click.IntRange(1, MAX_SEED_USERS))
 @click.option(
     "--credits",
     "amount",
     default=100,
     show_default=True,
-    type=int,
-    help=f"Support credits granted to each user, 0 to {MAX_SEED_CREDITS:,}.",
+    type=click.IntRange(0, MAX_SEED_CREDITS),
+    help="Support credits granted to each user.",
 )
 @click.option("--force", is_flag=True, help="Seed a database that is not on this machine.")
 @click.option("--json", "as_json", is_flag=True, help="One compact JSON document on one line.")
@@ -44,11 +44,6 @@ async def seed(runtime: Runtime, count: int, amount: int, force: bool, as_json: 
     Through the same resolvers as `user create` and `adjust --grant-credits`: each user is one
     transaction with its ledger event and its entitlement_change line.
     """
-    # Checked here rather than by click: a usage error would be several lines.
-    if not 1 <= count <= MAX_SEED_USERS:
-        fail(f"--users must be 1 to {MAX_SEED_USERS}")
-    if not 0 <= amount <= MAX_SEED_CREDITS:
-        fail(f"--credits must be 0 to {MAX_SEED_CREDITS}")
     if not runtime.db.is_sqlite and make_url(runtime.db.url).host not in LOCAL_HOSTS and not force:
         fail("dev seed writes made-up users: DATABASE_URL is not on this machine (--force)")
     actor = cli_actor(source="system")

@@ -143,3 +143,12 @@ async def test_version_is_the_installed_package_version() -> None:
     shown = await entitlements(None, "--version")
     assert shown.returncode == 0
     assert shown.stdout.strip() == f"entitlements, version {version('entitlements-gateway')}"
+
+
+async def test_shell_completion_as_the_readme_shows_it() -> None:
+    script = await entitlements(None, _ENTITLEMENTS_COMPLETE="bash_source")
+    assert "complete -o nosort -F _entitlements_completion entitlements" in script.stdout
+    completed = await entitlements(
+        None, _ENTITLEMENTS_COMPLETE="bash_complete", COMP_WORDS="entitlements di", COMP_CWORD="1"
+    )
+    assert completed.stdout.split() == ["plain,diagnose"]
