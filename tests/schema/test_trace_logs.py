@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -52,6 +53,7 @@ async def test_log_lines_of_a_traced_request_carry_its_trace_id(
     traced = [line for line in lines if line.get("request_id") == "traced-1"]
     assert {line["event"] for line in traced} >= {"request", "entitlement_change"}
     assert all(line["trace_id"] == TRACE_ID for line in traced)
-    # A request without a traceparent is not folded into someone else's trace.
-    untraced = [line for line in lines if line.get("request_id") == "untraced-1"]
-    assert untraced and all(line.get("trace_id") != TRACE_ID for line in untraced)
+    # A request without a traceparent gets a trace of its own, not someone else's.
+    untraced = {line["trace_id"] for line in lines if line.get("request_id") == "untraced-1"}
+    assert len(untraced) == 1 and untraced != {TRACE_ID}
+    assert re.fullmatch(r"[0-9a-f]{32}", untraced.pop())
