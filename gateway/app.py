@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
-from gateway import graphiql, migrate
+from gateway import graphiql, migrate, multiprocess
 from gateway.auth import Authenticator
 from gateway.clock import install_test_clock
 from gateway.graphql_route import GraphQLRoute
@@ -24,6 +24,7 @@ from gateway.prometheus import metrics_endpoint
 from gateway.revocations import RevocationListener
 from gateway.runtime import Runtime
 from gateway.settings import Settings
+from gateway.tracing import configure_tracing, tracing_middleware
 from gateway.webhooks import stripe_webhook
 from schema import schema
 from schema.saved import load_saved_queries
@@ -61,7 +62,8 @@ def create_app(runtime: Runtime) -> Starlette:
         try:
             if revocations is not None:
                 await revocations.start()
-            yield
+            async with multiprocess.worker_sampling():
+                yield
         finally:
             if revocations is not None:
                 await revocations.stop()
@@ -77,6 +79,7 @@ def create_app(runtime: Runtime) -> Starlette:
             Route("/metrics", metrics_endpoint, methods=["GET"]),
         ],
         middleware=[
+            tracing_middleware(),
             Middleware(RequestContextMiddleware),
             *cors_middleware(runtime.settings.cors_origins),
             Middleware(BodyLimitMiddleware),
@@ -113,7 +116,9 @@ def create_app_from_env() -> Starlette:
     install_test_clock()  # each worker process, when a test or development run asks for it
     settings = Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
-    app = create_app(Runtime.from_settings(settings))
+    runtime = Runtime.from_settings(settings)
+    configure_tracing([db.engine for db in (runtime.db, runtime.read_db) if db is not None])
+    app = create_app(runtime)
     tune_garbage_collector()
     return app
 

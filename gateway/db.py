@@ -7,7 +7,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,10 +23,10 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
 
 from gateway.logs import log_entitlement_changes
-from gateway.prometheus import count_changes
+from gateway.prometheus import POOL_IN_USE, POOL_WAITING, count_changes, count_statement
 from resolvers.changes import take_changes
 from resolvers.errors import Failure
 
@@ -50,7 +50,8 @@ class Database:
     def __init__(self, url: str, *, pool_size: int = 20, echo: bool = False) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
-        kwargs: dict[str, Any] = {"echo": echo}
+        self.max_connections: int | None = None  # SQLite: no server to run out of
+        kwargs: dict[str, Any] = {"echo": echo, "poolclass": MeteredPool}
         if self.is_sqlite:
             kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
             ensure_sqlite_directory(url)
@@ -58,6 +59,8 @@ class Database:
             # Connections past the pool are closed when returned: under steady load that is a
             # connect (and a TLS attempt) per request, so the pool itself carries the load.
             kwargs.update(pool_size=pool_size, max_overflow=pool_size // 4, pool_pre_ping=False)
+            # The most this process opens: size workers x replicas against max_connections.
+            self.max_connections = pool_size + pool_size // 4
             if _is_loopback(url):
                 # asyncpg tries TLS first by default; on loopback there is nothing to protect.
                 kwargs["connect_args"] = {"ssl": False}
@@ -65,6 +68,7 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
             _configure_sqlite(self.engine)
+        _meter(self.engine)
         # Write transactions on SQLite take the write lock at BEGIN (IMMEDIATE): two deferred
         # transactions that both read and then write would deadlock, one failing with "busy".
         writer = self.engine.execution_options(entitlements_write=True)
@@ -148,6 +152,49 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+class ReplicaReads:
+    """Reads from a read replica, writes to the primary: what saved dashboard queries run on.
+
+    The replica lags the primary a little; dashboards' rollups can, a support fix cannot, so
+    only saved queries use it.
+    """
+
+    def __init__(self, primary: Database, replica: Database) -> None:
+        self.primary = primary
+        self.replica = replica
+
+    def connect(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        return self.replica.connect()
+
+    def read(self) -> AbstractAsyncContextManager[AsyncSession]:
+        return self.replica.read()
+
+    async def write(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        return await self.primary.write(work)
+
+
+class MeteredPool(AsyncAdaptedQueuePool):
+    """The engine's pool, counting who waits for a connection (the pool has no event for it)."""
+
+    def _do_get(self) -> ConnectionPoolEntry:
+        POOL_WAITING.inc()
+        try:
+            return super()._do_get()
+        finally:
+            POOL_WAITING.dec()
+
+
+# SQLAlchemy names a pool's logger after its class and quiets only its own `sqlalchemy.*` ones.
+logging.getLogger(f"{MeteredPool.__module__}.{MeteredPool.__name__}").setLevel(logging.WARNING)
+
+
+def _meter(engine: AsyncEngine) -> None:
+    """Statements per request and connections in use, for /metrics."""
+    event.listen(engine.sync_engine, "before_cursor_execute", count_statement)
+    event.listen(engine.sync_engine, "checkout", lambda *_: POOL_IN_USE.inc())
+    event.listen(engine.sync_engine, "checkin", lambda *_: POOL_IN_USE.dec())
 
 
 def _is_loopback(url: str) -> bool:

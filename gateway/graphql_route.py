@@ -37,7 +37,9 @@ from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter
 from gateway import graphiql, media_types, webhooks
 from gateway.auth import Authenticator
 from gateway.logs import actor_var
+from gateway.prometheus import OperationLabels
 from gateway.runtime import Runtime
+from gateway.tracing import name_operation
 from schema.context import AuthError, BadUserInput, Context, Principal, forbidden
 
 log = logging.getLogger("gateway.graphql")
@@ -145,11 +147,14 @@ class GraphQLRoute:
         self.authenticator = authenticator
         self.documents = DocumentCache(schema)
         self.saved_queries = dict(saved_queries or {})
+        self.operation_labels = OperationLabels()
         for query_id, query in self.saved_queries.items():
             # Checked at start-up: a saved query the schema no longer accepts stops the process.
             prepared = self.documents.get(query)
             if prepared.errors:
                 raise SavedQueryError(f"saved query {query_id}: {prepared.errors[0].message}")
+            for name in prepared.operation_types:
+                self.operation_labels.label(name)
 
     async def handle(self, request: Request) -> Response:
         request_id: str = request.state.request_id
@@ -224,7 +229,14 @@ class GraphQLRoute:
                 headers={"Allow": "POST"},
             )
 
+        operation_label = self.operation_labels.label(
+            gql.operation_name or next(iter(prepared.operation_types), None)
+        )
+        request.state.graphql_operation = operation_label
+        name_operation(operation_label)
         context = self.context(request, request_id, principal)
+        if gql.document_id is not None:
+            context.db = self.runtime.dashboard_db
         result = graphql_execute(
             self.schema._schema,
             prepared.document,

@@ -9,6 +9,8 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
+from opentelemetry import trace
+
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 actor_var: ContextVar[str | None] = ContextVar("actor", default=None)
 
@@ -29,6 +31,9 @@ class JsonFormatter(logging.Formatter):
             line["message"] = record.getMessage()
         if "request_id" not in line:
             line["request_id"] = request_id_var.get()
+        trace_id = current_trace_id()
+        if trace_id:
+            line["trace_id"] = trace_id
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         # Compact separators: support greps for `"action":"subscription_updated"` as written.
@@ -39,10 +44,18 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         fields = getattr(record, "fields", None)
         text = " ".join(f"{k}={v}" for k, v in fields.items()) if fields else record.getMessage()
-        line = f"{record.levelname:<7} {record.name} rid={request_id_var.get()} {text}"
+        trace_id = current_trace_id()
+        traced = f" trace={trace_id}" if trace_id else ""
+        line = f"{record.levelname:<7} {record.name} rid={request_id_var.get()}{traced} {text}"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
+
+
+def current_trace_id() -> str | None:
+    """The W3C trace id (32 hex digits) of the span being served, if any."""
+    context = trace.get_current_span().get_span_context()
+    return trace.format_trace_id(context.trace_id) if context.is_valid else None
 
 
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:

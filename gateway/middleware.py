@@ -10,7 +10,7 @@ import uuid
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.logs import actor_var, log_fields, request_id_var
-from gateway.prometheus import count_request
+from gateway.prometheus import count_request, observe_request, start_counting_statements
 
 log = logging.getLogger("gateway.access")
 
@@ -50,6 +50,7 @@ class RequestContextMiddleware:
         rid_token = request_id_var.set(request_id)
         actor_token = actor_var.set(None)
         started = time.perf_counter()
+        statements = start_counting_statements()
         status = 500
 
         async def send_with_id(message: Message) -> None:
@@ -64,7 +65,11 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            seconds = time.perf_counter() - started
             count_request(scope["path"], status)
+            # The GraphQL route names the operation it ran (gateway.graphql_route).
+            operation = scope["state"].get("graphql_operation", "none")
+            observe_request(scope["path"], operation, seconds, statements[0])
             log_fields(
                 log,
                 logging.INFO,
@@ -72,7 +77,7 @@ class RequestContextMiddleware:
                 method=scope["method"],
                 path=scope["path"],
                 status=status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                duration_ms=round(seconds * 1000, 2),
                 request_id=request_id,
                 actor=actor_var.get(),
             )

@@ -9,7 +9,7 @@ from datetime import datetime
 import stripe
 
 from gateway.clock import utc_now
-from gateway.db import Database
+from gateway.db import Database, ReplicaReads
 from gateway.settings import Settings
 from resolvers.catalog import Catalog, load_catalog
 
@@ -23,6 +23,8 @@ class Runtime:
     # Set when STRIPE_API_KEY is: Checkout, Portal, fetching subscriptions (async calls only).
     stripe: stripe.StripeClient | None = None
     stripe_http: stripe.HTTPClient | None = None  # the client's connection pool, closed with us
+    # DATABASE_READ_URL: the replica saved dashboard queries read from.
+    read_db: Database | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, *, pool_size: int = 20) -> Runtime:
@@ -35,11 +37,23 @@ class Runtime:
             catalog=catalog,
             stripe=stripe_client,
             stripe_http=stripe_http,
+            read_db=(
+                Database(settings.database_read_url, pool_size=pool_size)
+                if settings.database_read_url
+                else None
+            ),
         )
+
+    @property
+    def dashboard_db(self) -> Database | ReplicaReads:
+        """Where saved dashboard queries run: the read replica when one is configured."""
+        return self.db if self.read_db is None else ReplicaReads(self.db, self.read_db)
 
     async def close(self) -> None:
         if self.stripe_http is not None:
             await self.stripe_http.close_async()
+        if self.read_db is not None:
+            await self.read_db.dispose()
         await self.db.dispose()
 
 

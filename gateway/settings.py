@@ -14,6 +14,8 @@ from cryptography.hazmat.primitives import serialization
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./entitlements.db"
 DEFAULT_APP_BASE_URL = "http://localhost:5173"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
 DEFAULT_CATALOG = Path(__file__).resolve().parent.parent / "resolvers" / "catalog.toml"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("json", "text")
@@ -45,6 +47,9 @@ class Settings:
     jwt_jwks_url: str | None = None
     # GET /metrics shows business counters: with a token set, only Prometheus may read them.
     metrics_token: str | None = None
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    database_read_url: str | None = None
 
     @property
     def is_sqlite(self) -> bool:
@@ -58,12 +63,13 @@ class Settings:
             value = env.get(name, "").strip()
             return value or None
 
-        database_url = get("DATABASE_URL") or DEFAULT_DATABASE_URL
-        if not database_url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
-            raise SettingsError(
-                "DATABASE_URL must start with sqlite+aiosqlite:// or postgresql+asyncpg://"
-                f" (got {database_url.split('://')[0]}://…)"
-            )
+        database_url = async_database_url(
+            "DATABASE_URL", get("DATABASE_URL") or DEFAULT_DATABASE_URL
+        )
+        database_read_url = get("DATABASE_READ_URL")
+        if database_read_url:
+            database_read_url = async_database_url("DATABASE_READ_URL", database_read_url)
+        host, port = _listen_address(get("HOST"), get("PORT"))
 
         catalog_path = Path(get("ENTITLEMENTS_CATALOG") or DEFAULT_CATALOG)
         if not catalog_path.is_file():
@@ -136,7 +142,45 @@ class Settings:
             cors_origins=cors_origins,
             jwt_jwks_url=jwt_jwks_url,
             metrics_token=metrics_token,
+            host=host,
+            port=port,
+            database_read_url=database_read_url,
         )
+
+
+# The URLs operators and platforms hand out name no driver; the gateway runs on the async ones.
+ASYNC_DRIVERS = {
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+}
+
+
+def async_database_url(name: str, url: str) -> str:
+    """`url` with the async driver named: `postgresql://` and `sqlite:///` are accepted too."""
+    scheme, separator, rest = url.partition("://")
+    driver = ASYNC_DRIVERS.get(scheme.lower()) if separator else None
+    if driver is None:
+        # Only a scheme is shown: the rest may carry a password.
+        shown = scheme if separator and re.fullmatch(r"[A-Za-z0-9+.\-]{1,40}", scheme) else "?"
+        raise SettingsError(
+            f"{name} must start with postgresql://, sqlite:///, postgresql+asyncpg:// or"
+            f" sqlite+aiosqlite:/// (got {shown}://…)"
+        )
+    return f"{driver}://{rest}"
+
+
+def _listen_address(host: str | None, port: str | None) -> tuple[str, int]:
+    host = host or DEFAULT_HOST
+    if any(c.isspace() or c in "/?#@" for c in host):
+        raise SettingsError(f"HOST must be an address or a host name (got {host[:64]!r})")
+    if port is None:
+        return host, DEFAULT_PORT
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise SettingsError(f"PORT must be a number from 1 to 65535 (got {port[:16]!r})")
+    return host, int(port)
 
 
 def _load_public_key(value: str) -> str:

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from gateway.logs import log_fields
+from gateway.prometheus import WEBHOOK_SECONDS
 from gateway.runtime import Runtime
 from resolvers import billing
 from resolvers.errors import StripeEventFailed, StripeEventNotFound
@@ -105,6 +106,7 @@ async def process_stripe_event(
     runtime: Runtime, event: dict[str, Any], request_id: str | None
 ) -> billing.StripeEventOutcome | StripeEventFailed:
     """Store and apply one delivery in one transaction; on failure record it in a second."""
+    started = time.perf_counter()
     now = runtime.clock()
     result = await _apply_or_record(
         runtime,
@@ -121,6 +123,11 @@ async def process_stripe_event(
         event,
     )
     _log_outcome(event["id"], event["type"], result)
+    if isinstance(result, StripeEventFailed):
+        outcome = "failed"
+    else:
+        outcome = "duplicate" if result.duplicate else result.status  # type: ignore[union-attr]
+    WEBHOOK_SECONDS.labels(outcome=outcome).observe(time.perf_counter() - started)
     return result  # type: ignore[return-value]
 
 

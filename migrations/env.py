@@ -9,7 +9,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from gateway.settings import DEFAULT_DATABASE_URL
+from gateway.settings import DEFAULT_DATABASE_URL, async_database_url
 from resolvers.models import Base
 
 config = context.config
@@ -17,11 +17,12 @@ target_metadata = Base.metadata
 
 
 def database_url() -> str:
-    return (
+    url = (
         config.get_main_option("sqlalchemy.url")
         or os.environ.get("DATABASE_URL")
         or DEFAULT_DATABASE_URL
     )
+    return async_database_url("DATABASE_URL", url)
 
 
 def run_with(connection: Connection) -> None:

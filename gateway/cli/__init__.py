@@ -6,12 +6,26 @@ import sys
 
 import click
 
-from gateway.cli import adjust, allowances, db, keys, metrics, payments, sdl, serve, users, webhooks
+from gateway.cli import (
+    adjust,
+    allowances,
+    db,
+    dev,
+    insights,
+    keys,
+    metrics,
+    payments,
+    sdl,
+    serve,
+    users,
+    webhooks,
+)
 from gateway.cli.command import fail
 from gateway.clock import ClockSettingError, install_test_clock
 
 
 @click.group()
+@click.version_option(package_name="entitlements-gateway", prog_name="entitlements")
 def main() -> None:
     """Entitlements gateway: plan tiers, AI credits, payments and Stripe billing state."""
     try:
@@ -31,6 +45,9 @@ for command in (
     metrics.metrics_command,
     webhooks.webhooks,
     payments.payment,
+    insights.diagnose_command,
+    insights.analytics_command,
+    dev.dev,
 ):
     main.add_command(command)
 

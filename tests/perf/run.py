@@ -41,7 +41,7 @@ import httpx
 
 from gateway.settings import DEFAULT_CATALOG
 from resolvers.catalog import Catalog, load_catalog
-from tests.perf import counting, drivers, gcwatch, profiling, report, seed, verify
+from tests.perf import chart, counting, drivers, gcwatch, profiling, report, seed, verify
 from tests.perf.scenarios import (
     BASELINE,
     GATEWAY,
@@ -679,6 +679,8 @@ class Bench:
             },
         )
         print(f"\nwritten: {path}")
+        if self.rows:
+            print(f"chart: {chart.draw(self.rows, path.with_suffix('.png')).path}")
         return 0 if all(c["ok"] for c in self.checks) else 1
 
     def cleanup(self) -> None:
