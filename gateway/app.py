@@ -16,7 +16,7 @@ from starlette.routing import Route
 from gateway import migrate
 from gateway.auth import Authenticator
 from gateway.clock import install_test_clock
-from gateway.graphql_route import GraphQLRoute
+from gateway.graphql.route import GraphQLRoute
 from gateway.logs import configure_logging
 from gateway.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from gateway.prometheus import metrics_endpoint
