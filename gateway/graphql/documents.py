@@ -1,7 +1,8 @@
-"""Documents: each distinct query string parsed and validated once, in a bounded cache."""
+"""Documents: each distinct query string parsed and validated once, in a cache bounded in bytes."""
 
 from __future__ import annotations
 
+import gc
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -11,23 +12,38 @@ import strawberry
 from graphql import (
     DocumentNode,
     GraphQLError,
+    GraphQLSyntaxError,
     OperationDefinitionNode,
     OperationType,
     parse,
     specified_rules,
     validate,
 )
-from graphql.language import FieldNode, visit
+from graphql.language import FieldNode, Node, visit
 from graphql.language.visitor import Visitor
+from graphql.validation.validate import ValidationAbortedError
 from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter
 
 MAX_DEPTH = 10
 MAX_ALIASES = 30
-MAX_TOKENS = 2_000
-# One string literal is one token, so tokens alone do not bound a document's size, nor what
-# the document cache holds: 500 entries of at most 20 KB.
+# Tokens of a document not yet cached. Parsing stops at the budget, so a refusal costs at most
+# that much; validation grows faster than linearly (overlapping fields compare pairs), so
+# callers without a key get a budget several times their largest real document (~60 tokens)
+# and far below what staff write in GraphiQL.
+STAFF_MAX_TOKENS = 2_000
+PUBLIC_MAX_TOKENS = 300
+# One string literal is one token, so tokens alone do not bound a document's size.
 MAX_QUERY_BYTES = 20_000
-DOCUMENT_CACHE_SIZE = 500
+DOCUMENT_CACHE_BYTES = 32 * 1024 * 1024
+# Measured with tracemalloc over graphql-core 3.3's trees (tests/schema/test_documents.py keeps
+# the estimate above the measurement): each token and each node keeps ~300-400 bytes alive (the
+# tokens form a linked list the locations point into), the text is held up to six times (the
+# key, source, token values, node values), and a validated document has up to ~35 KB of fixed
+# cost; a syntax error keeps only its text and the error.
+_BYTES_PER_DOCUMENT = 40_000
+_BYTES_PER_SYNTAX_ERROR = 4_000
+_BYTES_PER_TOKEN_OR_NODE = 400
+_BYTES_PER_CHARACTER = 6
 
 
 @dataclass(frozen=True)
@@ -38,53 +54,126 @@ class PreparedDocument:
     errors: tuple[GraphQLError, ...]
     uses_introspection: bool
     operation_types: Mapping[str | None, OperationType]
+    estimated_bytes: int
+    # Parsing stopped at the caller's token budget: not cached, a larger budget may accept it.
+    over_budget: bool = False
+
+    @property
+    def error_code(self) -> str:
+        return "GRAPHQL_PARSE_FAILED" if self.document is None else "GRAPHQL_VALIDATION_FAILED"
 
 
-class _IntrospectionFinder(Visitor):
+class _DocumentSurvey(Visitor):
+    """One pass over the tree: does it introspect, and how many nodes does it hold."""
+
     def __init__(self) -> None:
         super().__init__()
-        self.found = False
+        self.uses_introspection = False
+        self.nodes = 0
 
-    def enter_field(self, node: FieldNode, *_: Any) -> None:
-        if node.name.value in ("__schema", "__type"):
-            self.found = True
+    def enter(self, node: Node, *_: Any) -> None:
+        self.nodes += 1
+        if isinstance(node, FieldNode) and node.name.value in ("__schema", "__type"):
+            self.uses_introspection = True
 
 
 class DocumentCache:
-    """Parse and validate each distinct query once. Bounded: clients cannot grow it forever."""
+    """Parse and validate each distinct query once, keeping at most `max_bytes` of trees.
 
-    def __init__(self, schema: strawberry.Schema, maxsize: int = DOCUMENT_CACHE_SIZE) -> None:
+    Parsed trees are reference cycles (their tokens link both ways), which the tuned collector
+    (gateway.app.tune_garbage_collector) rarely sweeps: evicted trees are collected here once a
+    quarter of the cache has been evicted, so churn cannot grow the process.
+    """
+
+    def __init__(self, schema: strawberry.Schema, max_bytes: int = DOCUMENT_CACHE_BYTES) -> None:
         self.graphql_schema = schema._schema
-        self.maxsize = maxsize
+        self.max_bytes = max_bytes
         self.rules = [
             *specified_rules,
             *QueryDepthLimiter(max_depth=MAX_DEPTH).validation_rules,
             *MaxAliasesLimiter(max_alias_count=MAX_ALIASES).validation_rules,
         ]
         self._items: OrderedDict[str, PreparedDocument] = OrderedDict()
+        self.estimated_bytes = 0
+        self._evicted_bytes = 0
 
-    def get(self, query: str) -> PreparedDocument:
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def cached(self, query: str) -> PreparedDocument | None:
         prepared = self._items.get(query)
         if prepared is not None:
             self._items.move_to_end(query)
-            return prepared
-        prepared = self.prepare(query)
-        self._items[query] = prepared
-        if len(self._items) > self.maxsize:
-            self._items.popitem(last=False)
         return prepared
 
-    def prepare(self, query: str) -> PreparedDocument:
+    def add(self, query: str, *, max_tokens: int = STAFF_MAX_TOKENS) -> PreparedDocument:
+        """Prepare a document not yet cached and keep it, unless it ran over the budget."""
+        prepared = self.prepare(query, max_tokens=max_tokens)
+        if prepared.over_budget or prepared.estimated_bytes > self.max_bytes:
+            return prepared
+        previous = self._items.pop(query, None)
+        if previous is not None:
+            self.estimated_bytes -= previous.estimated_bytes
+        self._items[query] = prepared
+        self.estimated_bytes += prepared.estimated_bytes
+        while self.estimated_bytes > self.max_bytes:
+            _, evicted = self._items.popitem(last=False)
+            self.estimated_bytes -= evicted.estimated_bytes
+            self._evicted_bytes += evicted.estimated_bytes
+        if self._evicted_bytes > self.max_bytes // 4:
+            self._evicted_bytes = 0
+            gc.collect()
+        return prepared
+
+    def prepare(self, query: str, *, max_tokens: int = STAFF_MAX_TOKENS) -> PreparedDocument:
         try:
-            document = parse(query, max_tokens=MAX_TOKENS)
-        except GraphQLError as error:
-            return PreparedDocument(None, (error,), False, {})
-        errors = validate(self.graphql_schema, document, self.rules)
-        finder = _IntrospectionFinder()
-        visit(document, finder)
+            document = parse(query, max_tokens=max_tokens)
+        except GraphQLSyntaxError as error:
+            over_budget = "Parsing aborted" in error.message
+            if over_budget:
+                error = GraphQLSyntaxError(
+                    error.source,
+                    error.positions[0] if error.positions else 0,
+                    f"The document has more than {max_tokens} tokens, the limit for a new"
+                    " document from this caller. Send values as variables, or use a saved query.",
+                )
+            # The traceback would keep the parser's frames, and all its tokens, alive.
+            error = error.with_traceback(None)
+            error.__context__ = None
+            size = _BYTES_PER_SYNTAX_ERROR + _BYTES_PER_CHARACTER * len(query)
+            return PreparedDocument(None, (error,), False, {}, size, over_budget)
+        errors = [_clear(error) for error in validate(self.graphql_schema, document, self.rules)]
+        survey = _DocumentSurvey()
+        visit(document, survey)
         operations = {
             (d.name.value if d.name else None): d.operation
             for d in document.definitions
             if isinstance(d, OperationDefinitionNode)
         }
-        return PreparedDocument(document, tuple(errors), finder.found, operations)
+        size = (
+            _BYTES_PER_DOCUMENT
+            + _BYTES_PER_TOKEN_OR_NODE * (_count_tokens(document) + survey.nodes)
+            + _BYTES_PER_CHARACTER * len(query)
+        )
+        return PreparedDocument(
+            document, tuple(errors), survey.uses_introspection, operations, size
+        )
+
+
+def _count_tokens(document: DocumentNode) -> int:
+    token = document.loc.start_token if document.loc else None
+    count = 0
+    while token is not None:
+        count += 1
+        token = token.next
+    return count
+
+
+def _clear(error: GraphQLError) -> GraphQLError:
+    """graphql-core says only "Validation aborted." when a document costs too much to check."""
+    if isinstance(error, ValidationAbortedError) and "error limit" not in error.message:
+        return GraphQLError(
+            "The document is too costly to validate (validation aborted):"
+            " use fewer repeated fields and fragments."
+        )
+    return error

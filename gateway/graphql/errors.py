@@ -24,17 +24,18 @@ def error_body(message: str, code: str, request_id: str) -> dict[str, Any]:
 
 
 def graphql_error(
-    error: GraphQLError, request_id: str, *, suggestions: bool = True
+    error: GraphQLError, request_id: str, *, suggestions: bool = True, code: str | None = None
 ) -> dict[str, Any]:
-    """The error as the client sees it: ours keep their code; anything unexpected is masked."""
+    """The error as the client sees it: ours keep their code; anything unexpected is masked.
+
+    Without `suggestions`, graphql-core's "Did you mean …?" hints are cut from its messages:
+    they would hand out the schema that introspection withholds.
+    """
     original = error.original_error
     if original is None:
-        code = "GRAPHQL_VALIDATION_FAILED" if error.nodes else "GRAPHQL_PARSE_FAILED"
+        code = code or ("GRAPHQL_VALIDATION_FAILED" if error.nodes else "GRAPHQL_PARSE_FAILED")
         body = error.formatted
         body["extensions"] = {**(body.get("extensions") or {}), "code": code}
-        if not suggestions:
-            # "Did you mean 'grantCredits'?" would hand out the schema introspection withholds.
-            body["message"] = _SUGGESTION.sub("", body["message"]).rstrip()
     elif isinstance(original, AuthError):
         body = {"message": str(original), "path": error.path, "extensions": {"code": original.code}}
     elif isinstance(original, BadUserInput):
@@ -54,6 +55,8 @@ def graphql_error(
             "path": error.path,
             "extensions": {"code": "INTERNAL_SERVER_ERROR"},
         }
+    if not suggestions and isinstance(body.get("message"), str):
+        body["message"] = _SUGGESTION.sub("", body["message"]).rstrip()
     body["extensions"]["requestId"] = request_id
     if body.get("path") is None:
         body.pop("path", None)

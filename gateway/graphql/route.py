@@ -20,9 +20,16 @@ from strawberry.http.ides import get_graphql_ide_html
 
 from gateway import webhooks
 from gateway.auth import Authenticator
-from gateway.graphql.documents import MAX_QUERY_BYTES, DocumentCache, PreparedDocument
+from gateway.graphql.documents import (
+    MAX_QUERY_BYTES,
+    PUBLIC_MAX_TOKENS,
+    STAFF_MAX_TOKENS,
+    DocumentCache,
+    PreparedDocument,
+)
 from gateway.graphql.errors import error_body, graphql_error, json_response
 from gateway.graphql.requests import RequestError, read_request, wants_html
+from gateway.graphql.throttle import DocumentThrottle
 from gateway.logs import actor_var
 from gateway.runtime import Runtime
 from schema.context import AuthError, Context, Principal, forbidden
@@ -44,12 +51,16 @@ class GraphQLRoute:
         self.runtime = runtime
         self.authenticator = authenticator
         self.documents = DocumentCache(schema)
+        self.throttle = DocumentThrottle()
         self.saved_queries = dict(saved_queries or {})
+        # Kept apart from the cache: dashboards' documents are never evicted nor throttled.
+        self.saved_documents: dict[str, PreparedDocument] = {}
         for query_id, query in self.saved_queries.items():
             # Checked at start-up: a saved query the schema no longer accepts stops the process.
-            prepared = self.documents.get(query)
+            prepared = self.documents.prepare(query)
             if prepared.errors:
                 raise SavedQueryError(f"saved query {query_id}: {prepared.errors[0].message}")
+            self.saved_documents[query_id] = prepared
         self.graphiql_html = get_graphql_ide_html(graphql_ide="graphiql")
 
     async def handle(self, request: Request) -> Response:
@@ -68,10 +79,10 @@ class GraphQLRoute:
             return json_response({"errors": [error_body(str(error), error.code, request_id)]})
         actor_var.set(principal.name if principal else None)
 
-        query = gql.query
+        staff = principal is not None and principal.is_staff
         if gql.document_id is not None:
-            query = self.saved_queries.get(gql.document_id)
-            if query is None:
+            prepared = self.saved_documents.get(gql.document_id)
+            if prepared is None:
                 return json_response(
                     {
                         "errors": [
@@ -84,20 +95,29 @@ class GraphQLRoute:
                 )
         elif principal is not None and principal.role == "dashboard":
             return self.refuse(forbidden("Dashboard keys may run saved queries only"), request_id)
-        if not query:
-            return json_response(
-                {"errors": [error_body("No query given", "BAD_REQUEST", request_id)]}, 400
-            )
-        if len(query) > MAX_QUERY_BYTES:
-            message = f"Query longer than {MAX_QUERY_BYTES} characters: use variables"
-            return json_response({"errors": [error_body(message, "BAD_REQUEST", request_id)]}, 400)
+        else:
+            query = gql.query
+            if not query:
+                return json_response(
+                    {"errors": [error_body("No query given", "BAD_REQUEST", request_id)]}, 400
+                )
+            if len(query) > MAX_QUERY_BYTES:
+                message = f"Query longer than {MAX_QUERY_BYTES} characters: use variables"
+                return json_response(
+                    {"errors": [error_body(message, "BAD_REQUEST", request_id)]}, 400
+                )
+            prepared_or_refusal = self.prepare(request, query, staff=staff)
+            if isinstance(prepared_or_refusal, Response):
+                return prepared_or_refusal
+            prepared = prepared_or_refusal
 
-        prepared = self.documents.get(query)
         if prepared.errors or prepared.document is None:
-            staff = principal is not None and principal.is_staff
-            errors = [graphql_error(e, request_id, suggestions=staff) for e in prepared.errors]
+            errors = [
+                graphql_error(e, request_id, suggestions=staff, code=prepared.error_code)
+                for e in prepared.errors
+            ]
             return json_response({"errors": errors})
-        if prepared.uses_introspection and (principal is None or not principal.is_staff):
+        if prepared.uses_introspection and not staff:
             return self.refuse(forbidden("Introspection is for staff keys"), request_id)
         operation = pick_operation(prepared, gql.operation_name)
         if operation is None:
@@ -123,17 +143,41 @@ class GraphQLRoute:
             context_value=context,
             variable_values=gql.variables,
             operation_name=gql.operation_name,
+            hide_suggestions=not staff,
         )
         if not isinstance(result, ExecutionResult):
             result = await result
         body: dict[str, Any] = {"data": result.data}
         if result.errors:
-            body["errors"] = [graphql_error(e, request_id) for e in result.errors]
+            body["errors"] = [
+                graphql_error(e, request_id, suggestions=staff) for e in result.errors
+            ]
         headers = None
         if request.method == "GET" and gql.document_id is not None and not result.errors:
             # Saved dashboard queries by GET may be cached by the browser or a private proxy.
             headers = {"Cache-Control": "private, max-age=30", "Vary": "Authorization"}
         return json_response(body, headers=headers)
+
+    def prepare(self, request: Request, query: str, *, staff: bool) -> PreparedDocument | Response:
+        """The cached document, or a new one within the caller's budgets (429 past them)."""
+        prepared = self.documents.cached(query)
+        if prepared is not None:
+            return prepared
+        if staff:
+            return self.documents.add(query, max_tokens=STAFF_MAX_TOKENS)
+        address = request.client.host if request.client else "unknown"
+        wait = self.throttle.admit(address)
+        if wait is not None:
+            message = (
+                "Too many new documents: send documents the gateway has seen, or retry after"
+                f" {wait} s"
+            )
+            return json_response(
+                {"errors": [error_body(message, "RATE_LIMITED", request.state.request_id)]},
+                429,
+                headers={"Retry-After": str(wait)},
+            )
+        return self.documents.add(query, max_tokens=PUBLIC_MAX_TOKENS)
 
     def context(self, request: Request, request_id: str, principal: Principal | None) -> Context:
         runtime = self.runtime
