@@ -12,10 +12,13 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from gateway import migrate
 from gateway.auth import Authenticator
 from gateway.clock import install_test_clock
+from gateway.db import is_unreachable
+from gateway.failures import EXCEPTION_HANDLERS, RETRY_AFTER_SECONDS
 from gateway.graphql.route import GraphQLRoute
 from gateway.logs import configure_logging
 from gateway.middleware import BodyLimitMiddleware, RequestContextMiddleware
@@ -40,13 +43,33 @@ async def readyz(request: Request) -> JSONResponse:
             await connection.execute(text("SELECT 1"))
         current = await migrate.current_revision(runtime.db.engine)
     except Exception as exc:  # any database fault means "not ready", never a 500
-        return JSONResponse({"status": "unavailable", "reason": type(exc).__name__}, 503)
+        code = "DATABASE_UNAVAILABLE" if is_unreachable(exc) else "DATABASE_ERROR"
+        return _not_ready(request, code, type(exc).__name__)
     head = migrate.head_revision()
     if current != head:
-        return JSONResponse(
-            {"status": "unavailable", "reason": f"migrations at {current}, head is {head}"}, 503
-        )
+        return _not_ready(request, "MIGRATIONS_PENDING", f"migrations at {current}, head is {head}")
     return JSONResponse({"status": "ok", "revision": current})
+
+
+def _not_ready(request: Request, code: str, reason: str) -> JSONResponse:
+    body = {
+        "status": "unavailable",
+        "reason": reason,
+        "code": code,
+        "requestId": request.state.request_id,
+    }
+    return JSONResponse(body, 503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+class Gateway(Starlette):
+    """Starlette with the request-id middleware outside its error middleware.
+
+    Starlette always puts its own error middleware outermost; an error answered there would
+    carry no X-Request-ID.
+    """
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return RequestContextMiddleware(super().build_middleware_stack())
 
 
 def create_app(runtime: Runtime) -> Starlette:
@@ -60,7 +83,7 @@ def create_app(runtime: Runtime) -> Starlette:
         finally:
             await runtime.close()
 
-    app = Starlette(
+    app = Gateway(
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
@@ -68,10 +91,8 @@ def create_app(runtime: Runtime) -> Starlette:
             Route("/api/billing/webhook", stripe_webhook, methods=["POST"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
         ],
-        middleware=[
-            Middleware(RequestContextMiddleware),
-            Middleware(BodyLimitMiddleware),
-        ],
+        middleware=[Middleware(BodyLimitMiddleware)],
+        exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
     app.state.runtime = runtime

@@ -10,11 +10,13 @@ from typing import Any
 from graphql import GraphQLError
 from starlette.responses import JSONResponse, Response
 
+from gateway.db import DatabaseUnavailable
 from schema.context import AuthError, BadUserInput
 
 log = logging.getLogger("gateway.graphql")
 
 MASKED_MESSAGE = "Unexpected error."
+UNAVAILABLE_MESSAGE = "The database cannot be reached; nothing was changed. Retry shortly."
 
 _SUGGESTION = re.compile(r"\s*Did you mean .*$", re.DOTALL)
 
@@ -36,6 +38,12 @@ def graphql_error(
         code = code or ("GRAPHQL_VALIDATION_FAILED" if error.nodes else "GRAPHQL_PARSE_FAILED")
         body = error.formatted
         body["extensions"] = {**(body.get("extensions") or {}), "code": code}
+    elif isinstance(original, DatabaseUnavailable):
+        body = {
+            "message": UNAVAILABLE_MESSAGE,
+            "path": error.path,
+            "extensions": {"code": "DATABASE_UNAVAILABLE"},
+        }
     elif isinstance(original, AuthError):
         body = {"message": str(original), "path": error.path, "extensions": {"code": original.code}}
     elif isinstance(original, BadUserInput):

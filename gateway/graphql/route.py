@@ -20,6 +20,8 @@ from strawberry.http.ides import get_graphql_ide_html
 
 from gateway import webhooks
 from gateway.auth import Authenticator
+from gateway.db import DatabaseUnavailable
+from gateway.failures import RETRY_AFTER_SECONDS
 from gateway.graphql.documents import (
     MAX_QUERY_BYTES,
     PUBLIC_MAX_TOKENS,
@@ -148,15 +150,18 @@ class GraphQLRoute:
         if not isinstance(result, ExecutionResult):
             result = await result
         body: dict[str, Any] = {"data": result.data}
+        headers: dict[str, str] | None = None
+        status = 200
         if result.errors:
             body["errors"] = [
                 graphql_error(e, request_id, suggestions=staff) for e in result.errors
             ]
-        headers = None
-        if request.method == "GET" and gql.document_id is not None and not result.errors:
+            if any(isinstance(e.original_error, DatabaseUnavailable) for e in result.errors):
+                status, headers = 503, {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        elif request.method == "GET" and gql.document_id is not None:
             # Saved dashboard queries by GET may be cached by the browser or a private proxy.
             headers = {"Cache-Control": "private, max-age=30", "Vary": "Authorization"}
-        return json_response(body, headers=headers)
+        return json_response(body, status, headers=headers)
 
     def prepare(self, request: Request, query: str, *, staff: bool) -> PreparedDocument | Response:
         """The cached document, or a new one within the caller's budgets (429 past them)."""
