@@ -35,11 +35,12 @@ PUBLIC_MAX_TOKENS = 300
 # One string literal is one token, so tokens alone do not bound a document's size.
 MAX_QUERY_BYTES = 20_000
 DOCUMENT_CACHE_BYTES = 32 * 1024 * 1024
-# Measured with tracemalloc over graphql-core 3.3's trees (tests/schema/test_documents.py keeps
-# the estimate above the measurement): each token and each node keeps ~300-400 bytes alive (the
-# tokens form a linked list the locations point into), the text is held up to six times (the
-# key, source, token values, node values), and a validated document has up to ~35 KB of fixed
-# cost; a syntax error keeps only its text and the error.
+# From tracemalloc over graphql-core 3.3's trees (tests/schema/test_documents.py keeps the
+# estimate above the measurement): tokens and nodes keep ~150-200 bytes alive each (the tokens
+# form a linked list the locations point into), the text is held several times (the key, the
+# source, token and node values), and a validated document has ~15 KB of fixed cost. The
+# constants are about twice that: a first use of a shape allocates more, and an estimate that
+# runs low would let the cache outgrow its bound.
 _BYTES_PER_DOCUMENT = 40_000
 _BYTES_PER_SYNTAX_ERROR = 4_000
 _BYTES_PER_TOKEN_OR_NODE = 400
