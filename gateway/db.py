@@ -16,6 +16,7 @@ import asyncpg
 from sqlalchemy import event, make_url
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -44,6 +45,46 @@ _ADAPTER_ONLY_PARAMETERS = (
     "prepared_statement_name_func",
     "async_creator_fn",
 )
+
+
+# PostgreSQL: connection exceptions (class 08), and the server shutting down or starting up.
+_UNREACHABLE_SQLSTATES = {"57P01", "57P02", "57P03"}
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached (refused, gone, timed out): nothing was done; retry."""
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether `exc` says the database could not be reached, rather than refused a statement."""
+    if isinstance(exc, DatabaseUnavailable | PoolTimeout | TimeoutError):
+        return True
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        exc = exc.orig if exc.orig is not None else exc
+        if "unable to open database file" in str(exc):
+            return True
+    # asyncpg raises its connect errors unwrapped: OSError (refused), or its own with a state.
+    for candidate in (exc, exc.__cause__):
+        if isinstance(candidate, OSError):
+            return True
+        state = getattr(candidate, "sqlstate", None)
+        if isinstance(state, str) and (state.startswith("08") or state in _UNREACHABLE_SQLSTATES):
+            return True
+    return False
+
+
+@asynccontextmanager
+async def _reachable() -> AsyncIterator[None]:
+    try:
+        yield
+    except DatabaseUnavailable:
+        raise
+    except Exception as exc:
+        if is_unreachable(exc):
+            raise DatabaseUnavailable(type(exc).__name__) from exc
+        raise
 
 
 class Database:
@@ -98,13 +139,13 @@ class Database:
         On PostgreSQL it runs in autocommit, which saves the BEGIN and ROLLBACK round trips a
         single SELECT does not need; SQLite reads need no transaction either way.
         """
-        async with self._reader.connect() as conn:
+        async with _reachable(), self._reader.connect() as conn:
             yield conn
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
         """A session for reads; it never commits."""
-        async with self._read_sessions() as session:
+        async with _reachable(), self._read_sessions() as session:
             yield session
 
     async def write(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
@@ -113,8 +154,13 @@ class Database:
         Retried from the start on a lost race (deadlock, serialization failure, a unique key a
         concurrent transaction took first, SQLite busy); `work` must therefore only touch the
         database through the session it is given. The `entitlement_change` lines the work
-        queued are logged after the commit, and only then.
+        queued are logged after the commit, and only then. A database that cannot be reached
+        raises DatabaseUnavailable.
         """
+        async with _reachable():
+            return await self._write(work)
+
+    async def _write(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             async with self._write_sessions() as session:
                 try:

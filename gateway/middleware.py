@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -31,7 +32,12 @@ def pick_request_id(client_value: str | None) -> str:
 
 
 class RequestContextMiddleware:
-    """Sets the request id (header in, header out, log context) and logs one line per request."""
+    """Sets the request id (header in, header out, log context) and logs one line per request.
+
+    The outermost layer (gateway.app.Gateway puts it outside Starlette's error middleware), so
+    every answer carries the id, and an exception is logged here once with it. An exception
+    that escapes after a complete answer is not passed on: uvicorn would close the connection.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -52,18 +58,25 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         statements = start_counting_statements()
         status = 500
+        answered = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, answered
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = [(k, v) for k, v in message.get("headers", []) if k != b"x-request-id"]
                 headers.append((b"x-request-id", request_id.encode("latin-1")))
                 message = {**message, "headers": headers}
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                answered = True
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            log.exception("unhandled error in %s %s", scope["method"], scope["path"])
+            if not answered:
+                raise
         finally:
             seconds = time.perf_counter() - started
             count_request(scope["path"], status)
@@ -96,9 +109,10 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        request_id = scope.get("state", {}).get("request_id", "")
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await _too_large(send, self.max_bytes)
+                await _too_large(send, self.max_bytes, request_id)
                 return
         received = 0
 
@@ -114,15 +128,21 @@ class BodyLimitMiddleware:
         try:
             await self.app(scope, limited_receive, send)
         except BodyTooLarge:
-            await _too_large(send, self.max_bytes)
+            await _too_large(send, self.max_bytes, request_id)
 
 
 class BodyTooLarge(Exception):
     pass
 
 
-async def _too_large(send: Send, limit: int) -> None:
-    body = f'{{"error":"request body over {limit} bytes"}}'.encode()
+async def _too_large(send: Send, limit: int, request_id: str) -> None:
+    body = json.dumps(
+        {
+            "error": f"request body over {limit} bytes",
+            "code": "BODY_TOO_LARGE",
+            "requestId": request_id,
+        }
+    ).encode()
     await send(
         {
             "type": "http.response.start",

@@ -10,6 +10,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import stripe
@@ -17,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from gateway.db import DatabaseUnavailable
 from gateway.logs import log_fields
 from gateway.prometheus import WEBHOOK_SECONDS
 from gateway.runtime import Runtime
@@ -71,12 +73,14 @@ def _signed_at(header: str) -> int:
 async def stripe_webhook(request: Request) -> JSONResponse:
     runtime: Runtime = request.app.state.runtime
     request_id: str | None = getattr(request.state, "request_id", None)
+    answer = partial(_answer, request_id=request_id)
     secrets = runtime.settings.stripe_webhook_secrets
     if not secrets:
-        return _answer(503, {"error": "Stripe webhooks are not configured: STRIPE_WEBHOOK_SECRET"})
+        message = "Stripe webhooks are not configured: STRIPE_WEBHOOK_SECRET"
+        return answer(503, "WEBHOOKS_NOT_CONFIGURED", {"error": message})
     body = await request.body()
     if len(body) > MAX_WEBHOOK_BODY_BYTES:
-        return _answer(400, {"error": f"body over {MAX_WEBHOOK_BODY_BYTES} bytes"})
+        return answer(400, "BODY_TOO_LARGE", {"error": f"body over {MAX_WEBHOOK_BODY_BYTES} bytes"})
     reason = verify_signature(body, request.headers.get("stripe-signature"), secrets)
     if reason is not None:
         await runtime.db.write(
@@ -85,20 +89,20 @@ async def stripe_webhook(request: Request) -> JSONResponse:
             )
         )
         log_fields(log, logging.WARNING, event="stripe_signature_refused", reason=reason)
-        return _answer(400, {"error": f"signature refused: {reason}"})
+        return answer(400, "SIGNATURE_REFUSED", {"error": f"signature refused: {reason}"})
     try:
         payload = json.loads(body)
     except ValueError:
-        return _answer(400, {"error": "body is not JSON"})
+        return answer(400, "BAD_REQUEST", {"error": "body is not JSON"})
     if (invalid := billing.check_stripe_event(payload)) is not None:
-        return _answer(400, {"error": f"not a Stripe event: {invalid.message}"})
+        return answer(400, "BAD_REQUEST", {"error": f"not a Stripe event: {invalid.message}"})
 
     result = await process_stripe_event(runtime, payload, request_id)
     if isinstance(result, StripeEventFailed):
         # 500 so that Stripe retries; the event is stored as failed and can be replayed.
-        return _answer(500, {"error": result.message, "event": payload["id"]})
-    return _answer(
-        200, {"event": payload["id"], "status": result.status, "duplicate": result.duplicate}
+        return answer(500, "EVENT_FAILED", {"error": result.message, "event": payload["id"]})
+    return answer(
+        200, None, {"event": payload["id"], "status": result.status, "duplicate": result.duplicate}
     )
 
 
@@ -167,6 +171,8 @@ async def _apply_or_record(
     """
     try:
         result = await runtime.db.write(work)
+    except DatabaseUnavailable:
+        raise  # nothing was stored: a 503, and Stripe delivers it again
     except Exception as exc:  # a bug or a database fault: the effects were rolled back
         log.exception("stripe event %s: handler raised", event_id)
         result = StripeEventFailed(event_id=event_id, reason=internal_error(exc, request_id))
@@ -228,5 +234,10 @@ def _log_outcome(
     )
 
 
-def _answer(status_code: int, body: dict[str, Any]) -> JSONResponse:
+def _answer(
+    status_code: int, code: str | None, body: dict[str, Any], *, request_id: str | None
+) -> JSONResponse:
+    """A failure carries its code and the request id, like every failure the gateway answers."""
+    if code is not None:
+        body = {**body, "code": code, "requestId": request_id}
     return JSONResponse(body, status_code=status_code)

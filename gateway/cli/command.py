@@ -18,6 +18,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 from sqlalchemy.exc import DBAPIError
 
+from gateway.db import DatabaseUnavailable
 from gateway.logs import configure_logging, request_id_var
 from gateway.runtime import Runtime
 from gateway.settings import Settings, SettingsError
@@ -68,7 +69,7 @@ def run_with_runtime(work: Callable[[Runtime], Awaitable[T]]) -> T:
             fail(str(exc))
         try:
             return await work(runtime)
-        except (OSError, DBAPIError) as exc:
+        except (OSError, DBAPIError, DatabaseUnavailable) as exc:
             fail(database_failure(exc))
         finally:
             await runtime.close()
@@ -76,12 +77,14 @@ def run_with_runtime(work: Callable[[Runtime], Awaitable[T]]) -> T:
     return asyncio.run(main())
 
 
-def database_failure(exc: OSError | DBAPIError) -> str:
+def database_failure(exc: OSError | DBAPIError | DatabaseUnavailable) -> str:
     """One line for a database that cannot be reached or used; the traceback at DEBUG only.
 
     Never the URL itself: it may carry a password.
     """
     log.debug("database failure", exc_info=exc)
+    if isinstance(exc, DatabaseUnavailable) and isinstance(exc.__cause__, OSError | DBAPIError):
+        exc = exc.__cause__
     if isinstance(exc, DBAPIError):
         detail = (str(exc.orig).strip().splitlines() or [""])[0]
         return (

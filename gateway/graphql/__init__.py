@@ -1,0 +1,1 @@
+"""GraphQL over HTTP: the /graphql route, its document cache, request parsing and error bodies."""

@@ -1,0 +1,250 @@
+"""POST/GET /graphql: cached documents, roles, execution by graphql-core, masked errors.
+
+The hot path of every page view, so it is lean on purpose: a query string is parsed and
+validated once (gateway.graphql.documents) and then executed directly by graphql-core against
+the Strawberry schema; authentication results are cached too (gateway.auth).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
+
+import strawberry
+from graphql import ExecutionResult, OperationType
+from graphql import execute as graphql_execute
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+
+from gateway import graphiql, media_types, webhooks
+from gateway.auth import Authenticator
+from gateway.db import DatabaseUnavailable
+from gateway.failures import RETRY_AFTER_SECONDS
+from gateway.graphql.documents import (
+    MAX_QUERY_BYTES,
+    PUBLIC_MAX_TOKENS,
+    STAFF_MAX_TOKENS,
+    DocumentCache,
+    PreparedDocument,
+)
+from gateway.graphql.errors import error_body, graphql_error, json_response
+from gateway.graphql.requests import RequestError, read_request, wants_html
+from gateway.graphql.throttle import DocumentThrottle
+from gateway.logs import actor_var
+from gateway.prometheus import OperationLabels
+from gateway.runtime import Runtime
+from gateway.tracing import name_operation
+from schema.context import AuthError, Context, Principal, forbidden
+
+
+class SavedQueryError(Exception):
+    """A saved query that does not validate against the schema."""
+
+
+class GraphQLRoute:
+    def __init__(
+        self,
+        schema: strawberry.Schema,
+        runtime: Runtime,
+        authenticator: Authenticator,
+        saved_queries: Mapping[str, str] | None = None,
+    ) -> None:
+        self.schema = schema
+        self.runtime = runtime
+        self.authenticator = authenticator
+        self.documents = DocumentCache(schema)
+        self.throttle = DocumentThrottle()
+        self.saved_queries = dict(saved_queries or {})
+        # Kept apart from the cache: dashboards' documents are never evicted nor throttled.
+        self.saved_documents: dict[str, PreparedDocument] = {}
+        self.operation_labels = OperationLabels()
+        for query_id, query in self.saved_queries.items():
+            # Checked at start-up: a saved query the schema no longer accepts stops the process.
+            prepared = self.documents.prepare(query)
+            if prepared.errors:
+                raise SavedQueryError(f"saved query {query_id}: {prepared.errors[0].message}")
+            self.saved_documents[query_id] = prepared
+            for name in prepared.operation_types:
+                self.operation_labels.label(name)
+
+    async def handle(self, request: Request) -> Response:
+        request_id: str = request.state.request_id
+        if request.method == "GET" and wants_html(request):
+            return await self.graphiql(request, request_id)
+        media_type = media_types.negotiate(request.headers.get("accept"))
+        if media_type is None:
+            return media_types.not_acceptable(request_id)
+        response = await self.respond(request, request_id)
+        if isinstance(response, media_types.GraphQLResponse):
+            return response.answer_as(media_type)
+        return response
+
+    async def respond(self, request: Request, request_id: str) -> Response:
+        try:
+            gql = await read_request(request)
+        except RequestError as error:
+            return json_response(
+                {"errors": [error_body(str(error), "BAD_REQUEST", request_id)]}, error.status
+            )
+        try:
+            principal = await self.authenticator.authenticate(request.headers.get("authorization"))
+        except AuthError as error:
+            return json_response({"errors": [error_body(str(error), error.code, request_id)]})
+        actor_var.set(principal.name if principal else None)
+
+        staff = principal is not None and principal.is_staff
+        if gql.document_id is not None:
+            prepared = self.saved_documents.get(gql.document_id)
+            if prepared is None:
+                return json_response(
+                    {
+                        "errors": [
+                            error_body(
+                                "Unknown saved query id", "PERSISTED_QUERY_NOT_FOUND", request_id
+                            )
+                        ]
+                    },
+                    404,
+                )
+        elif principal is not None and principal.role == "dashboard":
+            return self.refuse(forbidden("Dashboard keys may run saved queries only"), request_id)
+        else:
+            query = gql.query
+            if not query:
+                return json_response(
+                    {"errors": [error_body("No query given", "BAD_REQUEST", request_id)]}, 400
+                )
+            if len(query) > MAX_QUERY_BYTES:
+                message = f"Query longer than {MAX_QUERY_BYTES} characters: use variables"
+                return json_response(
+                    {"errors": [error_body(message, "BAD_REQUEST", request_id)]}, 400
+                )
+            prepared_or_refusal = self.prepare(request, query, staff=staff)
+            if isinstance(prepared_or_refusal, Response):
+                return prepared_or_refusal
+            prepared = prepared_or_refusal
+
+        if prepared.errors or prepared.document is None:
+            errors = [
+                graphql_error(e, request_id, suggestions=staff, code=prepared.error_code)
+                for e in prepared.errors
+            ]
+            return json_response({"errors": errors})
+        if prepared.uses_introspection and not staff:
+            return self.refuse(forbidden("Introspection is for staff keys"), request_id)
+        operation = pick_operation(prepared, gql.operation_name)
+        if operation is None:
+            return json_response(
+                {
+                    "errors": [
+                        error_body("Unknown or ambiguous operationName", "BAD_REQUEST", request_id)
+                    ]
+                },
+                400,
+            )
+        if request.method == "GET" and operation != OperationType.QUERY:
+            return json_response(
+                {"errors": [error_body("Mutations need POST", "BAD_REQUEST", request_id)]},
+                405,
+                headers={"Allow": "POST"},
+            )
+
+        operation_label = self.operation_labels.label(
+            gql.operation_name or next(iter(prepared.operation_types), None)
+        )
+        request.state.graphql_operation = operation_label
+        name_operation(operation_label)
+        context = self.context(request, request_id, principal)
+        if gql.document_id is not None:
+            context.db = self.runtime.dashboard_db
+        result = graphql_execute(
+            self.schema._schema,
+            prepared.document,
+            context_value=context,
+            variable_values=gql.variables,
+            operation_name=gql.operation_name,
+            hide_suggestions=not staff,
+        )
+        if not isinstance(result, ExecutionResult):
+            result = await result
+        body: dict[str, Any] = {"data": result.data}
+        headers: dict[str, str] | None = None
+        status = 200
+        if result.errors:
+            body["errors"] = [
+                graphql_error(e, request_id, suggestions=staff) for e in result.errors
+            ]
+            if any(isinstance(e.original_error, DatabaseUnavailable) for e in result.errors):
+                status, headers = 503, {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        elif request.method == "GET" and gql.document_id is not None:
+            # Saved dashboard queries by GET may be cached by the browser or a private proxy.
+            headers = {"Cache-Control": "private, max-age=30", "Vary": "Authorization"}
+        return json_response(body, status, headers=headers)
+
+    def prepare(self, request: Request, query: str, *, staff: bool) -> PreparedDocument | Response:
+        """The cached document, or a new one within the caller's budgets (429 past them)."""
+        prepared = self.documents.cached(query)
+        if prepared is not None:
+            return prepared
+        if staff:
+            return self.documents.add(query, max_tokens=STAFF_MAX_TOKENS)
+        address = request.client.host if request.client else "unknown"
+        wait = self.throttle.admit(address)
+        if wait is not None:
+            message = (
+                "Too many new documents: send documents the gateway has seen, or retry after"
+                f" {wait} s"
+            )
+            return json_response(
+                {"errors": [error_body(message, "RATE_LIMITED", request.state.request_id)]},
+                429,
+                headers={"Retry-After": str(wait)},
+            )
+        return self.documents.add(query, max_tokens=PUBLIC_MAX_TOKENS)
+
+    def context(self, request: Request, request_id: str, principal: Principal | None) -> Context:
+        runtime = self.runtime
+        return Context(
+            db=runtime.db,
+            catalog=runtime.catalog,
+            clock=runtime.clock,
+            request_id=request_id,
+            principal=principal,
+            app_base_url=runtime.settings.app_base_url,
+            accept_language=request.headers.get("accept-language"),
+            stripe=getattr(runtime, "stripe", None),
+            analytics_events=runtime.settings.analytics_events,
+            replay_stripe_event=partial(webhooks.replay_stripe_event, runtime),
+        )
+
+    def refuse(self, error: AuthError, request_id: str) -> Response:
+        return json_response(
+            {"data": None, "errors": [error_body(str(error), error.code, request_id)]}
+        )
+
+    async def graphiql(self, request: Request, request_id: str) -> Response:
+        """GraphiQL for staff keys only; browsers are asked for the key as a Basic password,
+        which the page then puts in its headers editor."""
+        challenge = {"WWW-Authenticate": 'Basic realm="entitlements gateway (API key)"'}
+        try:
+            principal = await self.authenticator.authenticate(request.headers.get("authorization"))
+        except AuthError:
+            principal = None
+        if principal is None:
+            return HTMLResponse("An API key is required (as the password).", 401, challenge)
+        if not principal.is_staff:
+            return HTMLResponse("GraphiQL is for staff keys.", 403)
+        api_key = graphiql.api_key_of(request.headers.get("authorization"))
+        if api_key is None:
+            return HTMLResponse("An API key is required (as the password).", 401, challenge)
+        return graphiql.page(api_key)
+
+
+def pick_operation(prepared: PreparedDocument, name: str | None) -> OperationType | None:
+    operations = prepared.operation_types
+    if name is not None:
+        return operations.get(name)
+    if len(operations) == 1:
+        return next(iter(operations.values()))
+    return None
