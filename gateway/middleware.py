@@ -80,7 +80,7 @@ class RequestContextMiddleware:
         finally:
             seconds = time.perf_counter() - started
             count_request(scope["path"], status)
-            # The GraphQL route names the operation it ran (gateway.graphql_route).
+            # The GraphQL route names the operation it ran (gateway.graphql.route).
             operation = scope["state"].get("graphql_operation", "none")
             observe_request(scope["path"], operation, seconds, statements[0])
             log_fields(
