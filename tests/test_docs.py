@@ -43,7 +43,9 @@ def cli_calls(document: Path) -> list[list[str]]:
             lexer.commenters = "#"
             words = list(lexer)
             for i, word in enumerate(words):
-                if word.removeprefix("$(").endswith(("entitlements", "bin/entitlements")):
+                name = word.removeprefix("$(")
+                # The command itself or its path; not a URL whose database is called that.
+                if name == "entitlements" or (name.endswith("/entitlements") and ":" not in name):
                     rest = words[i + 1 :]
                     end = next((j for j, w in enumerate(rest) if w in _COMMAND_ENDS), len(rest))
                     calls.append(rest[:end])
