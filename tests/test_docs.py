@@ -44,8 +44,10 @@ def cli_calls(document: Path) -> list[list[str]]:
             words = list(lexer)
             for i, word in enumerate(words):
                 name = word.removeprefix("$(")
-                # The command itself or its path; not a URL whose database is called that.
-                if name == "entitlements" or (name.endswith("/entitlements") and ":" not in name):
+                # The command or the virtualenv's; not a URL whose database is called that.
+                if name in ("entitlements", "bin/entitlements") or name.endswith(
+                    "/bin/entitlements"
+                ):
                     rest = words[i + 1 :]
                     end = next((j for j, w in enumerate(rest) if w in _COMMAND_ENDS), len(rest))
                     calls.append(rest[:end])
