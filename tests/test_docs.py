@@ -61,7 +61,10 @@ def resolve(words: list[str]) -> tuple[click.Command, list[str]]:
         name = words[0]
         assert name in command.commands, f"`entitlements … {name}` is not a command"
         command, words = command.commands[name], words[1:]
-    assert not isinstance(command, click.Group), f"`{command.name}` needs a subcommand"
+    # A group alone takes only its own options (`entitlements --version`).
+    assert not isinstance(command, click.Group) or (
+        words and all(w.startswith("-") for w in words)
+    ), f"`{command.name}` needs a subcommand"
     return command, words
 
 
