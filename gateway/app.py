@@ -16,7 +16,7 @@ from starlette.routing import Route
 from gateway import migrate
 from gateway.auth import Authenticator
 from gateway.clock import install_test_clock
-from gateway.graphql_route import GraphQLRoute
+from gateway.graphql_route import Executor, GraphQLRoute
 from gateway.logs import configure_logging
 from gateway.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from gateway.prometheus import metrics_endpoint
@@ -49,9 +49,9 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok", "revision": current})
 
 
-def create_app(runtime: Runtime) -> Starlette:
+def create_app(runtime: Runtime, *, executor: Executor = "compiled") -> Starlette:
     authenticator = Authenticator(runtime.settings, runtime.db, runtime.catalog, runtime.clock)
-    graphql = GraphQLRoute(schema, runtime, authenticator, load_saved_queries())
+    graphql = GraphQLRoute(schema, runtime, authenticator, load_saved_queries(), executor)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -7,6 +7,7 @@ schema; authentication results are cached too (gateway.auth).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -14,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import strawberry
 from graphql import (
@@ -37,6 +38,8 @@ from strawberry.http.ides import get_graphql_ide_html
 
 from gateway import webhooks
 from gateway.auth import Authenticator
+from gateway.compiled import execution
+from gateway.compiled.plan import Operation, compile_operation
 from gateway.logs import actor_var
 from gateway.runtime import Runtime
 from schema.context import AuthError, BadUserInput, Context, Principal, forbidden
@@ -61,6 +64,17 @@ class PreparedDocument:
     errors: tuple[GraphQLError, ...]
     uses_introspection: bool
     operation_types: Mapping[str | None, OperationType]
+    # Compiled plans by operation name, made on first use; None: graphql-core runs it.
+    plans: dict[str | None, Operation | None] = dataclasses.field(
+        default_factory=dict, compare=False
+    )
+
+    def plan(self, schema: strawberry.Schema, operation_name: str | None) -> Operation | None:
+        if operation_name not in self.plans and self.document is not None:
+            self.plans[operation_name] = compile_operation(
+                schema._schema, self.document, operation_name
+            )
+        return self.plans.get(operation_name)
 
 
 class _IntrospectionFinder(Visitor):
@@ -133,6 +147,9 @@ class RequestError(Exception):
         self.status = status
 
 
+Executor = Literal["compiled", "graphql-core", "both"]
+
+
 class GraphQLRoute:
     def __init__(
         self,
@@ -140,8 +157,11 @@ class GraphQLRoute:
         runtime: Runtime,
         authenticator: Authenticator,
         saved_queries: Mapping[str, str] | None = None,
+        executor: Executor = "compiled",
     ) -> None:
         self.schema = schema
+        # "both" (tests): every compiled answer is checked against graphql-core's.
+        self.executor = executor
         self.runtime = runtime
         self.authenticator = authenticator
         self.documents = DocumentCache(schema)
@@ -218,6 +238,11 @@ class GraphQLRoute:
             )
 
         context = self.context(request, request_id, principal)
+        compiled = None
+        if operation == OperationType.QUERY and self.executor != "graphql-core":
+            compiled = await self.run_compiled(prepared, gql, context)
+            if compiled is not None and self.executor == "compiled":
+                return _json({"data": compiled})
         result = graphql_execute(
             self.schema._schema,
             prepared.document,
@@ -227,6 +252,8 @@ class GraphQLRoute:
         )
         if not isinstance(result, ExecutionResult):
             result = await result
+        if compiled is not None and (result.errors or compiled != result.data):
+            raise AssertionError(f"compiled {compiled!r} != graphql-core {result.formatted!r}")
         body: dict[str, Any] = {"data": result.data}
         if result.errors:
             body["errors"] = [_graphql_error(e, request_id) for e in result.errors]
@@ -235,6 +262,21 @@ class GraphQLRoute:
             # Saved dashboard queries by GET may be cached by the browser or a private proxy.
             headers = {"Cache-Control": "private, max-age=30", "Vary": "Authorization"}
         return _json(body, headers=headers)
+
+    async def run_compiled(
+        self, prepared: PreparedDocument, gql: GraphQLRequest, context: Context
+    ) -> dict[str, Any] | None:
+        """The compiled answer, or None when graphql-core is to answer (see gateway.compiled)."""
+        plan = prepared.plan(self.schema, gql.operation_name)
+        if plan is None:
+            return None
+        try:
+            return await execution.execute(plan, context, gql.variables)
+        except Exception:
+            if self.executor == "both":
+                raise
+            log.exception("compiled plan failed; graphql-core answers instead")
+            return None
 
     def context(self, request: Request, request_id: str, principal: Principal | None) -> Context:
         runtime = self.runtime
