@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from graphql.execution.values import VariableValues, get_argument_values, get_variable_values
+from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.compiled.plan import FieldPlan, Operation, Shape
 from gateway.compiled.resolver import Kind
@@ -37,6 +38,9 @@ async def execute(
     try:
         await _complete(run, tree, [None], [data], variables)
     except (Fallback, BadUserInput):
+        return None
+    except (SQLAlchemyError, OSError):
+        # An infrastructure fault: graphql-core meets it again, then masks and logs it.
         return None
     finally:
         await run.close()

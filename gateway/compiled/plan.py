@@ -164,7 +164,9 @@ class Operation:
                     self.schema, self.fragments, variables, self.operation, named, details
                 ).grouped_field_set
                 children = self._plans(named, sub, FIELDS[named.name], variables)
-            reads_variables = any(_reads_variable(argument.value) for argument in node.arguments or ())
+            reads_variables = any(
+                _reads_variable(argument.value) for argument in node.arguments or ()
+            )
             plans.append(
                 FieldPlan(
                     key=key,
