@@ -243,7 +243,7 @@ class GraphQLRoute:
         if operation == OperationType.QUERY and self.executor != "graphql-core":
             compiled = await self.run_compiled(prepared, gql, context)
             if compiled is not None and self.executor == "compiled":
-                return _json({"data": compiled})
+                return _json({"data": compiled}, headers=_cache_headers(request, gql))
         result = graphql_execute(
             self.schema._schema,
             prepared.document,
@@ -261,11 +261,7 @@ class GraphQLRoute:
         body: dict[str, Any] = {"data": result.data}
         if result.errors:
             body["errors"] = [_graphql_error(e, request_id) for e in result.errors]
-        headers = None
-        if request.method == "GET" and gql.document_id is not None and not result.errors:
-            # Saved dashboard queries by GET may be cached by the browser or a private proxy.
-            headers = {"Cache-Control": "private, max-age=30", "Vary": "Authorization"}
-        return _json(body, headers=headers)
+        return _json(body, headers=None if result.errors else _cache_headers(request, gql))
 
     async def run_compiled(
         self, prepared: PreparedDocument, gql: GraphQLRequest, context: Context
@@ -355,6 +351,13 @@ def _variables(raw: Any) -> dict[str, Any] | None:
     if not isinstance(raw, dict):
         raise RequestError(400, "variables must be a JSON object")
     return raw
+
+
+def _cache_headers(request: Request, gql: GraphQLRequest) -> dict[str, str] | None:
+    if request.method == "GET" and gql.document_id is not None:
+        # Saved dashboard queries by GET may be cached by the browser or a private proxy.
+        return {"Cache-Control": "private, max-age=30", "Vary": "Authorization"}
+    return None
 
 
 def _pick_operation(prepared: PreparedDocument, name: str | None) -> OperationType | None:
