@@ -20,7 +20,7 @@ from gateway.auth import Authenticator
 from gateway.clock import install_test_clock
 from gateway.db import is_unreachable
 from gateway.failures import EXCEPTION_HANDLERS, RETRY_AFTER_SECONDS
-from gateway.graphql.route import GraphQLRoute
+from gateway.graphql.route import Executor, GraphQLRoute
 from gateway.logs import configure_logging
 from gateway.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from gateway.prometheus import metrics_endpoint
@@ -77,9 +77,9 @@ class Gateway(Starlette):
         return cls(RequestContextMiddleware(super().build_middleware_stack()), *args, **kwargs)
 
 
-def create_app(runtime: Runtime) -> Starlette:
+def create_app(runtime: Runtime, *, executor: Executor = "compiled") -> Starlette:
     authenticator = Authenticator(runtime.settings, runtime.db, runtime.catalog, runtime.clock)
-    graphql = GraphQLRoute(schema, runtime, authenticator, load_saved_queries())
+    graphql = GraphQLRoute(schema, runtime, authenticator, load_saved_queries(), executor)
     revocations = None if runtime.db.is_sqlite else RevocationListener(runtime.db, authenticator)
 
     @asynccontextmanager

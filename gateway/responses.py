@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
+import orjson
 from starlette.responses import JSONResponse
 
 from resolvers.text import scrub
@@ -24,14 +24,12 @@ class SafeJSONResponse(JSONResponse):
     """
 
     def render(self, content: Any) -> bytes:
+        # orjson: serializing an answer with the json module cost more than running a compiled
+        # plan. It refuses a lone surrogate outright, which is when the text is scrubbed.
         try:
-            body = _dumps(content).encode("utf-8")
-        except UnicodeEncodeError:
-            return _dumps(scrub(content)).encode("utf-8")
+            body = orjson.dumps(content)
+        except orjson.JSONEncodeError:
+            return orjson.dumps(scrub(content))
         if b"\\" in body and _ESCAPED_CONTROL.search(body):
-            return _dumps(scrub(content)).encode("utf-8")
+            return orjson.dumps(scrub(content))
         return body
-
-
-def _dumps(content: Any) -> str:
-    return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))

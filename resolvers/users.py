@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import Select, bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers.catalog import Catalog
@@ -137,6 +137,16 @@ async def list_users(
     email_prefix: str | None = None,
 ) -> list[User]:
     """Users by id after a cursor; optionally of one tier, or whose email starts so."""
+    stmt = users_page_statement(
+        limit=limit, after_id=after_id, tier=tier, email_prefix=email_prefix
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+def users_page_statement(
+    *, limit: int, after_id: int | None, tier: str | None, email_prefix: str | None
+) -> Select[tuple[User]]:
+    """The statement behind `list_users`; also run without the ORM by the compiled executor."""
     stmt = select(User).order_by(User.id).limit(limit)
     if after_id is not None:
         stmt = stmt.where(User.id > after_id)
@@ -147,7 +157,7 @@ async def list_users(
         # A literal prefix: % and _ typed by support are not wildcards.
         escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         stmt = stmt.where(User.email.like(escaped + "%", escape="\\"))
-    return list((await session.execute(stmt)).scalars())
+    return stmt
 
 
 async def count_users(session: AsyncSession) -> int:

@@ -15,6 +15,9 @@ def allow(*roles: str) -> type[BasePermission]:
     allowed = frozenset(roles) | {"admin"}
 
     class Allow(BasePermission):
+        # Read by the compiled executor (gateway.compiled), which checks the same roles.
+        roles = allowed
+
         def has_permission(self, source: Any, info: Info, **kwargs: Any) -> bool:
             principal = info.context.principal
             if principal is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -23,6 +24,8 @@ from graphql.language import FieldNode, Node, visit
 from graphql.language.visitor import Visitor
 from graphql.validation.validate import ValidationAbortedError
 from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter
+
+from gateway.compiled.plan import Operation, compile_operation
 
 MAX_DEPTH = 10
 MAX_ALIASES = 30
@@ -58,6 +61,17 @@ class PreparedDocument:
     estimated_bytes: int
     # Parsing stopped at the caller's token budget: not cached, a larger budget may accept it.
     over_budget: bool = False
+    # Compiled plans by operation name, made on first use; None: graphql-core runs it.
+    plans: dict[str | None, Operation | None] = dataclasses.field(
+        default_factory=dict, compare=False
+    )
+
+    def plan(self, schema: strawberry.Schema, operation_name: str | None) -> Operation | None:
+        if operation_name not in self.plans and self.document is not None:
+            self.plans[operation_name] = compile_operation(
+                schema._schema, self.document, operation_name
+            )
+        return self.plans.get(operation_name)
 
     @property
     def error_code(self) -> str:

@@ -7,10 +7,12 @@ the Strawberry schema; authentication results are cached too (gateway.auth).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
+import orjson
 import strawberry
 from graphql import ExecutionResult, OperationType
 from graphql import execute as graphql_execute
@@ -19,6 +21,7 @@ from starlette.responses import HTMLResponse, Response
 
 from gateway import graphiql, media_types, webhooks
 from gateway.auth import Authenticator
+from gateway.compiled import execution
 from gateway.db import DatabaseUnavailable
 from gateway.failures import RETRY_AFTER_SECONDS
 from gateway.graphql.documents import (
@@ -29,7 +32,7 @@ from gateway.graphql.documents import (
     PreparedDocument,
 )
 from gateway.graphql.errors import error_body, graphql_error, json_response
-from gateway.graphql.requests import RequestError, read_request, wants_html
+from gateway.graphql.requests import GraphQLRequest, RequestError, read_request, wants_html
 from gateway.graphql.throttle import DocumentThrottle
 from gateway.logs import actor_var
 from gateway.prometheus import OperationLabels
@@ -37,9 +40,14 @@ from gateway.runtime import Runtime
 from gateway.tracing import name_operation
 from schema.context import AuthError, Context, Principal, forbidden
 
+log = logging.getLogger("gateway.graphql")
+
 
 class SavedQueryError(Exception):
     """A saved query that does not validate against the schema."""
+
+
+Executor = Literal["compiled", "graphql-core", "both"]
 
 
 class GraphQLRoute:
@@ -49,8 +57,11 @@ class GraphQLRoute:
         runtime: Runtime,
         authenticator: Authenticator,
         saved_queries: Mapping[str, str] | None = None,
+        executor: Executor = "compiled",
     ) -> None:
         self.schema = schema
+        # "both" (tests): every compiled answer is checked against graphql-core's.
+        self.executor = executor
         self.runtime = runtime
         self.authenticator = authenticator
         self.documents = DocumentCache(schema)
@@ -158,6 +169,11 @@ class GraphQLRoute:
         context = self.context(request, request_id, principal)
         if gql.document_id is not None:
             context.db = self.runtime.dashboard_db
+        compiled = None
+        if operation == OperationType.QUERY and self.executor != "graphql-core":
+            compiled = await self.run_compiled(prepared, gql, context)
+            if compiled is not None and self.executor == "compiled":
+                return json_response({"data": compiled}, headers=_cache_headers(request, gql))
         result = graphql_execute(
             self.schema._schema,
             prepared.document,
@@ -168,6 +184,11 @@ class GraphQLRoute:
         )
         if not isinstance(result, ExecutionResult):
             result = await result
+        if compiled is not None and (
+            result.errors or orjson.dumps(compiled) != orjson.dumps(result.data)
+        ):
+            # Compared as bytes: key order is part of the answer too.
+            raise AssertionError(f"compiled {compiled!r} != graphql-core {result.formatted!r}")
         body: dict[str, Any] = {"data": result.data}
         headers: dict[str, str] | None = None
         status = 200
@@ -177,10 +198,24 @@ class GraphQLRoute:
             ]
             if any(isinstance(e.original_error, DatabaseUnavailable) for e in result.errors):
                 status, headers = 503, {"Retry-After": str(RETRY_AFTER_SECONDS)}
-        elif request.method == "GET" and gql.document_id is not None:
-            # Saved dashboard queries by GET may be cached by the browser or a private proxy.
-            headers = {"Cache-Control": "private, max-age=30", "Vary": "Authorization"}
+        else:
+            headers = _cache_headers(request, gql)
         return json_response(body, status, headers=headers)
+
+    async def run_compiled(
+        self, prepared: PreparedDocument, gql: GraphQLRequest, context: Context
+    ) -> dict[str, Any] | None:
+        """The compiled answer, or None when graphql-core is to answer (see gateway.compiled)."""
+        plan = prepared.plan(self.schema, gql.operation_name)
+        if plan is None:
+            return None
+        try:
+            return await execution.execute(plan, context, gql.variables)
+        except Exception:
+            if self.executor == "both":
+                raise
+            log.exception("compiled plan failed; graphql-core answers instead")
+            return None
 
     def prepare(self, request: Request, query: str, *, staff: bool) -> PreparedDocument | Response:
         """The cached document, or a new one within the caller's budgets (429 past them)."""
@@ -239,6 +274,13 @@ class GraphQLRoute:
         if api_key is None:
             return HTMLResponse("An API key is required (as the password).", 401, challenge)
         return graphiql.page(api_key)
+
+
+def _cache_headers(request: Request, gql: GraphQLRequest) -> dict[str, str] | None:
+    if request.method == "GET" and gql.document_id is not None:
+        # Saved dashboard queries by GET may be cached by the browser or a private proxy.
+        return {"Cache-Control": "private, max-age=30", "Vary": "Authorization"}
+    return None
 
 
 def pick_operation(prepared: PreparedDocument, name: str | None) -> OperationType | None:

@@ -53,7 +53,8 @@ class GraphQLClient:
 
 @pytest.fixture
 async def gql(runtime: Runtime) -> AsyncIterator[GraphQLClient]:
-    app = create_app(runtime)
+    # Every query the suite sends runs on both executors, and their answers must be equal.
+    app = create_app(runtime, executor="both")
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as http:
         yield GraphQLClient(http)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
+import httpx
 import pytest
 
+from gateway.app import create_app
 from resolvers.models import Payment
 from tests.conftest import StatementCounter
 from tests.factories import make_user
-from tests.schema.conftest import data_of
+from tests.schema.conftest import GraphQLClient, data_of
 
 SUPPORT_QUERY = """
 { users(first: 100) { edges { node {
@@ -17,6 +21,14 @@ SUPPORT_QUERY = """
     payments(first: 3) { edges { node { amount } } }
 } } } }
 """
+
+
+@pytest.fixture(params=["compiled", "graphql-core"])
+async def gql(runtime, request) -> AsyncIterator[GraphQLClient]:
+    """Each executor alone: running both (as the other tests do) would count statements twice."""
+    transport = httpx.ASGITransport(app=create_app(runtime, executor=request.param))
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as http:
+        yield GraphQLClient(http)
 
 
 async def add_users(runtime, count: int) -> None:

@@ -1,0 +1,1 @@
+"""Compiled GraphQL: an operation is compiled once into a plan, and requests only run the plan."""

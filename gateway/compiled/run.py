@@ -1,0 +1,71 @@
+"""One request's run of a plan: its context, one database connection, and the rows read so far."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from resolvers import loaders
+from schema.context import Context
+
+
+class Fallback(Exception):
+    """This request is answered by graphql-core instead (a refused field, a bad argument).
+
+    Errors are rare on the hot path; graphql-core then gives them with its own order, paths
+    and null propagation, so a compiled answer never differs from an interpreted one.
+    """
+
+
+class Run:
+    """What the fields of one request share: the time, the catalog, one connection, the users.
+
+    Statements run one after another on a single connection: a plan fetches level by level,
+    so there is never more than one statement in flight, and one pool checkout per request.
+    """
+
+    __slots__ = ("_connection", "_opened", "catalog", "context", "grants", "now", "users")
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+        self.catalog = context.catalog
+        self.now: datetime = context.clock()
+        self.users: dict[int, Any] = {}
+        self.grants: dict[int, list[Any]] = {}
+        self._opened: AbstractAsyncContextManager[AsyncConnection] | None = None
+        self._connection: AsyncConnection | None = None
+
+    async def connection(self) -> AsyncConnection:
+        if self._connection is None:
+            self._opened = self.context.db.connect()
+            self._connection = await self._opened.__aenter__()
+        return self._connection
+
+    async def close(self) -> None:
+        if self._opened is not None:
+            opened, self._opened, self._connection = self._opened, None, None
+            await opened.__aexit__(None, None, None)
+
+    async def users_by_id(self, ids: Sequence[int]) -> list[Any]:
+        """Users by id, each read once per request, the missing ones in one statement."""
+        missing = list(dict.fromkeys(i for i in ids if i not in self.users))
+        if missing:
+            rows = await loaders.users_by_id(await self.connection(), missing)
+            self.users.update(zip(missing, rows, strict=True))
+        return [self.users[i] for i in ids]
+
+    async def open_grants(self, user_ids: Sequence[int]) -> list[list[Any]]:
+        """Each user's grants with credits left (expired ones too), soonest expiry first."""
+        missing = list(dict.fromkeys(i for i in user_ids if i not in self.grants))
+        if missing:
+            found = await loaders.open_grants_by_user(await self.connection(), missing)
+            self.grants.update(zip(missing, found, strict=True))
+        return [self.grants[i] for i in user_ids]
+
+    def remember_users(self, rows: Sequence[Any]) -> None:
+        for row in rows:
+            self.users[row.id] = row

@@ -1,0 +1,292 @@
+"""The compiled executor answers exactly what graphql-core answers, for any covered selection.
+
+Random documents (aliases, named and inline fragments, @skip/@include on variables,
+__typename, nested connections with first/after, fields a caller may not read) run on both
+executors against one seeded database; where graphql-core answers without errors, the compiled
+executor must answer too, with equal data; where graphql-core reports errors, it must step aside.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import orjson
+import pytest
+from graphql import ExecutionResult, get_named_type, is_leaf_type, parse, validate
+from graphql import execute as graphql_execute
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import update
+
+from gateway.compiled import execution
+from gateway.compiled.fields import FIELDS
+from gateway.compiled.plan import compile_operation
+from resolvers import credits
+from resolvers.models import Payment, User
+from resolvers.users import UserRef
+from schema import schema
+from schema.connections import encode_cursor
+from schema.context import Context, Principal
+from tests.factories import SUPPORT, make_user
+
+SCHEMA = schema._schema
+MAX_DEPTH = 6
+
+
+@dataclass
+class Document:
+    """A document under construction: fragments and variables gathered along the way."""
+
+    names: itertools.count = field(default_factory=itertools.count)
+    fragments: list[str] = field(default_factory=list)
+    variables: dict[str, tuple[str, Any]] = field(default_factory=dict)
+
+    def variable(self, graphql_type: str, value: Any) -> str:
+        name = f"v{next(self.names)}"
+        self.variables[name] = (graphql_type, value)
+        return f"${name}"
+
+    def text(self, root: str) -> str:
+        definitions = ", ".join(f"${n}: {t}" for n, (t, _) in self.variables.items())
+        head = f"query Q({definitions})" if definitions else "query Q"
+        return "\n".join([f"{head} {{ {root} }}", *self.fragments])
+
+    def values(self) -> dict[str, Any]:
+        return {n: v for n, (_, v) in self.variables.items()}
+
+
+@st.composite
+def arguments(draw: st.DrawFn, field_name: str, doc: Document, args: list[str]) -> str:
+    given_args = []
+    if "first" in args and draw(st.booleans()):
+        first = draw(st.integers(1, 4))
+        given_args.append(f"first: {doc.variable('Int', first) if draw(st.booleans()) else first}")
+    if "after" in args and draw(st.integers(0, 3)) == 0:
+        cursor = encode_cursor(draw(st.integers(1, 60)))
+        given_args.append(f'after: "{cursor}"')
+    return f"({', '.join(given_args)})" if given_args else ""
+
+
+@st.composite
+def selection_set(draw: st.DrawFn, type_name: str, doc: Document, depth: int) -> str:
+    graphql_type = SCHEMA.get_type(type_name)
+    names = sorted(FIELDS[type_name])
+    picked = draw(st.lists(st.sampled_from([*names, "__typename"]), min_size=1, max_size=5))
+    parts = []
+    for name in picked:
+        if name == "__typename":
+            parts.append("__typename")
+            continue
+        definition = graphql_type.fields[name]
+        child = get_named_type(definition.type)
+        if not is_leaf_type(child) and depth <= 0:
+            parts.append("__typename")
+            continue
+        alias = f"a{next(doc.names)}: " if definition.args or draw(st.booleans()) else ""
+        text = draw(
+            decorated(alias + name + draw(arguments(name, doc, list(definition.args))), doc)
+        )
+        if not is_leaf_type(child):
+            text += " " + draw(selection_set(child.name, doc, depth - 1))
+        parts.append(text)
+    body = " ".join(parts)
+    wrapping = draw(st.integers(0, 5))
+    if wrapping == 0:
+        body = f"... on {type_name} {{ {body} }} __typename"
+    elif wrapping == 1:
+        fragment = f"F{next(doc.names)}"
+        doc.fragments.append(f"fragment {fragment} on {type_name} {{ {body} }}")
+        body = f"...{fragment} __typename"
+    return f"{{ {body} }}"
+
+
+@st.composite
+def decorated(draw: st.DrawFn, text: str, doc: Document) -> str:
+    choice = draw(st.integers(0, 5))
+    if choice == 0:
+        return f"{text} @skip(if: {doc.variable('Boolean!', draw(st.booleans()))})"
+    if choice == 1:
+        return f"{text} @include(if: {doc.variable('Boolean!', draw(st.booleans()))})"
+    return text
+
+
+@st.composite
+def documents(draw: st.DrawFn, emails: list[str], ids: list[int]) -> tuple[str, dict[str, Any]]:
+    doc = Document()
+    root = draw(st.sampled_from(["viewer", "user", "users", "plans"]))
+    if root == "viewer":
+        text = "viewer " + draw(selection_set("User", doc, MAX_DEPTH))
+    elif root == "user":
+        if draw(st.booleans()):
+            argument = f"email: {doc.variable('String', draw(st.sampled_from(emails)))}"
+        else:
+            argument = f'id: "{draw(st.sampled_from(ids))}"'
+        text = f"user({argument}) " + draw(selection_set("User", doc, MAX_DEPTH))
+    elif root == "users":
+        tier = draw(st.sampled_from(["", ', tier: "pro"', ', tier: "free"']))
+        first = draw(st.integers(1, 5))
+        text = f"users(first: {first}{tier}) " + draw(selection_set("UserConnection", doc, 7))
+    else:
+        locale = draw(st.sampled_from(["", '(locale: "nl")', '(locale: "xx")']))
+        text = f"plans{locale} " + draw(selection_set("Plan", doc, 1))
+    return doc.text(text), doc.values()
+
+
+async def seed(runtime, clock) -> tuple[list[str], list[int]]:
+    """Users with grants, payments and subscriptions; then a month passes without a write, so
+    some grants have expired unwritten and this month's allowances are due but not granted."""
+    made = []
+    for n, tier in enumerate(["free", "pro", "pro", "free"]):
+        user = await make_user(
+            runtime,
+            tier=tier,
+            credits_granted=10 * (n + 1),
+            expires_at=clock.now + timedelta(days=3),
+        )
+        made.append(user)
+
+    async def extras(session):
+        for n, user in enumerate(made):
+            payment = Payment(
+                user_id=user.id,
+                kind="credit_pack",
+                stripe_object_id=f"cs_{user.id}",
+                amount=500 + n,
+                currency="EUR",
+                status="succeeded",
+                amount_refunded=0,
+                credits_granted=100,
+                credits_revoked=0,
+                credits_unrecovered=0,
+                created_at=clock.now,
+            )
+            session.add(payment)
+            await session.flush()
+            granted = await credits.grant_ai_credits(
+                session,
+                user=UserRef(user_id=user.id),
+                amount=100,
+                reason="pack",
+                actor=SUPPORT,
+                now=clock.now,
+                payment_id=payment.id,
+                is_purchased=True,
+            )
+            assert isinstance(granted, credits.CreditChanged)
+        await session.execute(
+            update(User)
+            .where(User.id == made[2].id)
+            .values(
+                stripe_subscription_id="sub_1",
+                subscription_status="active",
+                subscription_price_id="price_pro",
+                subscription_period_end=clock.now + timedelta(days=20),
+                locale="nl",
+            )
+        )
+
+    await runtime.db.write(extras)
+    clock.advance(days=35)
+    return [u.email for u in made] + ["nobody@example.com"], [u.id for u in made] + [999]
+
+
+def context_for(runtime, principal: Principal | None) -> Context:
+    return Context(
+        db=runtime.db,
+        catalog=runtime.catalog,
+        clock=runtime.clock,
+        request_id="req-compiled",
+        principal=principal,
+        app_base_url="http://app.test",
+    )
+
+
+async def both(runtime, principal, query: str, variables: dict[str, Any]):
+    document = parse(query)
+    assert validate(SCHEMA, document) == [], query
+    plan = compile_operation(SCHEMA, document, "Q")
+    assert plan is not None, f"not compiled: {query}"
+    compiled = await execution.execute(plan, context_for(runtime, principal), variables)
+    result = graphql_execute(
+        SCHEMA, document, context_value=context_for(runtime, principal), variable_values=variables
+    )
+    if not isinstance(result, ExecutionResult):
+        result = await result
+    return compiled, result
+
+
+@pytest.mark.slow
+async def test_random_selections_answer_the_same_on_both_executors(runtime, clock) -> None:
+    emails, ids = await seed(runtime, clock)
+    principals = [
+        Principal(role="viewer", name="u", user_id=ids[1]),
+        Principal(role="viewer", name="u", user_id=ids[2]),
+        Principal(role="support", name="s"),
+        Principal(role="dashboard", name="d"),
+        None,
+    ]
+    loop = asyncio.get_running_loop()
+    answered = []
+
+    @settings(
+        max_examples=120,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+    @given(document=documents(emails, ids), principal=st.sampled_from(principals))
+    def check(document: tuple[str, dict[str, Any]], principal: Principal | None) -> None:
+        query, variables = document
+        future = asyncio.run_coroutine_threadsafe(both(runtime, principal, query, variables), loop)
+        compiled, result = future.result()
+        if result.errors:
+            assert compiled is None, (query, result.errors)
+        else:
+            # As bytes: the order of keys must match too.
+            assert orjson.dumps(compiled) == orjson.dumps(result.data), query
+            answered.append(query)
+
+    await asyncio.to_thread(check)
+    assert len(answered) > 30  # most random documents are answered without errors
+
+
+async def test_a_refused_field_or_a_bad_argument_is_left_to_graphql_core(runtime, clock) -> None:
+    _emails, ids = await seed(runtime, clock)
+    viewer = Principal(role="viewer", name="u", user_id=ids[0])
+    for principal, query in [
+        (viewer, "query Q { user(id: 1) { email } }"),
+        (None, "query Q { viewer { email } }"),
+        (viewer, "query Q { viewer { creditEvents(first: 500) { edges { cursor } } } }"),
+        (viewer, 'query Q { viewer { payments(after: "nope") { edges { cursor } } } }'),
+        (Principal(role="support", name="s"), 'query Q { user(email: "a@b.c", id: 1) { id } }'),
+    ]:
+        compiled, result = await both(runtime, principal, query, {})
+        assert compiled is None
+        assert result.errors
+
+
+async def test_uncovered_fields_and_mutations_are_not_compiled() -> None:
+    for query in [
+        'query Q { viewer { premiumOverlay(sessionId: "s") { eligible } } }',
+        "query Q { __schema { queryType { name } } }",
+        'query Q { entitlementChanges(requestId: "r") { __typename } }',
+        'mutation Q { trackEvent(input: {name: "x", sessionId: "s"}) { __typename } }',
+    ]:
+        assert compile_operation(SCHEMA, parse(query), "Q") is None, query
+
+
+async def test_the_viewer_read_answers_from_the_plan(runtime, clock) -> None:
+    _emails, ids = await seed(runtime, clock)
+    query = "query Q { viewer { email tier credits { available nextExpiry } plan { code } } }"
+    compiled, result = await both(
+        runtime, Principal(role="viewer", name="u", user_id=ids[1]), query, {}
+    )
+    assert result.errors is None
+    assert compiled == result.data
+    # A month passed without a write: the pro allowance is due and shows, the grant expired.
+    pro_allowance = runtime.catalog.tier("pro").monthly_credits
+    assert compiled["viewer"]["credits"]["available"] == 100 + pro_allowance
+    assert compiled["viewer"]["tier"] == "pro"
