@@ -231,8 +231,11 @@ class Payment:
         )
 
 
-@strawberry.type
-class Subscription:
+@strawberry.type(
+    description="The user's Stripe subscription as the gateway last stored it (named so that"
+    " codegen tools do not take it for the GraphQL subscription root)."
+)
+class BillingSubscription:
     id: str = strawberry.field(description="The Stripe subscription id.")
     status: str | None
     price_id: str | None
@@ -371,10 +374,10 @@ class User:
         return analytics.PremiumOverlay(eligible=eligible, shown=shown)  # type: ignore[return-value]
 
     @strawberry.field
-    def subscription(self) -> Subscription | None:
+    def subscription(self) -> BillingSubscription | None:
         if not self.row.stripe_subscription_id:
             return None
-        return Subscription(
+        return BillingSubscription(
             id=self.row.stripe_subscription_id,
             status=self.row.subscription_status,
             price_id=self.row.subscription_price_id,

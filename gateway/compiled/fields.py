@@ -193,7 +193,7 @@ FIELDS: dict[str, dict[str, Resolver]] = {
         "payments": _paged(loaders.newest_payments_by_user),
         "subscription": source(_subscription),
     },
-    "Subscription": {
+    "BillingSubscription": {
         "id": attr("stripe_subscription_id"),
         "status": attr("subscription_status"),
         "priceId": attr("subscription_price_id"),
