@@ -13,6 +13,7 @@ from datetime import datetime
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from resolvers.accounts import Account, lock_account
 from resolvers.catalog import CreditPack, Tier
 from resolvers.credits import CreditChanged, grant_ai_credits, revoke_payment_credits
 from resolvers.errors import (
@@ -21,7 +22,7 @@ from resolvers.errors import (
     PaymentNotFound,
     UserNotFound,
 )
-from resolvers.ledger import Actor
+from resolvers.ledger import Actor, LedgerEvent
 from resolvers.models import (
     AnalyticsEvent,
     CreditEvent,
@@ -30,7 +31,7 @@ from resolvers.models import (
     User,
     parse_row_id,
 )
-from resolvers.users import UserRef, find_user
+from resolvers.users import UserRef
 
 PURCHASE_EVENT = "credit_purchase_completed"
 
@@ -39,7 +40,7 @@ PURCHASE_EVENT = "credit_purchase_completed"
 class PaymentRecorded:
     payment: Payment
     created: bool  # False: the payment was already recorded and nothing was done
-    grant_events: list[CreditEvent]
+    grant_events: list[CreditEvent | LedgerEvent]
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class CreditsTakenBack:
     payment: Payment
     revoked: int
     unrecovered: int
-    event: CreditEvent | None
+    event: LedgerEvent | None
 
 
 @dataclass(frozen=True)
@@ -63,10 +64,15 @@ class PaymentDetails:
 RecordFailure = UserNotFound | InvalidInput | IdempotencyConflict
 
 
+def invoice_key(invoice_id: str) -> str:
+    """The key of an invoice's grant: by the invoice paid for, so sibling events grant once."""
+    return f"stripe:invoice:{invoice_id}"
+
+
 async def record_credit_pack_purchase(
     session: AsyncSession,
     *,
-    user_id: int,
+    user: UserRef | Account,
     checkout_session_id: str,
     pack: CreditPack,
     amount: int,
@@ -76,13 +82,14 @@ async def record_credit_pack_purchase(
     now: datetime,
 ) -> PaymentRecorded | RecordFailure:
     """A paid checkout session: the payment row, the pack's credits, `credit_purchase_completed`."""
-    user = await find_user(session, UserRef(user_id=user_id), lock=True)
-    if user is None:
-        return UserNotFound(user_id=user_id)
+    account = await lock_account(session, user)
+    if account is None:
+        assert isinstance(user, UserRef)
+        return user.not_found()
     if earlier := await _recorded(session, checkout_session_id):
         return earlier
     payment = Payment(
-        user_id=user.id,
+        user_id=account.id,
         kind="credit_pack",
         stripe_object_id=checkout_session_id,
         stripe_payment_intent_id=payment_intent_id,
@@ -101,7 +108,7 @@ async def record_credit_pack_purchase(
     # Keyed by the checkout session, not the event: its sibling events grant once.
     granted = await grant_ai_credits(
         session,
-        user=UserRef(user_id=user.id),
+        user=account,
         amount=pack.credits,
         reason=f"credit pack {pack.code} bought (checkout {checkout_session_id})",
         actor=actor,
@@ -114,7 +121,7 @@ async def record_credit_pack_purchase(
         return granted
     await _track_once(
         session,
-        user_id=user.id,
+        user_id=account.id,
         dedupe_key=f"{PURCHASE_EVENT}:{checkout_session_id}",
         properties={
             "pack": pack.code,
@@ -133,7 +140,7 @@ async def record_credit_pack_purchase(
 async def record_subscription_payment(
     session: AsyncSession,
     *,
-    user_id: int,
+    user: UserRef | Account,
     invoice_id: str,
     tier: Tier,
     amount: int,
@@ -148,14 +155,15 @@ async def record_subscription_payment(
 
     The allowance expires at the period's end; an invoice replayed after that grants nothing.
     """
-    user = await find_user(session, UserRef(user_id=user_id), lock=True)
-    if user is None:
-        return UserNotFound(user_id=user_id)
+    account = await lock_account(session, user)
+    if account is None:
+        assert isinstance(user, UserRef)
+        return user.not_found()
     if earlier := await _recorded(session, invoice_id):
         return earlier
     credits = tier.monthly_credits if period_end is not None and period_end > now else 0
     payment = Payment(
-        user_id=user.id,
+        user_id=account.id,
         kind="subscription",
         stripe_object_id=invoice_id,
         stripe_invoice_id=invoice_id,
@@ -177,14 +185,14 @@ async def record_subscription_payment(
         return PaymentRecorded(payment=payment, created=True, grant_events=[])
     granted = await grant_ai_credits(
         session,
-        user=UserRef(user_id=user.id),
+        user=account,
         amount=credits,
         reason=f"{tier.code} plan allowance (invoice {invoice_id})",
         actor=actor,
         now=now,
         expires_at=period_end,
         payment_id=payment.id,
-        idempotency_key=f"stripe:invoice:{invoice_id}",
+        idempotency_key=invoice_key(invoice_id),
     )
     if not isinstance(granted, CreditChanged):
         return granted
@@ -317,7 +325,7 @@ async def _recorded(session: AsyncSession, stripe_object_id: str) -> PaymentReco
     if payment is None:
         return None
     events = [e for e in await _payment_events(session, payment.id) if e.kind == "grant"]
-    return PaymentRecorded(payment=payment, created=False, grant_events=events)
+    return PaymentRecorded(payment=payment, created=False, grant_events=list(events))
 
 
 async def _payment_events(session: AsyncSession, payment_id: int) -> list[CreditEvent]:
@@ -338,7 +346,8 @@ async def _take_back(
     owner = await session.get(Payment, payment_id)
     if owner is None:
         raise LookupError(f"payment {payment_id} vanished")
-    if await find_user(session, UserRef(user_id=owner.user_id), lock=True) is None:
+    account = await lock_account(session, UserRef(user_id=owner.user_id))
+    if account is None:
         return UserNotFound(user_id=owner.user_id)
     # Re-read under the user's lock: a concurrent refund of the same payment has committed.
     payment = (
@@ -361,7 +370,7 @@ async def _take_back(
         return CreditsTakenBack(payment=payment, revoked=0, unrecovered=0, event=None)
     result = await revoke_payment_credits(
         session,
-        user_id=payment.user_id,
+        user=account,
         payment_id=payment.id,
         amount=due,
         reason=reason,
