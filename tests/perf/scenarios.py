@@ -15,6 +15,7 @@ import stripe
 from tests.perf.spec import RequestSpec
 
 GATEWAY, BASELINE, POSTGRAPHILE = "gateway", "baseline", "postgraphile"
+PGBENCH = "pgbench"  # not a server: pgbench's ceiling for a spend's SQL (tests/perf/pgbench.py)
 SCENARIOS = ("viewer", "consume", "support", "metrics", "webhook")
 READS = ("viewer", "support", "metrics")  # the bar: >= 50% of the baseline
 WRITES = ("consume",)  # >= 25%
