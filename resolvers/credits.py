@@ -40,6 +40,7 @@ from resolvers.ledger import (
     take_grants,
 )
 from resolvers.models import CreditGrant, User
+from resolvers.spends import can_spend_in_database, spend_in_database
 from resolvers.users import UserRef
 
 # The burn order: soonest expiry first (no expiry last), free before purchased, oldest first.
@@ -173,6 +174,21 @@ async def consume_credits(
         reason=reason, actor=actor, idempotency_key=idempotency_key
     ):
         return failure
+    if isinstance(user, UserRef) and user.user_id is not None and can_spend_in_database(session):
+        spent = await spend_in_database(
+            session,
+            user_id=user.user_id,
+            amount=amount,
+            reason=reason,
+            actor=actor,
+            now=now,
+            idempotency_key=idempotency_key,
+            digest=fingerprint("consume", user=user.user_id, amount=amount, reason=reason),
+        )
+        if isinstance(spent, tuple):
+            return CreditChanged(user=spent[0], event=spent[1])
+        if spent is not None:
+            return spent
     row = await lock_account(session, user, idempotency_key=idempotency_key)
     if row is None:
         return _not_found(user)
