@@ -311,7 +311,8 @@ class Bench:
         targets[BASELINE] = start_baseline(
             self.servers, database, url, self.webhook_secret, args.workers
         )
-        if database == "postgresql" and args.postgraphile and "viewer" in args.scenarios:
+        compared = {"viewer", "consume"} & set(args.scenarios)
+        if database == "postgresql" and args.postgraphile and compared:
             binary = install_postgraphile(self.notes)
             if binary is not None:
                 try:
