@@ -17,11 +17,11 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers import payments
-from resolvers.accounts import Account, lock_account, save_account
+from resolvers.accounts import USERS, Account, lock_account, save_account
 from resolvers.catalog import Catalog, CreditPack
 from resolvers.errors import Failure, StripeEventFailed
 from resolvers.ledger import Actor
-from resolvers.models import Payment, User, parse_row_id
+from resolvers.models import Payment, parse_row_id
 from resolvers.users import UserRef, normalize_email
 
 ALLOWANCE_BILLING_REASONS = ("subscription_create", "subscription_cycle")
@@ -255,7 +255,7 @@ async def find_event_user(
         assert user is not None, "a user found in this transaction is still there"
     if customer and user.stripe_customer_id is None:
         taken = await ctx.session.execute(
-            select(User.id).where(User.stripe_customer_id == customer)
+            select(USERS.c.id).where(USERS.c.stripe_customer_id == customer)
         )
         if taken.scalar_one_or_none() is None:
             user.stripe_customer_id = customer
@@ -272,15 +272,15 @@ async def _user_id_by(
 ) -> int | None:
     conditions = []
     if (row_id := parse_row_id(user_id)) is not None:
-        conditions.append(User.id == row_id)
+        conditions.append(USERS.c.id == row_id)
     if customer:
-        conditions.append(User.stripe_customer_id == customer)
+        conditions.append(USERS.c.stripe_customer_id == customer)
     if subscription:
-        conditions.append(User.stripe_subscription_id == subscription)
+        conditions.append(USERS.c.stripe_subscription_id == subscription)
     if isinstance(email, str) and email:
-        conditions.append(User.email == normalize_email(email))
+        conditions.append(USERS.c.email == normalize_email(email))
     for condition in conditions:
-        stmt = select(User.id).where(condition).order_by(User.id).limit(1)
+        stmt = select(USERS.c.id).where(condition).order_by(USERS.c.id).limit(1)
         if (found := (await session.execute(stmt)).scalar_one_or_none()) is not None:
             return found
     return None

@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import bindparam, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers.accounts import Account, lock_account
@@ -88,7 +89,8 @@ async def record_credit_pack_purchase(
         return user.not_found()
     if earlier := await _recorded(session, checkout_session_id):
         return earlier
-    payment = Payment(
+    payment = await _insert_payment(
+        session,
         user_id=account.id,
         kind="credit_pack",
         stripe_object_id=checkout_session_id,
@@ -103,8 +105,6 @@ async def record_credit_pack_purchase(
         credits_unrecovered=0,
         created_at=now,
     )
-    session.add(payment)
-    await session.flush()
     # Keyed by the checkout session, not the event: its sibling events grant once.
     granted = await grant_ai_credits(
         session,
@@ -162,7 +162,8 @@ async def record_subscription_payment(
     if earlier := await _recorded(session, invoice_id):
         return earlier
     credits = tier.monthly_credits if period_end is not None and period_end > now else 0
-    payment = Payment(
+    payment = await _insert_payment(
+        session,
         user_id=account.id,
         kind="subscription",
         stripe_object_id=invoice_id,
@@ -179,8 +180,6 @@ async def record_subscription_payment(
         credits_unrecovered=0,
         created_at=now,
     )
-    session.add(payment)
-    await session.flush()
     if credits == 0:
         return PaymentRecorded(payment=payment, created=True, grant_events=[])
     granted = await grant_ai_credits(
@@ -318,7 +317,17 @@ async def find_payment(session: AsyncSession, *, ref: str) -> PaymentDetails | P
     return PaymentDetails(payment=payment, user=user, grants=list(grants), events=events)
 
 
+async def _insert_payment(session: AsyncSession, **values: Any) -> Payment:
+    """Insert a payment row (Core: no unit of work); the row returned is detached."""
+    conn = await session.connection()
+    payment_id = (await conn.execute(_INSERT_PAYMENT, values)).scalar_one()
+    return Payment(id=payment_id, **values)
+
+
 async def _recorded(session: AsyncSession, stripe_object_id: str) -> PaymentRecorded | None:
+    conn = await session.connection()
+    if (await conn.execute(_PAYMENT_BY_OBJECT, {"object_id": stripe_object_id})).first() is None:
+        return None  # the common case, a new payment: one cheap statement
     payment = (
         await session.execute(select(Payment).where(Payment.stripe_object_id == stripe_object_id))
     ).scalar_one_or_none()
@@ -387,6 +396,15 @@ async def _take_back(
     )
 
 
+PAYMENTS = Payment.__table__
+_INSERT_PAYMENT = insert(PAYMENTS).returning(PAYMENTS.c.id)
+_PAYMENT_BY_OBJECT = select(PAYMENTS.c.id).where(
+    PAYMENTS.c.stripe_object_id == bindparam("object_id")
+)
+ANALYTICS = AnalyticsEvent.__table__
+_TRACKED = select(ANALYTICS.c.id).where(ANALYTICS.c.dedupe_key == bindparam("dedupe_key"))
+
+
 async def _track_once(
     session: AsyncSession,
     *,
@@ -396,20 +414,14 @@ async def _track_once(
     request_id: str | None,
     now: datetime,
 ) -> None:
-    exists = (
-        await session.execute(
-            select(AnalyticsEvent.id).where(AnalyticsEvent.dedupe_key == dedupe_key)
-        )
-    ).scalar_one_or_none()
-    if exists is None:
-        session.add(
-            AnalyticsEvent(
-                name=PURCHASE_EVENT,
-                user_id=user_id,
-                properties=properties,
-                dedupe_key=dedupe_key,
-                request_id=request_id,
-                occurred_at=now,
-            )
-        )
-        await session.flush()
+    conn = await session.connection()
+    if (await conn.execute(_TRACKED, {"dedupe_key": dedupe_key})).first() is None:
+        values = {
+            "name": PURCHASE_EVENT,
+            "user_id": user_id,
+            "properties": properties,
+            "dedupe_key": dedupe_key,
+            "request_id": request_id,
+            "occurred_at": now,
+        }
+        await conn.execute(insert(ANALYTICS), values)
