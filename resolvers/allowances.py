@@ -8,10 +8,11 @@ from datetime import UTC, datetime
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from resolvers.accounts import Account, find_key_use, lock_account, save_account
 from resolvers.catalog import Catalog
-from resolvers.ledger import Actor, add_grant, expire_credits, find_keyed_event, fingerprint
-from resolvers.models import CreditEvent, User
-from resolvers.users import UserRef, find_user
+from resolvers.ledger import Actor, LedgerEvent, add_grant, expire_credits, fingerprint
+from resolvers.models import User
+from resolvers.users import UserRef
 
 # Subscriptions in these states get their allowance from Stripe invoices, not the calendar.
 BILLED_BY_STRIPE = ("active", "trialing", "past_due")
@@ -29,8 +30,8 @@ def allowance_period(now: datetime) -> tuple[datetime, datetime]:
 
 
 async def grant_plan_allowance(
-    session: AsyncSession, user: User, *, catalog: Catalog, now: datetime, actor: Actor
-) -> CreditEvent | None:
+    session: AsyncSession, user: Account, *, catalog: Catalog, now: datetime, actor: Actor
+) -> LedgerEvent | None:
     """Grant the tier's monthly credits for the current month, once; they expire at its end."""
     start = allowance_period(now)[0]
     if user.allowance_period_start == start:
@@ -38,11 +39,14 @@ async def grant_plan_allowance(
     due = pending_allowance(user, catalog=catalog, now=now)
     user.allowance_period_start = start
     if due is None:
+        await save_account(session, user)
         return None
     key = f"allowance:{user.id}:{due.tier}:{due.period_start:%Y-%m}"
     digest = fingerprint("allowance", user=user.id, tier=due.tier, period=due.period_start)
-    if await find_keyed_event(session, key, digest) is not None:
+    if await find_key_use(session, key) is not None:
+        await save_account(session, user)
         return None
+    # add_grant saves the account, the period start with it.
     return await add_grant(
         session,
         user,
@@ -70,7 +74,9 @@ class PendingAllowance:
         return f"{self.tier} plan allowance {self.period_start:%Y-%m}"
 
 
-def pending_allowance(user: User, *, catalog: Catalog, now: datetime) -> PendingAllowance | None:
+def pending_allowance(
+    user: User | Account, *, catalog: Catalog, now: datetime
+) -> PendingAllowance | None:
     """The allowance the user's next write (or `entitlements allowances grant`) will grant.
 
     Reads never write: a balance read before the grant adds this to what is stored.
@@ -113,9 +119,9 @@ async def users_due_an_allowance(
 
 async def grant_due_allowance(
     session: AsyncSession, user_id: int, *, catalog: Catalog, now: datetime, actor: Actor
-) -> CreditEvent | None:
+) -> LedgerEvent | None:
     """Lock the user, write off expired grants, grant a due allowance; the grant's event."""
-    row = await find_user(session, UserRef(user_id=user_id), lock=True)
+    row = await lock_account(session, UserRef(user_id=user_id))
     if row is None:
         return None
     await expire_credits(session, row, now=now, actor=actor)

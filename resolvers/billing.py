@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select, tuple_
+from sqlalchemy import bindparam, func, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from stripe import StripeClient
 
@@ -111,21 +113,48 @@ async def receive_stripe_event(
     its primary key until this transaction ends, then fails with a unique violation, and the
     unit of work's retry finds the event processed. SQLite takes the write lock at BEGIN.
     """
-    row = await _lock_event(session, event["id"])
-    if row is None:
-        row = _new_row(event, now=now, request_id=request_id)
-        session.add(row)
-        await session.flush()
-    elif row.status in ("processed", "ignored"):
-        return StripeEventOutcome(event=row, status=row.status, note=row.last_error, duplicate=True)
-    return await _apply(
+    values = _new_values(event, now=now, request_id=request_id)
+    # Stored as processed and counted as an attempt in its INSERT: a failure rolls the whole
+    # transaction back (and is recorded in a second one), so no other state is ever committed.
+    values.update(status="processed", attempts=1, processed_at=now)
+    conn = await session.connection()
+    insert = _INSERT_NEW[conn.dialect.name]
+    if (await conn.execute(insert, values)).first() is None:
+        # Stored before: a duplicate (processed, ignored) or a retry of a failed delivery.
+        row = await _lock_event(session, event["id"])
+        assert row is not None, "an event that is stored stays stored"
+        if row.status in ("processed", "ignored"):
+            note = row.last_error
+            return StripeEventOutcome(event=row, status=row.status, note=note, duplicate=True)
+        return await _apply(
+            session,
+            row,
+            event=row.payload,
+            catalog=catalog,
+            now=now,
+            request_id=request_id,
+            stripe_client=stripe_client,
+        )
+    result = await handle_stripe_event(
         session,
-        row,
-        event=row.payload,
+        event=event,
         catalog=catalog,
         now=now,
         request_id=request_id,
         stripe_client=stripe_client,
+    )
+    if isinstance(result, StripeEventFailed):
+        return result
+    if result.status == "ignored":
+        values.update(status="ignored", last_error=result.note)
+        await conn.execute(
+            _SET_STATUS,
+            {"event_id": event["id"], "new_status": "ignored", "new_error": result.note},
+        )
+    # A detached row for the answer: nothing more is written through it.
+    row = StripeEvent(**values)
+    return StripeEventOutcome(
+        event=row, status=result.status, effects=result.effects, note=result.note
     )
 
 
@@ -305,21 +334,43 @@ async def _lock_event(session: AsyncSession, event_id: str) -> StripeEvent | Non
 
 
 def _new_row(event: dict[str, Any], *, now: datetime, request_id: str | None) -> StripeEvent:
+    return StripeEvent(**_new_values(event, now=now, request_id=request_id))
+
+
+def _new_values(event: dict[str, Any], *, now: datetime, request_id: str | None) -> dict[str, Any]:
     obj = event["data"]["object"]
     customer = obj.get("customer")
     if obj.get("object") == "customer":
         customer = obj.get("id")
-    return StripeEvent(
-        id=event["id"],
-        type=event["type"],
-        created=datetime.fromtimestamp(event["created"], UTC),
-        livemode=bool(event.get("livemode", False)),
-        payload=event,
+    return {
+        "id": event["id"],
+        "type": event["type"],
+        "created": datetime.fromtimestamp(event["created"], UTC),
+        "livemode": bool(event.get("livemode", False)),
+        "payload": event,
         # Never committed in this state: the same transaction sets the outcome.
-        status="received",
-        attempts=0,
-        request_id=request_id,
-        stripe_customer_id=object_id(customer),
-        stripe_object_id=object_id(obj.get("id")),
-        received_at=now,
-    )
+        "status": "received",
+        "attempts": 0,
+        "last_error": None,
+        "request_id": request_id,
+        "stripe_customer_id": object_id(customer),
+        "stripe_object_id": object_id(obj.get("id")),
+        "received_at": now,
+        "processed_at": None,
+    }
+
+
+_EVENTS = StripeEvent.__table__
+# A new event is stored by one statement; an id stored before (by a concurrent delivery too,
+# once it commits: PostgreSQL waits for it) inserts nothing and returns no row.
+_INSERT_NEW = {
+    name: dialect_insert(_EVENTS)
+    .on_conflict_do_nothing(index_elements=[_EVENTS.c.id])
+    .returning(_EVENTS.c.id)
+    for name, dialect_insert in (("postgresql", postgresql_insert), ("sqlite", sqlite_insert))
+}
+_SET_STATUS = (
+    update(_EVENTS)
+    .where(_EVENTS.c.id == bindparam("event_id"))
+    .values(status=bindparam("new_status"), last_error=bindparam("new_error"))
+)

@@ -17,11 +17,12 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers import payments
+from resolvers.accounts import USERS, Account, lock_account, save_account
 from resolvers.catalog import Catalog, CreditPack
 from resolvers.errors import Failure, StripeEventFailed
 from resolvers.ledger import Actor
-from resolvers.models import Payment, User, parse_row_id
-from resolvers.users import UserRef, find_user, normalize_email
+from resolvers.models import Payment, parse_row_id
+from resolvers.users import UserRef, normalize_email
 
 ALLOWANCE_BILLING_REASONS = ("subscription_create", "subscription_cycle")
 
@@ -98,6 +99,7 @@ async def checkout_completed(ctx: EventContext) -> EventHandled | StripeEventFai
         if subscription and user.stripe_subscription_id is None:
             user.stripe_subscription_id = subscription
             user.updated_at = ctx.now
+        await save_account(ctx.session, user)
         return EventHandled(
             status="processed",
             effects=(f"user {user.id} linked to {user.stripe_customer_id} / {subscription}",),
@@ -107,7 +109,7 @@ async def checkout_completed(ctx: EventContext) -> EventHandled | StripeEventFai
         return pack
     recorded = await payments.record_credit_pack_purchase(
         ctx.session,
-        user_id=user.id,
+        user=user,
         checkout_session_id=cs["id"],
         pack=pack,
         amount=int(cs.get("amount_total") or 0),
@@ -118,6 +120,7 @@ async def checkout_completed(ctx: EventContext) -> EventHandled | StripeEventFai
     )
     if isinstance(recorded, Failure):
         return ctx.fail(recorded.message)
+    await save_account(ctx.session, user)  # a customer id linked above, if nothing else did
     return EventHandled(status="processed", effects=_payment_effects(recorded))
 
 
@@ -148,12 +151,13 @@ async def invoice_paid(ctx: EventContext) -> EventHandled | StripeEventFailed:
         customer=object_id(inv.get("customer")),
         subscription=subscription,
         email=inv.get("customer_email"),
+        idempotency_key=payments.invoice_key(inv["id"]),
     )
     if isinstance(user, StripeEventFailed):
         return user
     recorded = await payments.record_subscription_payment(
         ctx.session,
-        user_id=user.id,
+        user=user,
         invoice_id=inv["id"],
         tier=tier,
         amount=int(inv.get("amount_paid") or 0),
@@ -166,6 +170,7 @@ async def invoice_paid(ctx: EventContext) -> EventHandled | StripeEventFailed:
     )
     if isinstance(recorded, Failure):
         return ctx.fail(recorded.message)
+    await save_account(ctx.session, user)  # a customer id linked above, if nothing else did
     return EventHandled(status="processed", effects=_payment_effects(recorded))
 
 
@@ -215,26 +220,42 @@ async def find_event_user(
     customer: str | None = None,
     subscription: str | None = None,
     email: str | None = None,
-) -> User | StripeEventFailed:
-    """By our id (client_reference_id, metadata), else customer, subscription, email; locked."""
-    found = await _user_id_by(ctx.session, user_id, customer, subscription, email)
-    if found is None and email is None and customer and ctx.stripe_client is not None:
-        try:
-            remote = await ctx.stripe_client.v1.customers.retrieve_async(customer)
-        except stripe.StripeError as exc:
-            return ctx.fail(f"fetching customer {customer} from Stripe: {exc.user_message or exc}")
-        email = getattr(remote, "email", None)
-        found = await _user_id_by(ctx.session, None, None, None, email)
-    if found is None:
-        return ctx.fail(
-            f"no user for Stripe customer {customer or '-'} (user id {user_id or '-'},"
-            f" email {email or '-'}); create the user, then replay {ctx.event['id']}"
+    idempotency_key: str | None = None,
+) -> Account | StripeEventFailed:
+    """By our id (client_reference_id, metadata), else customer, subscription, email; locked.
+
+    Locked once, here: the payment and ledger resolvers are handed the account. The key the
+    effects will use is looked up by the same statement. A customer id linked here is written
+    by the next save of the account.
+    """
+    user = None
+    if (row_id := parse_row_id(user_id)) is not None:
+        user = await lock_account(
+            ctx.session, UserRef(user_id=row_id), idempotency_key=idempotency_key
         )
-    user = await find_user(ctx.session, UserRef(user_id=found), lock=True)
-    assert user is not None, "a user found in this transaction is still there"
+    if user is None:
+        found = await _user_id_by(ctx.session, None, customer, subscription, email)
+        if found is None and email is None and customer and ctx.stripe_client is not None:
+            try:
+                remote = await ctx.stripe_client.v1.customers.retrieve_async(customer)
+            except stripe.StripeError as exc:
+                return ctx.fail(
+                    f"fetching customer {customer} from Stripe: {exc.user_message or exc}"
+                )
+            email = getattr(remote, "email", None)
+            found = await _user_id_by(ctx.session, None, None, None, email)
+        if found is None:
+            return ctx.fail(
+                f"no user for Stripe customer {customer or '-'} (user id {user_id or '-'},"
+                f" email {email or '-'}); create the user, then replay {ctx.event['id']}"
+            )
+        user = await lock_account(
+            ctx.session, UserRef(user_id=found), idempotency_key=idempotency_key
+        )
+        assert user is not None, "a user found in this transaction is still there"
     if customer and user.stripe_customer_id is None:
         taken = await ctx.session.execute(
-            select(User.id).where(User.stripe_customer_id == customer)
+            select(USERS.c.id).where(USERS.c.stripe_customer_id == customer)
         )
         if taken.scalar_one_or_none() is None:
             user.stripe_customer_id = customer
@@ -251,15 +272,15 @@ async def _user_id_by(
 ) -> int | None:
     conditions = []
     if (row_id := parse_row_id(user_id)) is not None:
-        conditions.append(User.id == row_id)
+        conditions.append(USERS.c.id == row_id)
     if customer:
-        conditions.append(User.stripe_customer_id == customer)
+        conditions.append(USERS.c.stripe_customer_id == customer)
     if subscription:
-        conditions.append(User.stripe_subscription_id == subscription)
+        conditions.append(USERS.c.stripe_subscription_id == subscription)
     if isinstance(email, str) and email:
-        conditions.append(User.email == normalize_email(email))
+        conditions.append(USERS.c.email == normalize_email(email))
     for condition in conditions:
-        stmt = select(User.id).where(condition).order_by(User.id).limit(1)
+        stmt = select(USERS.c.id).where(condition).order_by(USERS.c.id).limit(1)
         if (found := (await session.execute(stmt)).scalar_one_or_none()) is not None:
             return found
     return None

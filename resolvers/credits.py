@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from resolvers.accounts import Account, lock_account, save_account
 from resolvers.allowances import grant_plan_allowance, pending_allowance
 from resolvers.catalog import Catalog
 from resolvers.errors import (
@@ -22,7 +23,9 @@ from resolvers.errors import (
     UserNotFound,
 )
 from resolvers.ledger import (
+    GRANTS,
     Actor,
+    LedgerEvent,
     add_grant,
     append_event,
     check_amount,
@@ -34,27 +37,38 @@ from resolvers.ledger import (
     next_expiry,
     recent_credit_events,
     take_from,
+    take_grants,
 )
-from resolvers.models import CreditEvent, CreditGrant, User
-from resolvers.users import UserRef, find_user
+from resolvers.models import CreditGrant, User
+from resolvers.spends import can_spend_in_database, spend_in_database
+from resolvers.users import UserRef
 
 # The burn order: soonest expiry first (no expiry last), free before purchased, oldest first.
 _SPENDABLE = (
-    select(CreditGrant)
-    .where(CreditGrant.user_id == bindparam("user_id"), CreditGrant.remaining > 0)
+    select(GRANTS.c.id, GRANTS.c.remaining, GRANTS.c.expires_at)
+    .where(GRANTS.c.user_id == bindparam("user_id"), GRANTS.c.remaining > 0)
     .order_by(
-        CreditGrant.expires_at.asc().nulls_last(),
-        CreditGrant.is_purchased,
-        CreditGrant.created_at,
-        CreditGrant.id,
+        GRANTS.c.expires_at.asc().nulls_last(),
+        GRANTS.c.is_purchased,
+        GRANTS.c.created_at,
+        GRANTS.c.id,
     )
+)
+_PAYMENT_GRANTS = (
+    select(GRANTS.c.id, GRANTS.c.remaining)
+    .where(
+        GRANTS.c.user_id == bindparam("user_id"),
+        GRANTS.c.payment_id == bindparam("payment_id"),
+        GRANTS.c.remaining > 0,
+    )
+    .order_by(GRANTS.c.id)
 )
 
 
 @dataclass(frozen=True)
 class CreditChanged:
-    user: User
-    event: CreditEvent
+    user: Account
+    event: LedgerEvent
     replayed: bool = False
 
 
@@ -82,7 +96,7 @@ class PlanMetadata:
 async def grant_ai_credits(
     session: AsyncSession,
     *,
-    user: UserRef,
+    user: UserRef | Account,
     amount: int,
     reason: str,
     actor: Actor,
@@ -96,15 +110,16 @@ async def grant_ai_credits(
     """Add `amount` credits to the user's balance as one grant and one ledger event.
 
     Given the catalog, a monthly allowance that is due is granted first, so the balance the
-    caller is shown is the one reads already showed.
+    caller is shown is the one reads already showed. `user` may be an account the caller
+    already locked in this transaction.
     """
     if failure := check_amount(amount) or check_change_args(
         reason=reason, actor=actor, idempotency_key=idempotency_key
     ):
         return failure
-    row = await find_user(session, user, lock=True)
+    row = await lock_account(session, user, idempotency_key=idempotency_key)
     if row is None:
-        return user.not_found()
+        return _not_found(user)
     digest = fingerprint(
         "grant",
         user=row.id,
@@ -113,7 +128,7 @@ async def grant_ai_credits(
         expires_at=expires_at,
         payment_id=payment_id,
     )
-    keyed = await find_keyed_event(session, idempotency_key, digest)
+    keyed = await find_keyed_event(session, row, idempotency_key, digest)
     if isinstance(keyed, IdempotencyConflict):
         return keyed
     if keyed is not None:
@@ -146,7 +161,7 @@ async def grant_ai_credits(
 async def consume_credits(
     session: AsyncSession,
     *,
-    user: UserRef,
+    user: UserRef | Account,
     amount: int,
     reason: str,
     actor: Actor,
@@ -159,11 +174,26 @@ async def consume_credits(
         reason=reason, actor=actor, idempotency_key=idempotency_key
     ):
         return failure
-    row = await find_user(session, user, lock=True)
+    if isinstance(user, UserRef) and user.user_id is not None and can_spend_in_database(session):
+        spent = await spend_in_database(
+            session,
+            user_id=user.user_id,
+            amount=amount,
+            reason=reason,
+            actor=actor,
+            now=now,
+            idempotency_key=idempotency_key,
+            digest=fingerprint("consume", user=user.user_id, amount=amount, reason=reason),
+        )
+        if isinstance(spent, tuple):
+            return CreditChanged(user=spent[0], event=spent[1])
+        if spent is not None:
+            return spent
+    row = await lock_account(session, user, idempotency_key=idempotency_key)
     if row is None:
-        return user.not_found()
+        return _not_found(user)
     digest = fingerprint("consume", user=row.id, amount=amount, reason=reason)
-    keyed = await find_keyed_event(session, idempotency_key, digest)
+    keyed = await find_keyed_event(session, row, idempotency_key, digest)
     if isinstance(keyed, IdempotencyConflict):
         return keyed
     if keyed is not None:
@@ -173,18 +203,27 @@ async def consume_credits(
     if row.credits_available < amount:
         return InsufficientCredits(available=row.credits_available, requested=amount)
 
-    grants = (await session.execute(_SPENDABLE, {"user_id": row.id})).scalars().all()
+    conn = await session.connection()
+    grants = (await conn.execute(_SPENDABLE, {"user_id": row.id})).all()
     allocations, left = take_from(grants, amount)
     if left:
         # The cached balance disagrees with the grants: refuse rather than overspend.
         raise RuntimeError(f"user {row.id}: balance {row.credits_available} exceeds its grants")
+    await take_grants(session, grants, allocations)
+    taken = dict(allocations)
     row.credits_available -= amount
     row.updated_at = now
-    soonest = row.credits_next_expiry
-    # The row's soonest expiry only moves when the grant carrying it was emptied.
-    if soonest is not None and any(g.remaining == 0 and g.expires_at == soonest for g in grants):
-        row.credits_next_expiry = await next_expiry(session, row.id, now)
-    event = append_event(
+    # Every grant with credits left was read, so the soonest expiry is known without asking.
+    row.credits_next_expiry = min(
+        (
+            g.expires_at
+            for g in grants
+            if g.expires_at is not None and g.expires_at > now and g.remaining > taken.get(g.id, 0)
+        ),
+        default=None,
+    )
+    await save_account(session, row)
+    event = await append_event(
         session,
         row,
         kind="consume",
@@ -196,14 +235,13 @@ async def consume_credits(
         digest=digest,
         allocations=allocations,
     )
-    await session.flush()
     return CreditChanged(user=row, event=event)
 
 
 async def revoke_payment_credits(
     session: AsyncSession,
     *,
-    user_id: int,
+    user: UserRef | Account,
     payment_id: int,
     amount: int,
     reason: str,
@@ -219,30 +257,25 @@ async def revoke_payment_credits(
         reason=reason, actor=actor, idempotency_key=None
     ):
         return failure
-    row = await find_user(session, UserRef(user_id=user_id), lock=True)
+    row = await lock_account(session, user)
     if row is None:
-        return UserNotFound(user_id=user_id)
+        return _not_found(user)
     # Expired credits cannot be taken back: write them off first so they are not counted.
     await expire_credits(session, row, now=now, actor=actor)
+    conn = await session.connection()
     grants = (
-        await session.execute(
-            select(CreditGrant)
-            .where(
-                CreditGrant.user_id == row.id,
-                CreditGrant.payment_id == payment_id,
-                CreditGrant.remaining > 0,
-            )
-            .order_by(CreditGrant.id)
-        )
-    ).scalars()
+        await conn.execute(_PAYMENT_GRANTS, {"user_id": row.id, "payment_id": payment_id})
+    ).all()
     allocations, left = take_from(grants, amount)
     revoked = amount - left
     if revoked == 0:
         return CreditsRevoked(user=row, revoked=0, unrecovered=amount, event=None)
+    await take_grants(session, grants, allocations)
     row.credits_available -= revoked
     row.updated_at = now
     row.credits_next_expiry = await next_expiry(session, row.id, now)
-    event = append_event(
+    await save_account(session, row)
+    event = await append_event(
         session,
         row,
         kind="revoke",
@@ -253,7 +286,6 @@ async def revoke_payment_credits(
         payment_id=payment_id,
         allocations=allocations,
     )
-    await session.flush()
     return CreditsRevoked(user=row, revoked=revoked, unrecovered=left, event=event)
 
 
@@ -261,10 +293,10 @@ async def revoke_payment_credits(
 class CreditsRevoked:
     """A take-back: what came back from a payment's grants, and what was already spent."""
 
-    user: User
+    user: Account
     revoked: int
     unrecovered: int
-    event: CreditEvent | None  # None when nothing of the payment's credits was left
+    event: LedgerEvent | None  # None when nothing of the payment's credits was left
 
 
 async def ensure_plan_metadata(
@@ -277,7 +309,7 @@ async def ensure_plan_metadata(
     event_count: int = 5,
 ) -> PlanMetadata:
     """The runbook's account check: expire what is due, grant this period's allowance, report."""
-    locked = await find_user(session, UserRef(user_id=user.id), lock=True)
+    locked = await lock_account(session, UserRef(user_id=user.id))
     assert locked is not None, "ensure_plan_metadata is given an existing user"
     await expire_credits(session, locked, now=now, actor=actor)
     await grant_plan_allowance(session, locked, catalog=catalog, now=now, actor=actor)
@@ -330,3 +362,9 @@ async def spendable_balance(
         )
     due = pending_allowance(user, catalog=catalog, now=now)
     return available + (due.amount if due else 0)
+
+
+def _not_found(user: UserRef | Account) -> UserNotFound:
+    # An account is locked, so it exists: only a reference can name nobody.
+    assert isinstance(user, UserRef)
+    return user.not_found()

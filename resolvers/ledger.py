@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, literal, select, union_all
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from resolvers.accounts import Account, lock_account, save_account
 from resolvers.changes import record_change
 from resolvers.errors import IdempotencyConflict, InvalidInput
-from resolvers.models import CreditEvent, CreditGrant, TierChange, User
+from resolvers.models import CreditEvent, CreditGrant
+
+EVENTS = CreditEvent.__table__
+GRANTS = CreditGrant.__table__
 
 SOURCES = ("support", "stripe", "usage", "plan_allowance", "system")
 # Keys the gateway makes for itself (plan allowances, Stripe payments). A caller's key in these
@@ -83,32 +87,30 @@ def fingerprint(operation: str, **args: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-# Where a key was used before, in one statement: a credit change (replay it, or conflict) or a
-# tier change (a key names one operation: conflict).
-_KEY_USES = union_all(
-    select(CreditEvent.id, CreditEvent.fingerprint, literal("credit").label("kind")).where(
-        CreditEvent.idempotency_key == bindparam("key")
-    ),
-    select(TierChange.id, TierChange.fingerprint, literal("tier").label("kind")).where(
-        TierChange.idempotency_key == bindparam("key")
-    ),
-)
-
-
 async def find_keyed_event(
-    session: AsyncSession, key: str | None, digest: str
-) -> CreditEvent | IdempotencyConflict | None:
+    session: AsyncSession, account: Account, key: str | None, digest: str
+) -> LedgerEvent | IdempotencyConflict | None:
+    """The event a true retry should answer again, a conflict, or None: the key is free.
+
+    The lock statement already looked the key up (`lock_account`), so a fresh key costs nothing.
+    """
     if key is None:
         return None
-    used = (await session.execute(_KEY_USES, {"key": key})).first()
+    if account.key != key:
+        await lock_account(session, account, idempotency_key=key)
+    used = account.key_use
     if used is None:
         return None
-    if used.kind != "credit" or used.fingerprint != digest:
+    if used.by_tier_change or used.fingerprint != digest:
         return IdempotencyConflict(idempotency_key=key)
-    return await session.get(CreditEvent, used.id)
+    conn = await session.connection()
+    row = (await conn.execute(_EVENT_BY_ID, {"event_id": used.event_id})).one()
+    return LedgerEvent(**row._mapping)
 
 
-async def expire_credits(session: AsyncSession, user: User, *, now: datetime, actor: Actor) -> int:
+async def expire_credits(
+    session: AsyncSession, user: Account, *, now: datetime, actor: Actor
+) -> int:
     """Write off what is left of the user's expired grants; returns the credits written off.
 
     The user row must already be locked. Cheap when nothing is due: the row carries the
@@ -116,36 +118,28 @@ async def expire_credits(session: AsyncSession, user: User, *, now: datetime, ac
     """
     if user.credits_next_expiry is None or user.credits_next_expiry > now:
         return 0
-    expired = (
-        await session.execute(
-            select(CreditGrant)
-            .where(
-                CreditGrant.user_id == user.id,
-                CreditGrant.remaining > 0,
-                CreditGrant.expires_at <= now,
-            )
-            .order_by(CreditGrant.expires_at, CreditGrant.id)
-        )
-    ).scalars()
+    conn = await session.connection()
+    expired = (await conn.execute(_EXPIRED, {"user_id": user.id, "now": now})).all()
+    system = Actor(name="system", source="system", request_id=actor.request_id)
     total = 0
+    if expired:
+        await conn.execute(_SET_REMAINING, [{"grant_id": g.id, "left": 0} for g in expired])
     for grant in expired:
-        lost = grant.remaining
-        grant.remaining = 0
-        user.credits_available -= lost
-        total += lost
-        append_event(
+        user.credits_available -= grant.remaining
+        total += grant.remaining
+        await append_event(
             session,
             user,
             kind="expire",
-            amount=-lost,
+            amount=-grant.remaining,
             reason="grant expired",
-            actor=Actor(name="system", source="system", request_id=actor.request_id),
+            actor=system,
             now=now,
             grant_id=grant.id,
         )
     user.credits_next_expiry = await next_expiry(session, user.id, now)
     user.updated_at = now
-    await session.flush()
+    await save_account(session, user)
     return total
 
 
@@ -176,7 +170,7 @@ def describe_event(event: CreditEvent) -> dict[str, Any]:
 
 async def add_grant(
     session: AsyncSession,
-    user: User,
+    user: Account,
     *,
     amount: int,
     reason: str,
@@ -187,27 +181,32 @@ async def add_grant(
     is_purchased: bool = False,
     idempotency_key: str | None = None,
     digest: str | None = None,
-) -> CreditEvent:
-    grant = CreditGrant(
-        user_id=user.id,
-        amount=amount,
-        remaining=amount,
-        expires_at=expires_at,
-        source=actor.source,
-        is_purchased=is_purchased,
-        reason=reason,
-        payment_id=payment_id,
-        created_at=now,
-    )
-    session.add(grant)
-    await session.flush()
+) -> LedgerEvent:
+    conn = await session.connection()
+    grant_id = (
+        await conn.execute(
+            _INSERT_GRANT,
+            {
+                "user_id": user.id,
+                "amount": amount,
+                "remaining": amount,
+                "expires_at": expires_at,
+                "source": actor.source,
+                "is_purchased": is_purchased,
+                "reason": reason,
+                "payment_id": payment_id,
+                "created_at": now,
+            },
+        )
+    ).scalar_one()
     user.credits_available += amount
     user.updated_at = now
     if expires_at is not None and (
         user.credits_next_expiry is None or expires_at < user.credits_next_expiry
     ):
         user.credits_next_expiry = expires_at
-    event = append_event(
+    await save_account(session, user)
+    return await append_event(
         session,
         user,
         kind="grant",
@@ -217,16 +216,14 @@ async def add_grant(
         now=now,
         idempotency_key=idempotency_key,
         digest=digest,
-        grant_id=grant.id,
+        grant_id=grant_id,
         payment_id=payment_id,
     )
-    await session.flush()
-    return event
 
 
-def append_event(
+async def append_event(
     session: AsyncSession,
-    user: User,
+    user: Account,
     *,
     kind: str,
     amount: int,
@@ -238,24 +235,26 @@ def append_event(
     grant_id: int | None = None,
     payment_id: int | None = None,
     allocations: list[list[int]] | None = None,
-) -> CreditEvent:
-    event = CreditEvent(
-        user_id=user.id,
-        kind=kind,
-        amount=amount,
-        balance_after=user.credits_available,
-        reason=reason,
-        source=actor.source,
-        actor=actor.name,
-        request_id=actor.request_id,
-        idempotency_key=idempotency_key,
-        fingerprint=digest,
-        grant_id=grant_id,
-        payment_id=payment_id,
-        allocations=allocations,
-        created_at=now,
-    )
-    session.add(event)
+) -> LedgerEvent:
+    """Insert one ledger event carrying the account's balance after it, and queue its log line."""
+    values = {
+        "user_id": user.id,
+        "kind": kind,
+        "amount": amount,
+        "balance_after": user.credits_available,
+        "reason": reason,
+        "source": actor.source,
+        "actor": actor.name,
+        "request_id": actor.request_id,
+        "idempotency_key": idempotency_key,
+        "fingerprint": digest,
+        "grant_id": grant_id,
+        "payment_id": payment_id,
+        "allocations": allocations,
+        "created_at": now,
+    }
+    conn = await session.connection()
+    event_id = (await conn.execute(_INSERT_EVENT, values)).scalar_one()
     record_change(
         session,
         action=_ACTIONS[kind],
@@ -269,30 +268,81 @@ def append_event(
         source=actor.source,
         actor=actor.name,
     )
-    return event
+    return LedgerEvent(id=event_id, **values)
 
 
 async def next_expiry(session: AsyncSession, user_id: int, now: datetime) -> datetime | None:
-    return (
-        await session.execute(
-            select(func.min(CreditGrant.expires_at)).where(
-                CreditGrant.user_id == user_id,
-                CreditGrant.remaining > 0,
-                CreditGrant.expires_at > now,
-            )
-        )
-    ).scalar_one_or_none()
+    conn = await session.connection()
+    return (await conn.execute(_NEXT_EXPIRY, {"user_id": user_id, "now": now})).scalar_one()
 
 
-def take_from(grants: Iterable[CreditGrant], amount: int) -> tuple[list[list[int]], int]:
-    """Take up to `amount` from the grants in the order given: ([[grant id, taken]], not taken)."""
+def take_from(grants: Iterable[Any], amount: int) -> tuple[list[list[int]], int]:
+    """Take up to `amount` from the grants in the order given: ([[grant id, taken]], not taken).
+
+    Grants are rows (`id`, `remaining`); nothing is changed on them.
+    """
     allocations: list[list[int]] = []
     left = amount
     for grant in grants:
         if left == 0:
             break
         take = min(left, grant.remaining)
-        grant.remaining -= take
         allocations.append([grant.id, take])
         left -= take
     return allocations, left
+
+
+async def take_grants(
+    session: AsyncSession, grants: Sequence[Any], allocations: list[list[int]]
+) -> None:
+    """Lower the grants' remaining amounts by what `allocations` took from them."""
+    remaining = {grant.id: grant.remaining for grant in grants}
+    conn = await session.connection()
+    await conn.execute(
+        _SET_REMAINING,
+        [{"grant_id": gid, "left": remaining[gid] - taken} for gid, taken in allocations],
+    )
+
+
+@dataclass(frozen=True)
+class LedgerEvent:
+    """One written (or replayed) ledger event: the `credit_events` row."""
+
+    id: int
+    user_id: int
+    kind: str
+    amount: int
+    balance_after: int
+    reason: str
+    source: str
+    actor: str
+    request_id: str | None
+    idempotency_key: str | None
+    fingerprint: str | None
+    grant_id: int | None
+    payment_id: int | None
+    allocations: list[list[int]] | None
+    created_at: datetime
+
+
+# Built once: building a statement costs more than running SQLAlchemy's cached compile of it.
+_EVENT_BY_ID = select(EVENTS).where(EVENTS.c.id == bindparam("event_id"))
+_INSERT_EVENT = insert(EVENTS).returning(EVENTS.c.id)
+_INSERT_GRANT = insert(GRANTS).returning(GRANTS.c.id)
+_SET_REMAINING = (
+    update(GRANTS).where(GRANTS.c.id == bindparam("grant_id")).values(remaining=bindparam("left"))
+)
+_EXPIRED = (
+    select(GRANTS.c.id, GRANTS.c.remaining)
+    .where(
+        GRANTS.c.user_id == bindparam("user_id"),
+        GRANTS.c.remaining > 0,
+        GRANTS.c.expires_at <= bindparam("now", type_=GRANTS.c.expires_at.type),
+    )
+    .order_by(GRANTS.c.expires_at, GRANTS.c.id)
+)
+_NEXT_EXPIRY = select(func.min(GRANTS.c.expires_at)).where(
+    GRANTS.c.user_id == bindparam("user_id"),
+    GRANTS.c.remaining > 0,
+    GRANTS.c.expires_at > bindparam("now", type_=GRANTS.c.expires_at.type),
+)

@@ -9,10 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import bindparam, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from resolvers.accounts import Account, lock_account
 from resolvers.catalog import CreditPack, Tier
 from resolvers.credits import CreditChanged, grant_ai_credits, revoke_payment_credits
 from resolvers.errors import (
@@ -21,7 +23,7 @@ from resolvers.errors import (
     PaymentNotFound,
     UserNotFound,
 )
-from resolvers.ledger import Actor
+from resolvers.ledger import Actor, LedgerEvent
 from resolvers.models import (
     AnalyticsEvent,
     CreditEvent,
@@ -30,7 +32,7 @@ from resolvers.models import (
     User,
     parse_row_id,
 )
-from resolvers.users import UserRef, find_user
+from resolvers.users import UserRef
 
 PURCHASE_EVENT = "credit_purchase_completed"
 
@@ -39,7 +41,7 @@ PURCHASE_EVENT = "credit_purchase_completed"
 class PaymentRecorded:
     payment: Payment
     created: bool  # False: the payment was already recorded and nothing was done
-    grant_events: list[CreditEvent]
+    grant_events: list[CreditEvent | LedgerEvent]
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ class CreditsTakenBack:
     payment: Payment
     revoked: int
     unrecovered: int
-    event: CreditEvent | None
+    event: LedgerEvent | None
 
 
 @dataclass(frozen=True)
@@ -63,10 +65,15 @@ class PaymentDetails:
 RecordFailure = UserNotFound | InvalidInput | IdempotencyConflict
 
 
+def invoice_key(invoice_id: str) -> str:
+    """The key of an invoice's grant: by the invoice paid for, so sibling events grant once."""
+    return f"stripe:invoice:{invoice_id}"
+
+
 async def record_credit_pack_purchase(
     session: AsyncSession,
     *,
-    user_id: int,
+    user: UserRef | Account,
     checkout_session_id: str,
     pack: CreditPack,
     amount: int,
@@ -76,13 +83,15 @@ async def record_credit_pack_purchase(
     now: datetime,
 ) -> PaymentRecorded | RecordFailure:
     """A paid checkout session: the payment row, the pack's credits, `credit_purchase_completed`."""
-    user = await find_user(session, UserRef(user_id=user_id), lock=True)
-    if user is None:
-        return UserNotFound(user_id=user_id)
+    account = await lock_account(session, user)
+    if account is None:
+        assert isinstance(user, UserRef)
+        return user.not_found()
     if earlier := await _recorded(session, checkout_session_id):
         return earlier
-    payment = Payment(
-        user_id=user.id,
+    payment = await _insert_payment(
+        session,
+        user_id=account.id,
         kind="credit_pack",
         stripe_object_id=checkout_session_id,
         stripe_payment_intent_id=payment_intent_id,
@@ -96,12 +105,10 @@ async def record_credit_pack_purchase(
         credits_unrecovered=0,
         created_at=now,
     )
-    session.add(payment)
-    await session.flush()
     # Keyed by the checkout session, not the event: its sibling events grant once.
     granted = await grant_ai_credits(
         session,
-        user=UserRef(user_id=user.id),
+        user=account,
         amount=pack.credits,
         reason=f"credit pack {pack.code} bought (checkout {checkout_session_id})",
         actor=actor,
@@ -114,7 +121,7 @@ async def record_credit_pack_purchase(
         return granted
     await _track_once(
         session,
-        user_id=user.id,
+        user_id=account.id,
         dedupe_key=f"{PURCHASE_EVENT}:{checkout_session_id}",
         properties={
             "pack": pack.code,
@@ -133,7 +140,7 @@ async def record_credit_pack_purchase(
 async def record_subscription_payment(
     session: AsyncSession,
     *,
-    user_id: int,
+    user: UserRef | Account,
     invoice_id: str,
     tier: Tier,
     amount: int,
@@ -148,14 +155,16 @@ async def record_subscription_payment(
 
     The allowance expires at the period's end; an invoice replayed after that grants nothing.
     """
-    user = await find_user(session, UserRef(user_id=user_id), lock=True)
-    if user is None:
-        return UserNotFound(user_id=user_id)
+    account = await lock_account(session, user)
+    if account is None:
+        assert isinstance(user, UserRef)
+        return user.not_found()
     if earlier := await _recorded(session, invoice_id):
         return earlier
     credits = tier.monthly_credits if period_end is not None and period_end > now else 0
-    payment = Payment(
-        user_id=user.id,
+    payment = await _insert_payment(
+        session,
+        user_id=account.id,
         kind="subscription",
         stripe_object_id=invoice_id,
         stripe_invoice_id=invoice_id,
@@ -171,20 +180,18 @@ async def record_subscription_payment(
         credits_unrecovered=0,
         created_at=now,
     )
-    session.add(payment)
-    await session.flush()
     if credits == 0:
         return PaymentRecorded(payment=payment, created=True, grant_events=[])
     granted = await grant_ai_credits(
         session,
-        user=UserRef(user_id=user.id),
+        user=account,
         amount=credits,
         reason=f"{tier.code} plan allowance (invoice {invoice_id})",
         actor=actor,
         now=now,
         expires_at=period_end,
         payment_id=payment.id,
-        idempotency_key=f"stripe:invoice:{invoice_id}",
+        idempotency_key=invoice_key(invoice_id),
     )
     if not isinstance(granted, CreditChanged):
         return granted
@@ -310,14 +317,24 @@ async def find_payment(session: AsyncSession, *, ref: str) -> PaymentDetails | P
     return PaymentDetails(payment=payment, user=user, grants=list(grants), events=events)
 
 
+async def _insert_payment(session: AsyncSession, **values: Any) -> Payment:
+    """Insert a payment row (Core: no unit of work); the row returned is detached."""
+    conn = await session.connection()
+    payment_id = (await conn.execute(_INSERT_PAYMENT, values)).scalar_one()
+    return Payment(id=payment_id, **values)
+
+
 async def _recorded(session: AsyncSession, stripe_object_id: str) -> PaymentRecorded | None:
+    conn = await session.connection()
+    if (await conn.execute(_PAYMENT_BY_OBJECT, {"object_id": stripe_object_id})).first() is None:
+        return None  # the common case, a new payment: one cheap statement
     payment = (
         await session.execute(select(Payment).where(Payment.stripe_object_id == stripe_object_id))
     ).scalar_one_or_none()
     if payment is None:
         return None
     events = [e for e in await _payment_events(session, payment.id) if e.kind == "grant"]
-    return PaymentRecorded(payment=payment, created=False, grant_events=events)
+    return PaymentRecorded(payment=payment, created=False, grant_events=list(events))
 
 
 async def _payment_events(session: AsyncSession, payment_id: int) -> list[CreditEvent]:
@@ -338,7 +355,8 @@ async def _take_back(
     owner = await session.get(Payment, payment_id)
     if owner is None:
         raise LookupError(f"payment {payment_id} vanished")
-    if await find_user(session, UserRef(user_id=owner.user_id), lock=True) is None:
+    account = await lock_account(session, UserRef(user_id=owner.user_id))
+    if account is None:
         return UserNotFound(user_id=owner.user_id)
     # Re-read under the user's lock: a concurrent refund of the same payment has committed.
     payment = (
@@ -361,7 +379,7 @@ async def _take_back(
         return CreditsTakenBack(payment=payment, revoked=0, unrecovered=0, event=None)
     result = await revoke_payment_credits(
         session,
-        user_id=payment.user_id,
+        user=account,
         payment_id=payment.id,
         amount=due,
         reason=reason,
@@ -378,6 +396,15 @@ async def _take_back(
     )
 
 
+PAYMENTS = Payment.__table__
+_INSERT_PAYMENT = insert(PAYMENTS).returning(PAYMENTS.c.id)
+_PAYMENT_BY_OBJECT = select(PAYMENTS.c.id).where(
+    PAYMENTS.c.stripe_object_id == bindparam("object_id")
+)
+ANALYTICS = AnalyticsEvent.__table__
+_TRACKED = select(ANALYTICS.c.id).where(ANALYTICS.c.dedupe_key == bindparam("dedupe_key"))
+
+
 async def _track_once(
     session: AsyncSession,
     *,
@@ -387,20 +414,14 @@ async def _track_once(
     request_id: str | None,
     now: datetime,
 ) -> None:
-    exists = (
-        await session.execute(
-            select(AnalyticsEvent.id).where(AnalyticsEvent.dedupe_key == dedupe_key)
-        )
-    ).scalar_one_or_none()
-    if exists is None:
-        session.add(
-            AnalyticsEvent(
-                name=PURCHASE_EVENT,
-                user_id=user_id,
-                properties=properties,
-                dedupe_key=dedupe_key,
-                request_id=request_id,
-                occurred_at=now,
-            )
-        )
-        await session.flush()
+    conn = await session.connection()
+    if (await conn.execute(_TRACKED, {"dedupe_key": dedupe_key})).first() is None:
+        values = {
+            "name": PURCHASE_EVENT,
+            "user_id": user_id,
+            "properties": properties,
+            "dedupe_key": dedupe_key,
+            "request_id": request_id,
+            "occurred_at": now,
+        }
+        await conn.execute(insert(ANALYTICS), values)

@@ -12,6 +12,7 @@ from typing import Any
 import stripe
 
 from resolvers import tiers
+from resolvers.accounts import save_account
 from resolvers.billing_effects import (
     EventContext,
     EventHandled,
@@ -23,7 +24,6 @@ from resolvers.billing_effects import (
 from resolvers.catalog import Tier
 from resolvers.changes import record_change
 from resolvers.errors import Failure, StripeEventFailed
-from resolvers.users import UserRef
 
 # Where a subscription can go next: on a same-second tie the later status is the truer one.
 LIFECYCLE = (
@@ -92,9 +92,10 @@ async def subscription_changed(ctx: EventContext) -> EventHandled | StripeEventF
     reason = f"Stripe subscription {sub.get('id')} {status}"
     changed = None
     if tier is not None:
+        # Handed the locked account: set_tier saves the subscription fields with the tier.
         result = await tiers.set_tier(
             ctx.session,
-            user=UserRef(user_id=user.id),
+            user=user,
             tier=tier.code,
             reason=reason,
             actor=ctx.actor,
@@ -105,6 +106,8 @@ async def subscription_changed(ctx: EventContext) -> EventHandled | StripeEventF
         if isinstance(result, Failure):
             return ctx.fail(result.message)
         changed = result.change
+    else:
+        await save_account(ctx.session, user)
     if changed is None:
         # The tier stayed; support still looks for this line after replaying an event.
         record_change(

@@ -5,29 +5,51 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from resolvers.accounts import Account, lock_account, save_account
 from resolvers.allowances import grant_plan_allowance
 from resolvers.catalog import Catalog
 from resolvers.changes import record_change
 from resolvers.errors import IdempotencyConflict, InvalidInput, UnknownTier, UserNotFound
 from resolvers.ledger import Actor, check_change_args, expire_credits, fingerprint
-from resolvers.models import CreditEvent, TierChange, User
-from resolvers.users import UserRef, find_user
+from resolvers.models import TierChange
+from resolvers.users import UserRef
+
+TIER_CHANGES = TierChange.__table__
+_BY_KEY = select(TIER_CHANGES).where(TIER_CHANGES.c.idempotency_key == bindparam("key"))
+_INSERT = insert(TIER_CHANGES).returning(TIER_CHANGES.c.id)
+
+
+@dataclass(frozen=True)
+class TierMoved:
+    """One written (or replayed) tier change: the `tier_changes` row."""
+
+    id: int
+    user_id: int
+    from_tier: str
+    to_tier: str
+    reason: str
+    source: str
+    actor: str
+    request_id: str | None
+    idempotency_key: str | None
+    fingerprint: str | None
+    created_at: datetime
 
 
 @dataclass(frozen=True)
 class TierSet:
-    user: User
-    change: TierChange | None  # None: the user already had that tier, nothing was written
+    user: Account
+    change: TierMoved | None  # None: the user already had that tier, nothing was written
     replayed: bool = False
 
 
 async def set_tier(
     session: AsyncSession,
     *,
-    user: UserRef,
+    user: UserRef | Account,
     tier: str,
     reason: str,
     actor: Actor,
@@ -41,44 +63,39 @@ async def set_tier(
         return failure
     if catalog.tier(tier) is None:
         return UnknownTier(tier=tier, known=catalog.tier_codes)
-    row = await find_user(session, user, lock=True)
+    row = await lock_account(session, user, idempotency_key=idempotency_key)
     if row is None:
+        assert isinstance(user, UserRef)
         return user.not_found()
     digest = fingerprint("set_tier", user=row.id, tier=tier, reason=reason)
-    if idempotency_key is not None:
-        earlier = (
-            await session.execute(
-                select(TierChange).where(TierChange.idempotency_key == idempotency_key)
+    if idempotency_key is not None and row.key_use is not None:
+        if row.key_use.by_tier_change:
+            conn = await session.connection()
+            earlier = TierMoved(
+                **(await conn.execute(_BY_KEY, {"key": idempotency_key})).one()._mapping
             )
-        ).scalar_one_or_none()
-        if earlier is not None:
             if earlier.fingerprint != digest:
                 return IdempotencyConflict(idempotency_key=idempotency_key)
             unchanged = earlier.from_tier == earlier.to_tier
             return TierSet(user=row, change=None if unchanged else earlier, replayed=True)
         # One key, one operation: a key a credit change already used is not free for a tier.
-        used = await session.execute(
-            select(CreditEvent.id).where(CreditEvent.idempotency_key == idempotency_key)
-        )
-        if used.first() is not None:
-            return IdempotencyConflict(idempotency_key=idempotency_key)
+        return IdempotencyConflict(idempotency_key=idempotency_key)
     if row.tier == tier:
         if idempotency_key is not None:
             # Nothing changes, but the key is spent: a retry with other arguments must be a
             # conflict, not a change (it could undo somebody else's change made since).
-            session.add(_tier_change(row, tier, reason, actor, now, idempotency_key, digest))
-            await session.flush()
+            await _record(session, row, tier, reason, actor, now, idempotency_key, digest)
+        await save_account(session, row)  # what the caller changed on the locked row
         return TierSet(user=row, change=None)
 
-    change = _tier_change(row, tier, reason, actor, now, idempotency_key, digest)
-    session.add(change)
+    change = await _record(session, row, tier, reason, actor, now, idempotency_key, digest)
     row.tier = tier
     row.updated_at = now
     # The new tier's allowance for this month is due now; its key keeps it to once a month.
     row.allowance_period_start = None
     await expire_credits(session, row, now=now, actor=actor)
     await grant_plan_allowance(session, row, catalog=catalog, now=now, actor=actor)
-    await session.flush()
+    await save_account(session, row)
     record_change(
         session,
         action=action,
@@ -94,27 +111,31 @@ async def set_tier(
     return TierSet(user=row, change=change)
 
 
-def _tier_change(
-    user: User,
+async def _record(
+    session: AsyncSession,
+    user: Account,
     tier: str,
     reason: str,
     actor: Actor,
     now: datetime,
     idempotency_key: str | None,
     digest: str,
-) -> TierChange:
-    return TierChange(
-        user_id=user.id,
-        from_tier=user.tier,
-        to_tier=tier,
-        reason=reason,
-        source=actor.source,
-        actor=actor.name,
-        request_id=actor.request_id,
-        idempotency_key=idempotency_key,
-        fingerprint=digest,
-        created_at=now,
-    )
+) -> TierMoved:
+    values = {
+        "user_id": user.id,
+        "from_tier": user.tier,
+        "to_tier": tier,
+        "reason": reason,
+        "source": actor.source,
+        "actor": actor.name,
+        "request_id": actor.request_id,
+        "idempotency_key": idempotency_key,
+        "fingerprint": digest,
+        "created_at": now,
+    }
+    conn = await session.connection()
+    change_id = (await conn.execute(_INSERT, values)).scalar_one()
+    return TierMoved(id=change_id, **values)
 
 
 async def tier_history(session: AsyncSession, user_id: int, *, limit: int = 50) -> list[TierChange]:

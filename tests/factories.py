@@ -6,6 +6,7 @@ from datetime import datetime
 
 from gateway.runtime import Runtime
 from resolvers import allowances, credits, users
+from resolvers.accounts import lock_account, save_account
 from resolvers.ledger import Actor
 from resolvers.models import User
 from resolvers.users import UserRef
@@ -32,18 +33,20 @@ async def make_user(
             session, email=email, catalog=runtime.catalog, now=now, tier=tier
         )
         assert isinstance(result, users.UserUpserted), result
-        user = result.user
+        account = await lock_account(session, UserRef(user_id=result.user.id))
+        assert account is not None
         if not with_allowance:
             # Mark this month's allowance as done so balances are exactly what the test grants.
-            user.allowance_period_start = allowances.allowance_period(now)[0]
+            account.allowance_period_start = allowances.allowance_period(now)[0]
+            await save_account(session, account)
         else:
             await allowances.grant_plan_allowance(
-                session, user, catalog=runtime.catalog, now=now, actor=SUPPORT
+                session, account, catalog=runtime.catalog, now=now, actor=SUPPORT
             )
         if credits_granted:
             granted = await credits.grant_ai_credits(
                 session,
-                user=UserRef(user_id=user.id),
+                user=account,
                 amount=credits_granted,
                 reason="test grant",
                 actor=SUPPORT,
@@ -51,6 +54,10 @@ async def make_user(
                 expires_at=expires_at,
             )
             assert isinstance(granted, credits.CreditChanged), granted
-        return user
+        return account.id
 
-    return await runtime.db.write(work)
+    user_id = await runtime.db.write(work)
+    async with runtime.db.read() as session:
+        user = await session.get(User, user_id)
+    assert user is not None
+    return user

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -30,7 +31,7 @@ from resolvers.models import (
     User,
     WebhookSignatureFailure,
 )
-from tests.conftest import unique_email
+from tests.conftest import StatementCounter, unique_email
 from tests.factories import make_user
 from tests.fakes import stripe_events as ev
 
@@ -373,3 +374,35 @@ async def test_a_database_refusal_leaks_no_sql_to_stripe_or_the_stored_event(
         assert "INSERT" not in text and "payments" not in text and "-500" not in text, text
     assert row.last_error.startswith("internal error (IntegrityError)")
     assert row.attempts == 1
+
+
+async def test_paid_invoice_is_stored_and_applied_in_at_most_ten_statements(
+    runtime, client, count_statements: StatementCounter
+) -> None:
+    user = await make_user(runtime)
+    subscribed = ev.subscription(
+        sub_id="sub_count",
+        customer="cus_count",
+        price="price_pro_monthly_eur",
+        period_end=runtime.clock() + timedelta(days=30),
+        user_id=user.id,
+    )
+    created = await post(client, ev.stripe_event("customer.subscription.created", subscribed))
+    assert created.json()["status"] == "processed"
+    invoice = ev.invoice(
+        customer="cus_count",
+        subscription_id="sub_count",
+        price="price_pro_monthly_eur",
+        period_start=runtime.clock(),
+        period_end=runtime.clock() + timedelta(days=30),
+    )
+    event = ev.stripe_event("invoice.paid", invoice)
+    count_statements.reset()
+    answer = await post(client, event)
+    assert answer.json() == {"event": event["id"], "status": "processed", "duplicate": False}
+    assert count_statements.count <= 10, "\n".join(count_statements.statements)
+    row = await stored(runtime, event["id"])
+    assert (row.status, row.attempts, row.processed_at) == ("processed", 1, runtime.clock())
+    assert await balance(runtime, user.id) == 1000
+    locks = [s for s in count_statements.statements if "FOR UPDATE" in s and "users" in s]
+    assert len(locks) <= 1, locks  # SQLite has no FOR UPDATE: BEGIN IMMEDIATE locks

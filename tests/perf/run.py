@@ -41,11 +41,12 @@ import httpx
 
 from gateway.settings import DEFAULT_CATALOG
 from resolvers.catalog import Catalog, load_catalog
-from tests.perf import chart, counting, drivers, gcwatch, profiling, report, seed, verify
+from tests.perf import chart, counting, drivers, gcwatch, pgbench, profiling, report, seed, verify
 from tests.perf.scenarios import (
     BASELINE,
     GATEWAY,
     INTROSPECTION,
+    PGBENCH,
     POSTGRAPHILE,
     SCENARIOS,
     Credentials,
@@ -73,6 +74,8 @@ QUICK = {"users": 1_000, "events": 20_000, "payments": 1_000, "seconds": 3.0, "w
 FULL = {"users": 10_000, "events": 500_000, "payments": 20_000, "seconds": 10.0, "warmup": 2.0}
 # Webhooks are signed before each run; a run uses at most this many per second of load.
 WEBHOOK_POOL_MARGIN = 1.5
+# gateway.db.Database's PostgreSQL budget per process: a pool of 20 and 5 overflow.
+GATEWAY_PG_CONNECTIONS = 25
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 ADMIN_TIMEOUT_S = 120.0
 
@@ -308,7 +311,8 @@ class Bench:
         targets[BASELINE] = start_baseline(
             self.servers, database, url, self.webhook_secret, args.workers
         )
-        if database == "postgresql" and args.postgraphile and "viewer" in args.scenarios:
+        compared = {"viewer", "consume"} & set(args.scenarios)
+        if database == "postgresql" and args.postgraphile and compared:
             binary = install_postgraphile(self.notes)
             if binary is not None:
                 try:
@@ -350,6 +354,8 @@ class Bench:
                 self.measure(database, scenario, target, server, spec)
             if scenario == "consume":
                 self.check_ledger(database, "after consumeCredits")
+                if database == "postgresql":
+                    self.measure_ceiling()
         self.check_ledger(database, "at the end")
         for server in targets.values():
             self.servers.stop(server)
@@ -469,6 +475,20 @@ class Bench:
             self.check_exactly_once(database, target, prefix, warm, result)
         if args.profile and target == GATEWAY:
             self.profile(database, scenario, server, spec, prefix)
+
+    def measure_ceiling(self) -> None:
+        """pgbench's spends per second on the same database, with the gateway's connections."""
+        connections = min(self.args.connections, GATEWAY_PG_CONNECTIONS * self.args.workers)
+        result = pgbench.measure_ceiling(
+            self.pg_dsn, connections=connections, seconds=self.args.seconds, workdir=self.workdir
+        )
+        if isinstance(result, str):
+            self._note(f"postgresql: {result}")
+            return
+        row = report.Row("consume", "postgresql", PGBENCH, result, statements=2)
+        row.notes.append(f"{connections} connections, mean latency in p50 and p99")
+        self.rows.append(row)
+        say(f"{'postgresql':<10} {'consume':<8} {PGBENCH:<12} {result.rps:9,.0f} req/s (ceiling)")
 
     def _prepared(
         self, spec: RequestSpec, scenario: str, label: str, key_prefix: str, rate: float | None
@@ -665,6 +685,9 @@ class Bench:
                         ),
                         "gateway/postgraphile": report.ratio(
                             self.rows, r.scenario, r.database, GATEWAY, POSTGRAPHILE
+                        ),
+                        "gateway/pgbench": report.ratio(
+                            self.rows, r.scenario, r.database, GATEWAY, PGBENCH
                         ),
                     }
                     for r in self.rows

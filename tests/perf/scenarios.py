@@ -7,14 +7,17 @@ import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import stripe
 
+from resolvers.allowances import allowance_period
 from tests.perf.spec import RequestSpec
 
 GATEWAY, BASELINE, POSTGRAPHILE = "gateway", "baseline", "postgraphile"
+PGBENCH = "pgbench"  # not a server: pgbench's ceiling for a spend's SQL (tests/perf/pgbench.py)
 SCENARIOS = ("viewer", "consume", "support", "metrics", "webhook")
 READS = ("viewer", "support", "metrics")  # the issue's bar: >= 50% of the baseline
 WRITES = ("consume",)  # >= 25%
@@ -31,6 +34,14 @@ SUPPORT_QUERY = (
     " payments(first: 3) { edges { node { amount } } } } } } }"
 )
 POSTGRAPHILE_QUERY = "query Viewer($id: Int!) { userById(id: $id) { tier creditsAvailable } }"
+# The same spend through PostGraphile: its mutation for the gateway's own spend_credits function
+# (migration 0002), so both sides run the one SQL statement and differ only in what is around it.
+POSTGRAPHILE_SPEND = (
+    "mutation Spend($uid: Int!, $key: String!, $now: Datetime!, $period: Datetime!) {"
+    ' spendCredits(input: {pUserId: $uid, pAmount: 1, pReason: "ai usage", pSource: "usage",'
+    ' pActor: "postgraphile", pKey: $key, pNow: $now, pPeriodStart: $period})'
+    " { results { oOutcome uCreditsAvailable } } }"
+)
 INTROSPECTION = """
 query Fields {
   __schema {
@@ -83,6 +94,16 @@ def spec_for(
             body = _graphql(POSTGRAPHILE_QUERY, {"id": 0}).replace('"id": 0', '"id": __UID__')
             return RequestSpec(**graphql, headers=JSON, body=body, expect='"creditsAvailable"')
         return _baseline("/viewer", '{"userId": __UID__}', creds, '"available"')
+    if target == POSTGRAPHILE and scenario == "consume":
+        now = datetime.now(UTC)
+        variables = {
+            "uid": 0,
+            "key": "__KEY__",
+            "now": now.isoformat(),
+            "period": allowance_period(now)[0].isoformat(),
+        }
+        body = _graphql(POSTGRAPHILE_SPEND, variables).replace('"uid": 0', '"uid": __UID__')
+        return RequestSpec(**graphql, headers=JSON, body=body, expect='"spent"')
     if target == POSTGRAPHILE:
         return None
     if scenario == "consume":

@@ -14,6 +14,7 @@ from resolvers.errors import IdempotencyConflict, InsufficientCredits, InvalidIn
 from resolvers.ledger import Actor
 from resolvers.models import CreditEvent, CreditGrant, User
 from resolvers.users import UserRef
+from tests.conftest import StatementCounter
 from tests.factories import SUPPORT, make_user
 
 USAGE = Actor(name="ai-backend", source="usage", request_id="req-usage")
@@ -293,3 +294,33 @@ async def test_a_tier_change_key_is_not_free_for_a_credit_change(runtime: Runtim
         idempotency_key="k-tier"
     )
     assert await ledger_state(runtime, user.id) == (1005, 1005, 1005)
+
+
+async def test_a_plain_spend_is_one_statement_on_postgresql_and_five_on_sqlite(
+    runtime: Runtime, backend: str, count_statements: StatementCounter
+) -> None:
+    later = runtime.clock() + timedelta(days=3)
+    user = await make_user(runtime, credits_granted=4, expires_at=later)
+    await runtime.db.write(
+        lambda s: credits.grant_ai_credits(
+            s,
+            user=UserRef(user_id=user.id),
+            amount=10,
+            reason="gift",
+            actor=SUPPORT,
+            now=runtime.clock(),
+        )
+    )
+    count_statements.reset()
+    result = await consume(runtime, user, 6, key="spend-counted")
+    assert isinstance(result, credits.CreditChanged), result
+    assert count_statements.count == (1 if backend == "postgresql" else 5), (
+        count_statements.statements
+    )
+    # The soonest grant went first and is empty: the row's next expiry moved past it.
+    assert (result.event.balance_after, result.user.credits_available) == (8, 8)
+    assert result.user.credits_next_expiry is None
+    [first, second] = [a for a in result.event.allocations]
+    assert (first[1], second[1]) == (4, 2)
+    again = await consume(runtime, user, 6, key="spend-counted")
+    assert (again.replayed, again.event.id) == (True, result.event.id)

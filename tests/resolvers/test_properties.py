@@ -30,12 +30,13 @@ from gateway.db import Database
 from gateway.runtime import Runtime
 from gateway.settings import Settings
 from resolvers import credits, ledger, tiers
+from resolvers.accounts import lock_account
 from resolvers.allowances import allowance_period
 from resolvers.catalog import Catalog, load_catalog
 from resolvers.credits import Actor
 from resolvers.errors import InsufficientCredits
 from resolvers.models import CreditEvent, CreditGrant, User
-from resolvers.users import UserRef, find_user
+from resolvers.users import UserRef
 from tests.conftest import Clock
 from tests.factories import SUPPORT, make_user
 
@@ -257,7 +258,7 @@ class LedgerMachine(RuleBasedStateMachine):
             return
 
         async def expire(session):
-            row = await find_user(session, UserRef(user_id=self.user.id), lock=True)
+            row = await lock_account(session, UserRef(user_id=self.user.id))
             return await credits.expire_credits(session, row, now=now, actor=SUPPORT)
 
         assert self.write(expire) == self.model.expire(now)

@@ -1,0 +1,159 @@
+"""The user row a change works on: locked once, changed in memory, written back once.
+
+Every credit and tier change locks the user row first (SQLite: BEGIN IMMEDIATE does the same);
+that lock is what makes concurrent changes of one balance take turns. The write paths use SQLAlchemy
+Core, not the ORM: an `Account` is a plain copy of the row that remembers what it was read as, so
+`save_account` sends one UPDATE of the columns that changed, or nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, exists, literal_column, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from resolvers.models import CreditEvent, TierChange, User
+from resolvers.users import UserRef, normalize_email
+
+USERS = User.__table__
+_EVENTS = CreditEvent.__table__
+_TIERS = TierChange.__table__
+
+
+@dataclass(frozen=True)
+class KeyUse:
+    """Where an idempotency key was used before: a ledger event (with its digest) or a tier."""
+
+    event_id: int | None
+    fingerprint: str | None
+    by_tier_change: bool
+
+
+@dataclass(eq=False)
+class Account:
+    """A locked user row. Attribute names are the table's, so readers treat it as a user row."""
+
+    id: int
+    email: str
+    external_id: str | None
+    locale: str | None
+    tier: str
+    trial_ends_at: datetime | None
+    stripe_customer_id: str | None
+    stripe_subscription_id: str | None
+    subscription_status: str | None
+    subscription_price_id: str | None
+    subscription_period_end: datetime | None
+    subscription_event_at: datetime | None
+    credits_available: int
+    credits_next_expiry: datetime | None
+    allowance_period_start: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    # What the lock statement learnt about the key the caller will use (see `lock_account`).
+    key: str | None = field(default=None, repr=False)
+    key_use: KeyUse | None = field(default=None, repr=False)
+    _saved: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def changes(self) -> dict[str, Any]:
+        return {
+            name: value
+            for name, saved in self._saved.items()
+            if (value := getattr(self, name)) != saved
+        }
+
+
+_COLUMNS = tuple(f.name for f in fields(Account) if f.name in USERS.c)
+
+
+def _key_column(stmt: Any) -> Any:
+    key = bindparam("idempotency_key", type_=_EVENTS.c.idempotency_key.type)
+    event = select(_EVENTS.c.id).where(_EVENTS.c.idempotency_key == key).scalar_subquery()
+    digest = select(_EVENTS.c.fingerprint).where(_EVENTS.c.idempotency_key == key).scalar_subquery()
+    tier = exists().where(_TIERS.c.idempotency_key == key)
+    return stmt.add_columns(
+        event.label("key_event_id"), digest.label("key_fingerprint"), tier.label("key_by_tier")
+    )
+
+
+# Built once. The key's earlier use rides on the lock statement: one round trip fewer per
+# keyed change. A concurrent first use of the same key that commits after this statement's
+# snapshot is caught by the unique index on insert; the unit of work then retries and the
+# retry sees it.
+_LOCK_BY_ID = _key_column(
+    select(*(USERS.c[name] for name in _COLUMNS))
+    .where(USERS.c.id == bindparam("ref"))
+    .with_for_update(of=USERS)
+)
+_LOCK_BY_EMAIL = _key_column(
+    select(*(USERS.c[name] for name in _COLUMNS))
+    .where(USERS.c.email == bindparam("ref"))
+    .with_for_update(of=USERS)
+)
+
+
+async def lock_account(
+    session: AsyncSession, ref: UserRef | Account, *, idempotency_key: str | None = None
+) -> Account | None:
+    """Lock the user `ref` names for this transaction, and look up where the key was used.
+
+    Given an `Account` (already locked by the caller in this transaction), returns it as is,
+    with the key's use looked up if it was not: a lock is taken once per change.
+    """
+    if isinstance(ref, Account):
+        if idempotency_key is not None and ref.key != idempotency_key:
+            ref.key_use = await find_key_use(session, idempotency_key)
+            ref.key = idempotency_key
+        return ref
+    if ref.user_id is not None:
+        stmt, value = _LOCK_BY_ID, ref.user_id
+    elif ref.email is not None:
+        stmt, value = _LOCK_BY_EMAIL, normalize_email(ref.email)
+    else:
+        return None
+    conn = await session.connection()
+    row = (await conn.execute(stmt, {"ref": value, "idempotency_key": idempotency_key})).first()
+    if row is None:
+        return None
+    values = {name: row._mapping[name] for name in _COLUMNS}
+    account = Account(**values, key=idempotency_key, _saved=dict(values))
+    if row.key_event_id is not None or row.key_by_tier:
+        account.key_use = KeyUse(row.key_event_id, row.key_fingerprint, bool(row.key_by_tier))
+    return account
+
+
+_KEY_USE = _key_column(select(literal_column("1").label("one")))
+
+
+async def find_key_use(session: AsyncSession, key: str) -> KeyUse | None:
+    conn = await session.connection()
+    row = (await conn.execute(_KEY_USE, {"idempotency_key": key})).one()
+    if row.key_event_id is None and not row.key_by_tier:
+        return None
+    return KeyUse(row.key_event_id, row.key_fingerprint, bool(row.key_by_tier))
+
+
+async def save_account(session: AsyncSession, account: Account) -> None:
+    """Write the columns changed since the row was read (or last saved); nothing if none."""
+    changes = account.changes()
+    if not changes:
+        return
+    names = tuple(changes)
+    stmt = _UPDATES.get(names)
+    if stmt is None:
+        stmt = _UPDATES[names] = (
+            update(USERS)
+            .where(USERS.c.id == bindparam("account_id"))
+            .values({name: bindparam(f"new_{name}") for name in names})
+        )
+    conn = await session.connection()
+    params = {f"new_{name}": value for name, value in changes.items()}
+    await conn.execute(stmt, {"account_id": account.id, **params})
+    account._saved.update(changes)
+
+
+# One UPDATE per set of changed columns, built on first use: a spend always changes the same few.
+_UPDATES: dict[tuple[str, ...], Any] = {}
