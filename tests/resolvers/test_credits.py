@@ -145,10 +145,17 @@ async def test_expired_grants_leave_the_balance_through_the_ledger(runtime: Runt
     user = await make_user(runtime, credits_granted=10)
     await grant(runtime, user, 20, expires_at=runtime.clock() + timedelta(hours=1))
     assert await ledger_state(runtime, user.id) == (30, 30, 30)
-    runtime.clock.advance(hours=2)
-    # The next change writes the expiry off first; only the unexpired 10 are spendable.
-    assert await consume(runtime, user, 11) == InsufficientCredits(available=10, requested=11)
-    spent = await consume(runtime, user, 10)
+    before = runtime.clock()
+    after = runtime.clock.advance(hours=2)
+    # The next change writes the expiry off first; only the unexpired 10 are spendable, and
+    # the new month's allowance when those two hours crossed into one.
+    new_month = (before.year, before.month) != (after.year, after.month)
+    allowance = runtime.catalog.tier("free").monthly_credits if new_month else 0
+    spendable = 10 + allowance
+    assert await consume(runtime, user, spendable + 1) == InsufficientCredits(
+        available=spendable, requested=spendable + 1
+    )
+    spent = await consume(runtime, user, spendable)
     assert isinstance(spent, credits.CreditChanged)
     assert await ledger_state(runtime, user.id) == (0, 0, 0)
     async with runtime.db.read() as session:
@@ -163,7 +170,7 @@ async def test_expired_grants_leave_the_balance_through_the_ledger(runtime: Runt
             .scalars()
             .all()
         )
-    assert kinds == ["grant", "grant", "expire", "consume"]
+    assert kinds == ["grant", "grant", "expire", *(["grant"] if new_month else []), "consume"]
 
 
 async def test_same_key_same_arguments_replays_without_change(runtime: Runtime) -> None:
