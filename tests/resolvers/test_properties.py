@@ -29,7 +29,7 @@ from sqlalchemy import select
 from gateway.db import Database
 from gateway.runtime import Runtime
 from gateway.settings import Settings
-from resolvers import credits, holds, ledger, tiers
+from resolvers import credits, history, holds, ledger, tiers
 from resolvers.accounts import lock_account
 from resolvers.allowances import allowance_period
 from resolvers.catalog import Catalog, load_catalog
@@ -170,6 +170,8 @@ class LedgerMachine(RuleBasedStateMachine):
         self.keyed_changes: list[tuple[Any, str, dict[str, Any], int]] = []
         # The database id of each hold in self.model.holds, in the same order.
         self.hold_ids: list[int] = []
+        # (available, held) as the model says it stood at each instant a step ran.
+        self.history: dict[datetime, tuple[int, int]] = {}
 
     def run(self, coro):
         return self.runner.run(coro)
@@ -432,6 +434,24 @@ class LedgerMachine(RuleBasedStateMachine):
         assert [(g.amount, g.remaining, g.expires_at, g.is_purchased) for g in grants] == [
             (g.amount, g.remaining, g.expires_at, g.is_purchased) for g in self.model.grants
         ]
+
+    @invariant()
+    def credits_at_a_past_step_is_the_balance_the_model_had_then(self) -> None:
+        now = self.clock()
+        # What a read sees now: holds and grants that ran out count as expired, written or not.
+        seen = self.model.copy()
+        seen.expire_all(now)
+        self.history[now] = (seen.balance, seen.held)
+        times = sorted(self.history)
+        # Now, the first step, and one in between: every instant each time would be too slow.
+        for moment in {times[0], times[len(times) // 2], now}:
+
+            async def read(at: datetime = moment) -> history.BalanceAt:
+                async with self.runtime.db.read() as session:
+                    return await history.balance_at(session, self.user.id, at)
+
+            past = self.run(read())
+            assert (past.available, past.held) == self.history[moment], moment
 
 
 def test_random_ledger_histories_keep_every_invariant(database_url: str) -> None:
