@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,6 +24,7 @@ from gateway.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from gateway.prometheus import metrics_endpoint
 from gateway.runtime import Runtime
 from gateway.settings import Settings
+from gateway.sweeps import sweep_periodically
 from gateway.webhooks import stripe_webhook
 from schema import schema
 from schema.saved import load_saved_queries
@@ -55,9 +58,13 @@ def create_app(runtime: Runtime) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        sweeper = asyncio.create_task(sweep_periodically(runtime.db, runtime.clock))
         try:
             yield
         finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
             await runtime.close()
 
     app = Starlette(

@@ -6,7 +6,19 @@ import sys
 
 import click
 
-from gateway.cli import adjust, allowances, db, keys, metrics, payments, sdl, serve, users, webhooks
+from gateway.cli import (
+    adjust,
+    allowances,
+    db,
+    holds,
+    keys,
+    metrics,
+    payments,
+    sdl,
+    serve,
+    users,
+    webhooks,
+)
 from gateway.cli.command import fail
 from gateway.clock import ClockSettingError, install_test_clock
 
@@ -25,6 +37,7 @@ for command in (
     users.user,
     adjust.adjust,
     allowances.allowances_group,
+    holds.holds_group,
     keys.keys_group,
     sdl.schema_group,
     serve.serve,
