@@ -29,6 +29,7 @@ from resolvers.errors import (
     InvalidInput,
     UserNotFound,
 )
+from resolvers.held_credits import close_hold, next_hold_expiry, return_to_grants
 from resolvers.ledger import (
     HOLDS,
     Actor,
@@ -36,12 +37,9 @@ from resolvers.ledger import (
     append_event,
     check_amount,
     check_change_args,
-    close_hold,
     expire_credits,
     find_keyed_event,
     fingerprint,
-    next_hold_expiry,
-    return_to_grants,
     take_from,
 )
 from resolvers.models import parse_row_id
