@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,6 +30,7 @@ from gateway.revocations import RevocationListener
 from gateway.runtime import Runtime
 from gateway.settings import Settings
 from gateway.tracing import configure_tracing, tracing_middleware
+from gateway.sweeps import sweep_periodically
 from gateway.webhooks import stripe_webhook
 from schema import schema
 from schema.saved import load_saved_queries
@@ -84,6 +87,7 @@ def create_app(runtime: Runtime, *, executor: Executor = "compiled") -> Starlett
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        sweeper = asyncio.create_task(sweep_periodically(runtime.db, runtime.clock))
         try:
             if revocations is not None:
                 await revocations.start()
@@ -92,6 +96,9 @@ def create_app(runtime: Runtime, *, executor: Executor = "compiled") -> Starlett
         finally:
             if revocations is not None:
                 await revocations.stop()
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
             await runtime.close()
 
     app = Gateway(

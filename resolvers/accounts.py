@@ -53,6 +53,8 @@ class Account:
     allowance_period_start: datetime | None
     created_at: datetime
     updated_at: datetime
+    credits_held: int
+    holds_next_expiry: datetime | None
     # What the lock statement learnt about the key the caller will use (see `lock_account`).
     key: str | None = field(default=None, repr=False)
     key_use: KeyUse | None = field(default=None, repr=False)

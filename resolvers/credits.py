@@ -202,26 +202,9 @@ async def consume_credits(
     await grant_plan_allowance(session, row, catalog=catalog, now=now, actor=actor)
     if row.credits_available < amount:
         return InsufficientCredits(available=row.credits_available, requested=amount)
-
-    conn = await session.connection()
-    grants = (await conn.execute(_SPENDABLE, {"user_id": row.id})).all()
-    allocations, left = take_from(grants, amount)
-    if left:
-        # The cached balance disagrees with the grants: refuse rather than overspend.
-        raise RuntimeError(f"user {row.id}: balance {row.credits_available} exceeds its grants")
-    await take_grants(session, grants, allocations)
-    taken = dict(allocations)
+    allocations = await burn_grants(session, row, amount, now=now)
     row.credits_available -= amount
     row.updated_at = now
-    # Every grant with credits left was read, so the soonest expiry is known without asking.
-    row.credits_next_expiry = min(
-        (
-            g.expires_at
-            for g in grants
-            if g.expires_at is not None and g.expires_at > now and g.remaining > taken.get(g.id, 0)
-        ),
-        default=None,
-    )
     await save_account(session, row)
     event = await append_event(
         session,
@@ -236,6 +219,34 @@ async def consume_credits(
         allocations=allocations,
     )
     return CreditChanged(user=row, event=event)
+
+
+async def burn_grants(
+    session: AsyncSession, row: Account, amount: int, *, now: datetime
+) -> list[list[int]]:
+    """Take `amount` off the locked user's grants in the burn order: [[grant id, taken], ...].
+
+    The spend rule, shared by a spend and a hold. Expired grants must already be written off;
+    the balance on the row is the caller's to move.
+    """
+    conn = await session.connection()
+    grants = (await conn.execute(_SPENDABLE, {"user_id": row.id})).all()
+    allocations, left = take_from(grants, amount)
+    if left:
+        # The cached balance disagrees with the grants: refuse rather than overspend.
+        raise RuntimeError(f"user {row.id}: balance {row.credits_available} exceeds its grants")
+    await take_grants(session, grants, allocations)
+    taken = dict(allocations)
+    # Every grant with credits left was read, so the soonest expiry is known without asking.
+    row.credits_next_expiry = min(
+        (
+            g.expires_at
+            for g in grants
+            if g.expires_at is not None and g.expires_at > now and g.remaining > taken.get(g.id, 0)
+        ),
+        default=None,
+    )
+    return allocations
 
 
 async def revoke_payment_credits(

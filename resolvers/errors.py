@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import ClassVar
 
 
@@ -134,3 +135,37 @@ class StripeEventFailed(Failure):
     @property
     def message(self) -> str:
         return f"Stripe event {self.event_id} failed: {self.reason}"
+
+
+@dataclass(frozen=True)
+class HoldNotFound(Failure):
+    code: ClassVar[str] = "HOLD_NOT_FOUND"
+    hold_id: str
+
+    @property
+    def message(self) -> str:
+        return f"No credit hold with id {self.hold_id!r}"
+
+
+@dataclass(frozen=True)
+class HoldNotActive(Failure):
+    """The hold was settled, released or has expired: its credits are no longer held."""
+
+    code: ClassVar[str] = "HOLD_NOT_ACTIVE"
+    hold_id: int
+    status: str
+
+    @property
+    def message(self) -> str:
+        return f"Credit hold {self.hold_id} is {self.status}, not active"
+
+
+@dataclass(frozen=True)
+class HoldExpired(Failure):
+    code: ClassVar[str] = "HOLD_EXPIRED"
+    hold_id: int
+    expires_at: datetime
+
+    @property
+    def message(self) -> str:
+        return f"Credit hold {self.hold_id} expired at {self.expires_at.isoformat()}"

@@ -20,10 +20,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from resolvers.accounts import Account, lock_account, save_account
 from resolvers.changes import record_change
 from resolvers.errors import IdempotencyConflict, InvalidInput
-from resolvers.models import CreditEvent, CreditGrant
+from resolvers.held_credits import close_hold, next_hold_expiry, return_to_grants
+from resolvers.models import CreditEvent, CreditGrant, CreditHold
 
 EVENTS = CreditEvent.__table__
 GRANTS = CreditGrant.__table__
+HOLDS = CreditHold.__table__
 
 SOURCES = ("support", "stripe", "usage", "plan_allowance", "system")
 # Keys the gateway makes for itself (plan allowances, Stripe payments). A caller's key in these
@@ -38,6 +40,10 @@ _ACTIONS = {
     "consume": "credits_consumed",
     "expire": "credits_expired",
     "revoke": "credits_revoked",
+    "hold": "credits_held",
+    "settle": "hold_settled",
+    "release": "hold_released",
+    "hold_expire": "hold_expired",
 }
 
 
@@ -114,8 +120,11 @@ async def expire_credits(
     """Write off what is left of the user's expired grants; returns the credits written off.
 
     The user row must already be locked. Cheap when nothing is due: the row carries the
-    soonest expiry, so no grant is read unless one has passed.
+    soonest expiry, so no grant is read unless one has passed. Holds past their expiry are
+    released first: their credits go back to their grants, and from expired grants are lost.
     """
+    if user.holds_next_expiry is not None and user.holds_next_expiry <= now:
+        await expire_holds(session, user, now=now, actor=actor)
     if user.credits_next_expiry is None or user.credits_next_expiry > now:
         return 0
     conn = await session.connection()
@@ -141,6 +150,34 @@ async def expire_credits(
     user.updated_at = now
     await save_account(session, user)
     return total
+
+
+async def expire_holds(
+    session: AsyncSession, user: Account, *, now: datetime, actor: Actor
+) -> None:
+    """Release the user's active holds whose time ran out; the user row must be locked."""
+    conn = await session.connection()
+    due = (await conn.execute(_DUE_HOLDS, {"user_id": user.id, "now": now})).all()
+    system = Actor(name="system", source="system", request_id=actor.request_id)
+    for hold in due:
+        # Closed at its expiry, not now: from then on its credits were the user's to spend.
+        await close_hold(session, hold.id, status="expired", closed_at=hold.expires_at)
+        await return_to_grants(session, user, hold.allocations)
+        user.credits_held -= hold.amount
+        await append_event(
+            session,
+            user,
+            kind="hold_expire",
+            amount=0,
+            reason="hold expired",
+            actor=system,
+            now=now,
+            hold_id=hold.id,
+            allocations=hold.allocations,
+        )
+    user.holds_next_expiry = await next_hold_expiry(session, user.id)
+    user.updated_at = now
+    await save_account(session, user)
 
 
 async def recent_credit_events(session: AsyncSession, user_id: int, *, limit: int) -> list[Any]:
@@ -235,13 +272,18 @@ async def append_event(
     grant_id: int | None = None,
     payment_id: int | None = None,
     allocations: list[list[int]] | None = None,
+    hold_id: int | None = None,
 ) -> LedgerEvent:
-    """Insert one ledger event carrying the account's balance after it, and queue its log line."""
+    """Insert one ledger event carrying the account's balance after it, and queue its log line.
+
+    The balance is what the user owns: available credits and held ones, which are still theirs
+    until a settlement spends them.
+    """
     values = {
         "user_id": user.id,
         "kind": kind,
         "amount": amount,
-        "balance_after": user.credits_available,
+        "balance_after": user.credits_available + user.credits_held,
         "reason": reason,
         "source": actor.source,
         "actor": actor.name,
@@ -252,6 +294,7 @@ async def append_event(
         "payment_id": payment_id,
         "allocations": allocations,
         "created_at": now,
+        "hold_id": hold_id,
     }
     conn = await session.connection()
     event_id = (await conn.execute(_INSERT_EVENT, values)).scalar_one()
@@ -263,7 +306,9 @@ async def append_event(
         email=user.email,
         kind=kind,
         amount=amount,
-        balance_after=user.credits_available,
+        balance_after=user.credits_available + user.credits_held,
+        held=user.credits_held,
+        hold_id=hold_id,
         reason=reason,
         source=actor.source,
         actor=actor.name,
@@ -323,6 +368,7 @@ class LedgerEvent:
     payment_id: int | None
     allocations: list[list[int]] | None
     created_at: datetime
+    hold_id: int | None = None
 
 
 # Built once: building a statement costs more than running SQLAlchemy's cached compile of it.
@@ -340,6 +386,15 @@ _EXPIRED = (
         GRANTS.c.expires_at <= bindparam("now", type_=GRANTS.c.expires_at.type),
     )
     .order_by(GRANTS.c.expires_at, GRANTS.c.id)
+)
+_DUE_HOLDS = (
+    select(HOLDS.c.id, HOLDS.c.amount, HOLDS.c.allocations, HOLDS.c.expires_at)
+    .where(
+        HOLDS.c.user_id == bindparam("user_id"),
+        HOLDS.c.status == "active",
+        HOLDS.c.expires_at <= bindparam("now", type_=HOLDS.c.expires_at.type),
+    )
+    .order_by(HOLDS.c.expires_at, HOLDS.c.id)
 )
 _NEXT_EXPIRY = select(func.min(GRANTS.c.expires_at)).where(
     GRANTS.c.user_id == bindparam("user_id"),

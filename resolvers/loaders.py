@@ -12,7 +12,7 @@ from aiodataloader import DataLoader
 from sqlalchemy import BigInteger, Column, Row, Select, Table, bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from resolvers.models import AnalyticsEvent, CreditEvent, CreditGrant, Payment, User
+from resolvers.models import AnalyticsEvent, CreditEvent, CreditGrant, CreditHold, Payment, User
 
 K = TypeVar("K")
 OpenConnection = Callable[[], AbstractAsyncContextManager[AsyncConnection]]
@@ -23,6 +23,7 @@ USERS = User.__table__
 GRANTS = CreditGrant.__table__
 EVENTS = CreditEvent.__table__
 PAYMENTS = Payment.__table__
+HOLDS = CreditHold.__table__
 _KEYS = bindparam("keys", expanding=True)
 
 
@@ -49,6 +50,12 @@ _OPEN_GRANTS = (
     .where(GRANTS.c.user_id.in_(_KEYS), GRANTS.c.remaining > 0)
     .order_by(GRANTS.c.expires_at.asc().nulls_last(), GRANTS.c.id)
 )
+_ACTIVE_HOLDS = (
+    select(HOLDS)
+    .where(HOLDS.c.user_id.in_(_KEYS), HOLDS.c.status == "active")
+    .order_by(HOLDS.c.expires_at, HOLDS.c.id)
+)
+_GRANT_EXPIRIES = select(GRANTS.c.id, GRANTS.c.expires_at).where(GRANTS.c.id.in_(_KEYS))
 _EVENTS_BY_PAYMENT = select(EVENTS).where(EVENTS.c.payment_id.in_(_KEYS)).order_by(EVENTS.c.id)
 _GRANTS_BY_PAYMENT = select(GRANTS).where(GRANTS.c.payment_id.in_(_KEYS)).order_by(GRANTS.c.id)
 _SHOWN_OVERLAYS = select(AnalyticsEvent.__table__.c.dedupe_key).where(
@@ -74,6 +81,25 @@ async def open_grants_by_user(
     """Grants with credits left (expired ones included: the caller knows the time)."""
     rows = await conn.execute(_OPEN_GRANTS, {"keys": list(user_ids)})
     return _group(rows, user_ids, lambda g: g.user_id)
+
+
+async def active_holds_by_user(
+    conn: AsyncConnection, user_ids: Sequence[int]
+) -> list[list[Row[Any]]]:
+    """Holds not settled, released or swept yet (run-out ones included: the caller knows when)."""
+    rows = await conn.execute(_ACTIVE_HOLDS, {"keys": list(user_ids)})
+    return _group(rows, user_ids, lambda h: h.user_id)
+
+
+async def grant_expiries(
+    conn: AsyncConnection, grant_ids: Sequence[int]
+) -> list[tuple[datetime | None] | None]:
+    """Each grant's expiry, boxed: (None,) is a grant that never expires."""
+    found = {
+        r.id: (r.expires_at,)
+        for r in await conn.execute(_GRANT_EXPIRIES, {"keys": list(grant_ids)})
+    }
+    return [found.get(i) for i in grant_ids]
 
 
 async def newest_events_by_user(
@@ -154,6 +180,14 @@ class Loaders:
     @property
     def open_grants(self) -> DataLoader[int, list[Any]]:
         return self._loader("open_grants", open_grants_by_user)
+
+    @property
+    def active_holds(self) -> DataLoader[int, list[Any]]:
+        return self._loader("active_holds", active_holds_by_user)
+
+    @property
+    def grant_expiry(self) -> DataLoader[int, tuple[datetime | None] | None]:
+        return self._loader("grant_expiry", grant_expiries)
 
     def newest_events(self, limit: int, before_id: int | None) -> DataLoader[int, list[Any]]:
         return self._loader(

@@ -77,6 +77,7 @@ class User(Base):
     __tablename__ = "users"
     __table_args__ = (
         CheckConstraint("credits_available >= 0", name="credits_not_negative"),
+        CheckConstraint("credits_held >= 0", name="held_not_negative"),
         Index("ix_users_tier_id", "tier", "id"),
     )
 
@@ -101,6 +102,10 @@ class User(Base):
     allowance_period_start: Mapped[datetime | None]
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    # Credits on active holds: out of `credits_available`, still the user's until settled.
+    credits_held: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The soonest expiry of an active hold, so a write knows without a query whether one is due.
+    holds_next_expiry: Mapped[datetime | None]
 
 
 class CreditGrant(Base):
@@ -147,6 +152,31 @@ class CreditEvent(Base):
     # For spends and take-backs: [[grant_id, credits], ...], which grants paid.
     allocations: Mapped[list[list[int]] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(index=True)
+    hold_id: Mapped[int | None] = mapped_column(ForeignKey("credit_holds.id"), index=True)
+
+
+class CreditHold(Base):
+    """Credits reserved for a call priced only after it ends: settled, released or expired."""
+
+    __tablename__ = "credit_holds"
+    __table_args__ = (
+        CheckConstraint("amount > 0", name="amount_positive"),
+        Index("ix_credit_holds_user_id_status", "user_id", "status"),
+        Index("ix_credit_holds_status_expires_at", "status", "expires_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    amount: Mapped[int]
+    reason: Mapped[str] = mapped_column(String(500))
+    status: Mapped[str] = mapped_column(String(16))  # active | settled | released | expired
+    # [[grant_id, credits], ...] taken in the burn order: a release puts them back there.
+    allocations: Mapped[list[list[int]]] = mapped_column(JSON)
+    settled_amount: Mapped[int | None]
+    expires_at: Mapped[datetime]
+    created_at: Mapped[datetime]
+    # When the credits left the hold; an expired hold's is its expires_at, whenever swept.
+    closed_at: Mapped[datetime | None]
 
 
 class TierChange(Base):

@@ -40,6 +40,8 @@ _USER_COLUMNS = (
     "allowance_period_start",
     "created_at",
     "updated_at",
+    "credits_held",
+    "holds_next_expiry",
 )
 _TIMES = {name for name in _USER_COLUMNS if name.endswith(("_at", "_end", "_expiry", "_start"))}
 _SPEND = (
@@ -110,7 +112,7 @@ async def spend_in_database(
         user_id=account.id,
         kind="consume",
         amount=-amount,
-        balance_after=account.credits_available,
+        balance_after=account.credits_available + account.credits_held,
         reason=reason,
         source=actor.source,
         actor=actor.name,
@@ -121,6 +123,7 @@ async def spend_in_database(
         payment_id=None,
         allocations=row.o_allocations,
         created_at=now,
+        hold_id=None,
     )
     record_change(
         session,
@@ -130,7 +133,9 @@ async def spend_in_database(
         email=account.email,
         kind="consume",
         amount=-amount,
-        balance_after=account.credits_available,
+        balance_after=account.credits_available + account.credits_held,
+        held=account.credits_held,
+        hold_id=None,
         reason=reason,
         source=actor.source,
         actor=actor.name,

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import strawberry
 from strawberry.schema.config import StrawberryConfig
+from strawberry.tools import merge_types
 
 from schema.arguments import guard_arguments
+from schema.holds import HoldMutation
 from schema.mutation import Mutation
 from schema.query import Query
 
 
 def build_schema() -> strawberry.Schema:
-    built = strawberry.Schema(query=Query, mutation=Mutation, config=StrawberryConfig())
+    mutation = merge_types("Mutation", (Mutation, HoldMutation))
+    built = strawberry.Schema(query=Query, mutation=mutation, config=StrawberryConfig())
     guard_arguments(built._schema)
     return built
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from enum import Enum
+
 import strawberry
 
 from resolvers import errors as domain
@@ -39,6 +42,31 @@ class InvalidInput(Error):
 @strawberry.type
 class IdempotencyConflict(Error):
     idempotency_key: str
+
+
+@strawberry.enum
+class HoldStatus(Enum):
+    ACTIVE = "active"
+    SETTLED = "settled"
+    RELEASED = "released"
+    EXPIRED = "expired"
+
+
+@strawberry.type
+class HoldNotFound(Error):
+    hold_id: str
+
+
+@strawberry.type
+class HoldNotActive(Error):
+    hold_id: strawberry.ID
+    status: HoldStatus
+
+
+@strawberry.type
+class HoldExpired(Error):
+    hold_id: strawberry.ID
+    expires_at: datetime
 
 
 @strawberry.type
@@ -89,6 +117,22 @@ def from_failure(failure: domain.Failure) -> Error:
             return InvalidInput(message=message, code=code, field=field)
         case domain.IdempotencyConflict(idempotency_key=key):
             return IdempotencyConflict(message=message, code=code, idempotency_key=key)
+        case domain.HoldNotFound(hold_id=hold_id):
+            return HoldNotFound(message=message, code=code, hold_id=hold_id)
+        case domain.HoldNotActive(hold_id=hold_id, status=status):
+            return HoldNotActive(
+                message=message,
+                code=code,
+                hold_id=strawberry.ID(str(hold_id)),
+                status=HoldStatus(status),
+            )
+        case domain.HoldExpired(hold_id=hold_id, expires_at=expires_at):
+            return HoldExpired(
+                message=message,
+                code=code,
+                hold_id=strawberry.ID(str(hold_id)),
+                expires_at=expires_at,
+            )
         case domain.PaymentsNotConfigured():
             return PaymentsNotConfigured(message=message, code=code)
         case domain.PaymentProviderError(provider_message=provider_message):

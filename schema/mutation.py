@@ -21,6 +21,9 @@ from schema.billing import (
 )
 from schema.context import VIEWER, Context
 from schema.errors import (
+    HoldExpired,
+    HoldNotActive,
+    HoldNotFound,
     IdempotencyConflict,
     InsufficientCredits,
     NoStripeCustomer,
@@ -67,7 +70,14 @@ class UserUpsert:
 
 
 CreditChangeResult = Annotated[
-    CreditChange | InsufficientCredits | UserNotFound | InvalidInputError | IdempotencyConflict,
+    CreditChange
+    | InsufficientCredits
+    | UserNotFound
+    | InvalidInputError
+    | IdempotencyConflict
+    | HoldNotFound
+    | HoldNotActive
+    | HoldExpired,
     strawberry.union("CreditChangeResult"),
 ]
 SetTierResult = Annotated[

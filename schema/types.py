@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import strawberry
 from strawberry import Info, Private
 
-from resolvers import allowances, analytics, models
+from resolvers import allowances, analytics, history, models
 from resolvers.catalog import Tier
 from resolvers.loaders import unexpired
 from schema.connections import Connection, connection, decode_cursor, page_size
 from schema.context import BadUserInput
 from schema.insights import PremiumOverlay
+
+if TYPE_CHECKING:
+    from schema.holds import CreditHold
 
 
 @strawberry.type
@@ -246,6 +250,8 @@ class BillingSubscription:
 @strawberry.type
 class CreditBalance:
     user: Private[models.User]
+    # Set for credits(at:): the balance rebuilt from the ledger as it stood then.
+    past: Private[history.BalanceAt | None] = None
 
     def _pending(self, info: Info) -> allowances.PendingAllowance | None:
         # Reads never write: a due monthly allowance shows as if granted (it is, on next write).
@@ -258,25 +264,76 @@ class CreditBalance:
         "month's plan allowance counted once it is due, even before it is written."
     )
     def available(self, info: Info) -> int:
+        if self.past is not None:
+            return self.past.available
         now = info.context.clock()
         row = self.user
         pending = self._pending(info)
         due = pending.amount if pending else 0
-        if row.credits_next_expiry is None or row.credits_next_expiry > now:
+        holds_due = row.holds_next_expiry is not None and row.holds_next_expiry <= now
+        if not holds_due and (row.credits_next_expiry is None or row.credits_next_expiry > now):
             # Synchronous on purpose: an async resolver costs a task per user in a list.
             return row.credits_available + due
-        # A grant expired since the last write: count what is left of the unexpired ones.
-        return self._unexpired_total(info, now, due)  # type: ignore[return-value]
+        # A grant or a hold expired since the last write: count what is left of the grants.
+        return self._unexpired_total(info, now, due, holds_due)  # type: ignore[return-value]
 
-    async def _unexpired_total(self, info: Info, now: datetime, due: int) -> int:
-        grants = await info.context.loaders.open_grants.load(self.user.id)
-        return sum(g.remaining for g in unexpired(grants, now)) + due
+    async def _unexpired_total(
+        self, info: Info, now: datetime, due: int, holds_due: bool = False
+    ) -> int:
+        loaders = info.context.loaders
+        grants = await loaders.open_grants.load(self.user.id)
+        total = sum(g.remaining for g in unexpired(grants, now)) + due
+        if holds_due:
+            # A run-out hold's credits are back on their grants from expiresAt on, swept or not.
+            active = await loaders.active_holds.load(self.user.id)
+            back = [a for h in active if h.expires_at <= now for a in h.allocations]
+            expiries = await loaders.grant_expiry.load_many([gid for gid, _ in back])
+            total += sum(
+                n
+                for (_, n), box in zip(back, expiries, strict=True)
+                if box is not None and (box[0] is None or box[0] > now)
+            )
+        return total
+
+    @strawberry.field(description="Credits on active holds: out of available, not spent yet.")
+    def held(self, info: Info) -> int:
+        if self.past is not None:
+            return self.past.held
+        now = info.context.clock()
+        if self.user.holds_next_expiry is None or self.user.holds_next_expiry > now:
+            return self.user.credits_held
+        return self._held_now(info, now)  # type: ignore[return-value]
+
+    async def _held_now(self, info: Info, now: datetime) -> int:
+        active = await info.context.loaders.active_holds.load(self.user.id)
+        return sum(h.amount for h in active if h.expires_at > now)
+
+    @strawberry.field(description="The active holds, soonest expiry first.")
+    async def holds(
+        self, info: Info
+    ) -> list[Annotated[CreditHold, strawberry.lazy("schema.holds")]]:
+        from schema.holds import CreditHold
+
+        if self.past is not None:
+            return [CreditHold(row=h, as_of=self.past.at) for h in self.past.holds]
+        now = info.context.clock()
+        active = await info.context.loaders.active_holds.load(self.user.id)
+        return [CreditHold(row=h) for h in active if h.expires_at > now]
+
+    @strawberry.field(description="With credits(at:): the last ledger event written by then.")
+    def as_of(self) -> strawberry.ID | None:
+        return _id(self.past.as_of) if self.past is not None else None
 
     @strawberry.field(
         description="Grants with credits left, soonest expiry first; a due monthly allowance "
         "not written yet is listed with an id starting `pending-`."
     )
     async def grants(self, info: Info) -> list[CreditGrant]:
+        if self.past is not None:
+            return [
+                dataclasses.replace(CreditGrant.from_row(g.grant), remaining=g.remaining)
+                for g in self.past.grants
+            ]
         now = info.context.clock()
         grants = await info.context.loaders.open_grants.load(self.user.id)
         listed = [CreditGrant.from_row(g) for g in unexpired(grants, now)]
@@ -287,6 +344,8 @@ class CreditBalance:
 
     @strawberry.field
     async def next_expiry(self, info: Info) -> datetime | None:
+        if self.past is not None:
+            return self.past.next_expiry
         now = info.context.clock()
         pending = self._pending(info)
         soonest = self.user.credits_next_expiry
@@ -343,15 +402,48 @@ class User:
     def created_at(self) -> datetime:
         return self.row.created_at
 
-    @strawberry.field
-    def credits(self) -> CreditBalance:
-        return CreditBalance(user=self.row)
+    @strawberry.field(
+        description="The balance now, or with `at` as it stood then (from the ledger; a time "
+        "before the user existed is an empty balance, a time in the future an error)."
+    )
+    def credits(self, info: Info, at: datetime | None = None) -> CreditBalance:
+        if at is None:
+            # Synchronous on purpose: an async resolver costs a task per user in a list.
+            return CreditBalance(user=self.row)
+        return self._credits_at(info, at)  # type: ignore[return-value]
 
-    @strawberry.field(description="The credit ledger, newest first.")
+    async def _credits_at(self, info: Info, at: datetime) -> CreditBalance:
+        if at.tzinfo is None:
+            raise BadUserInput("at: needs a time zone, e.g. Z or +01:00")
+        if at > info.context.clock():
+            raise BadUserInput("at: must not be in the future")
+        async with info.context.db.read() as session:
+            past = await history.balance_at(session, self.row.id, at)
+        return CreditBalance(user=self.row, past=past)
+
+    @strawberry.field(description="The credit ledger, newest first; since/until bound its times.")
     async def credit_events(
-        self, info: Info, first: int | None = None, after: str | None = None
+        self,
+        info: Info,
+        first: int | None = None,
+        after: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
     ) -> Connection[CreditEvent]:
         size = page_size(first)
+        if since is not None or until is not None:
+            if any(t is not None and t.tzinfo is None for t in (since, until)):
+                raise BadUserInput("since, until: need a time zone, e.g. Z or +01:00")
+            async with info.context.db.read() as session:
+                rows = await history.events_between(
+                    session,
+                    self.row.id,
+                    since=since,
+                    until=until,
+                    limit=size + 1,
+                    before_id=decode_cursor(after),
+                )
+            return connection(rows, size, CreditEvent.from_row)
         loader = info.context.loaders.newest_events(size + 1, decode_cursor(after))
         return connection(await loader.load(self.row.id), size, CreditEvent.from_row)
 

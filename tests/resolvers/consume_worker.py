@@ -1,6 +1,7 @@
 """One OS process of the concurrency tests: many concurrent writes through the unit of work.
 
     python -m tests.resolvers.consume_worker URL consume --now T --user-id 7 --tasks 100 [--key K]
+    python -m tests.resolvers.consume_worker URL reserve --now T --user-id 7 --tasks 100
     python -m tests.resolvers.consume_worker URL upsert --now T --email a@example.com --tasks 20
 
 It connects, prints `ready`, waits for a line on stdin so that every process starts at once,
@@ -21,7 +22,7 @@ from sqlalchemy import text
 
 from gateway.db import Database
 from gateway.settings import DEFAULT_CATALOG
-from resolvers import credits, users
+from resolvers import credits, holds, users
 from resolvers.catalog import load_catalog
 from resolvers.errors import Failure
 from resolvers.users import UserRef
@@ -32,7 +33,7 @@ ACTOR = credits.Actor(name="ai-backend", source="usage", request_id="req-concurr
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("url")
-    parser.add_argument("mode", choices=("consume", "upsert"))
+    parser.add_argument("mode", choices=("consume", "reserve", "upsert"))
     parser.add_argument("--tasks", type=int, required=True)
     parser.add_argument("--user-id", type=int)
     parser.add_argument("--amount", type=int, default=1)
@@ -56,6 +57,19 @@ async def main(argv: list[str]) -> dict[str, Any]:
                     user=UserRef(user_id=args.user_id),
                     amount=args.amount,
                     reason="ai usage",
+                    actor=ACTOR,
+                    now=args.now,
+                    catalog=catalog,
+                    idempotency_key=args.key,
+                )
+            )
+        if args.mode == "reserve":
+            return db.write(
+                lambda s: holds.reserve_credits(
+                    s,
+                    user=UserRef(user_id=args.user_id),
+                    amount=args.amount,
+                    reason="ai call estimate",
                     actor=ACTOR,
                     now=args.now,
                     catalog=catalog,
@@ -95,7 +109,7 @@ async def main(argv: list[str]) -> dict[str, Any]:
             report["errors"].append(repr(result))
         elif isinstance(result, Failure):
             report["failures"][result.code] = report["failures"].get(result.code, 0) + 1
-        elif isinstance(result, credits.CreditChanged):
+        elif isinstance(result, credits.CreditChanged | holds.HoldChanged):
             report["succeeded"] += 1
             report["replayed"] += result.replayed
             report["event_ids"].append(result.event.id)

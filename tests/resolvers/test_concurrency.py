@@ -132,6 +132,28 @@ async def test_200_spends_of_a_balance_of_100_from_two_processes_spend_exactly_1
     assert balances_after == list(range(99, -1, -1))
 
 
+@pytest.mark.slow
+async def test_reserves_and_spends_from_two_processes_never_hold_more_than_the_balance(
+    runtime: Runtime, database_url: str
+) -> None:
+    user = await make_user(runtime, credits_granted=100)
+    reserve = ["reserve", "--user-id", str(user.id), "--tasks", "60", "--amount", "2"]
+    spend = ["consume", "--user-id", str(user.id), "--tasks", "60"]
+    reports = await run_workers(runtime, database_url, reserve, spend, reserve)
+    assert max(r["started"] for r in reports) < min(r["finished"] for r in reports)
+
+    held = 2 * (reports[0]["succeeded"] + reports[2]["succeeded"])
+    spent = reports[1]["succeeded"]
+    assert held + spent == 100
+    assert all(set(r["failures"]) <= {InsufficientCredits.code} for r in reports)
+    async with runtime.db.read() as session:
+        row = await session.get(User, user.id)
+        assert row is not None
+        assert (row.credits_available, row.credits_held) == (0, held)
+    # available + held == the ledger; the held credits are off the grants, on the holds.
+    assert await ledger_totals(runtime, user.id) == (0, 0, held)
+
+
 async def test_concurrent_spends_in_one_process_never_overspend(runtime: Runtime) -> None:
     user = await make_user(runtime, credits_granted=30)
     results = await asyncio.gather(*(consume(runtime, user.id, 2) for _ in range(25)))

@@ -1,4 +1,4 @@
-"""Property: random grants, spends, expiries and tier changes never break the ledger's invariants.
+"""Property: random grants, spends, holds, expiries and tier changes never break the invariants.
 
 A state machine drives one fresh user per example through the real resolvers and the real unit
 of work, and keeps a small model of what the balance and each grant should be. After every step
@@ -29,13 +29,13 @@ from sqlalchemy import select
 from gateway.db import Database
 from gateway.runtime import Runtime
 from gateway.settings import Settings
-from resolvers import credits, ledger, tiers
+from resolvers import credits, history, holds, ledger, tiers
 from resolvers.accounts import lock_account
 from resolvers.allowances import allowance_period
 from resolvers.catalog import Catalog, load_catalog
 from resolvers.credits import Actor
-from resolvers.errors import InsufficientCredits
-from resolvers.models import CreditEvent, CreditGrant, User
+from resolvers.errors import Failure, HoldExpired, InsufficientCredits
+from resolvers.models import CreditEvent, CreditGrant, CreditHold, User
 from resolvers.users import UserRef
 from tests.conftest import Clock
 from tests.factories import SUPPORT, make_user
@@ -57,6 +57,15 @@ class ModelGrant:
 
 
 @dataclass
+class ModelHold:
+    amount: int
+    # (index of the grant in Ledger.grants, credits), in the burn order.
+    taken: list[tuple[int, int]]
+    expires_at: datetime
+    status: str = "active"
+
+
+@dataclass
 class Ledger:
     """What the gateway should hold for one user, computed without a database."""
 
@@ -66,13 +75,31 @@ class Ledger:
     grants: list[ModelGrant] = field(default_factory=list)
     # (tier, month) allowances already granted: each is granted at most once.
     allowances: set[tuple[str, datetime]] = field(default_factory=set)
+    holds: list[ModelHold] = field(default_factory=list)
 
     def copy(self) -> Ledger:
         return dataclasses.replace(
             self,
             grants=[dataclasses.replace(g) for g in self.grants],
             allowances=set(self.allowances),
+            holds=[dataclasses.replace(h, taken=list(h.taken)) for h in self.holds],
         )
+
+    @property
+    def held(self) -> int:
+        return sum(h.amount for h in self.holds if h.status == "active")
+
+    def give_back(self, taken: list[tuple[int, int]]) -> None:
+        for index, credits_back in taken:
+            self.grants[index].remaining += credits_back
+
+    def expire_all(self, now: datetime) -> int:
+        """What expire_credits does: run-out holds give their credits back, then grants expire."""
+        for hold in self.holds:
+            if hold.status == "active" and hold.expires_at <= now:
+                hold.status = "expired"
+                self.give_back(hold.taken)
+        return self.expire(now)
 
     @property
     def balance(self) -> int:
@@ -103,17 +130,19 @@ class Ledger:
             self.allowances.add((self.tier, start))
             self.add(monthly, end, now)
 
-    def burn(self, amount: int) -> None:
+    def burn(self, amount: int) -> list[tuple[int, int]]:
         def order(g: ModelGrant) -> tuple[object, ...]:
             far = datetime.max.replace(tzinfo=UTC)
             return (g.expires_at or far, g.is_purchased, g.created_at, g.seq)
 
+        taken = []
         for grant in sorted((g for g in self.grants if g.remaining), key=order):
             take = min(amount, grant.remaining)
             grant.remaining -= take
             amount -= take
+            taken.append((grant.seq, take))
             if not amount:
-                return
+                return taken
         raise AssertionError("the model burnt more than it held")
 
 
@@ -139,6 +168,10 @@ class LedgerMachine(RuleBasedStateMachine):
         )
         # (how it was sent, key, arguments, event id) of each keyed change that went through.
         self.keyed_changes: list[tuple[Any, str, dict[str, Any], int]] = []
+        # The database id of each hold in self.model.holds, in the same order.
+        self.hold_ids: list[int] = []
+        # (available, held) as the model says it stood at each instant a step ran.
+        self.history: dict[datetime, tuple[int, int]] = {}
 
     def run(self, coro):
         return self.runner.run(coro)
@@ -194,16 +227,16 @@ class LedgerMachine(RuleBasedStateMachine):
         key = f"grant-{uuid.uuid4().hex}" if keyed else None
         result = self.send_grant(now, key, **args)
         assert isinstance(result, credits.CreditChanged), result
-        self.model.expire(now)
+        self.model.expire_all(now)
         self.model.add(amount, expires_at, now, is_purchased)
-        assert result.event.balance_after == self.model.balance
+        assert result.event.balance_after == self.model.balance + self.model.held
         if key is not None:
             self.keyed_changes.append((self.send_grant, key, args, result.event.id))
 
     def consume_and_check(self, amount: int, key: str | None = None) -> None:
         now = self.clock()
         expected = self.model.copy()
-        expected.expire(now)
+        expected.expire_all(now)
         expected.grant_allowance(now)
         result = self.send_spend(now, key, amount=amount)
         if expected.balance < amount:
@@ -214,7 +247,7 @@ class LedgerMachine(RuleBasedStateMachine):
         expected.burn(amount)
         self.model = expected
         assert result.event.amount == -amount
-        assert result.event.balance_after == self.model.balance
+        assert result.event.balance_after == self.model.balance + self.model.held
         if key is not None:
             self.keyed_changes.append((self.send_spend, key, {"amount": amount}, result.event.id))
 
@@ -235,7 +268,7 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule()
     def consume_one_more_than_available(self) -> None:
         trial = self.model.copy()
-        trial.expire(self.clock())
+        trial.expire_all(self.clock())
         trial.grant_allowance(self.clock())
         self.consume_and_check(trial.balance + 1)
 
@@ -251,7 +284,7 @@ class LedgerMachine(RuleBasedStateMachine):
                     s, self.user, catalog=CATALOG, now=now, actor=SUPPORT
                 )
             )
-            self.model.expire(now)
+            self.model.expire_all(now)
             self.model.grant_allowance(now)
             assert meta.ai_credits == self.model.balance
             assert meta.tier == self.model.tier
@@ -261,7 +294,74 @@ class LedgerMachine(RuleBasedStateMachine):
             row = await lock_account(session, UserRef(user_id=self.user.id))
             return await credits.expire_credits(session, row, now=now, actor=SUPPORT)
 
-        assert self.write(expire) == self.model.expire(now)
+        assert self.write(expire) == self.model.expire_all(now)
+
+    @rule(amount=st.integers(1, 300), ttl=st.integers(60, 86_400), keyed=st.booleans())
+    def reserve(self, amount: int, ttl: int, keyed: bool) -> None:
+        now = self.clock()
+        expected = self.model.copy()
+        expected.expire_all(now)
+        expected.grant_allowance(now)
+        key = f"reserve-{uuid.uuid4().hex}" if keyed else None
+        result = self.write(
+            lambda s: holds.reserve_credits(
+                s,
+                user=UserRef(user_id=self.user.id),
+                amount=amount,
+                reason="property hold",
+                actor=USAGE,
+                now=now,
+                catalog=CATALOG,
+                ttl_seconds=ttl,
+                idempotency_key=key,
+            )
+        )
+        if expected.balance < amount:
+            assert result == InsufficientCredits(available=expected.balance, requested=amount)
+            return
+        assert isinstance(result, holds.HoldChanged), result
+        taken = expected.burn(amount)
+        expected.holds.append(ModelHold(amount, taken, now + timedelta(seconds=ttl)))
+        self.model = expected
+        self.hold_ids.append(result.hold.id)
+        assert result.event.balance_after == self.model.balance + self.model.held
+
+    @precondition(lambda self: self.hold_ids)
+    @rule(data=st.data(), settle=st.booleans())
+    def settle_or_release(self, data: st.DataObject, settle: bool) -> None:
+        index = data.draw(st.integers(0, len(self.hold_ids) - 1))
+        hold_id, hold = self.hold_ids[index], self.model.holds[index]
+        now = self.clock()
+        amount = data.draw(st.integers(0, hold.amount)) if settle else 0
+        if settle:
+            result = self.write(
+                lambda s: holds.settle_hold(s, hold_id=hold_id, amount=amount, actor=USAGE, now=now)
+            )
+        else:
+            result = self.write(
+                lambda s: holds.release_hold(s, hold_id=hold_id, actor=USAGE, now=now)
+            )
+        if hold.status != "active":
+            assert result.status == hold.status, result
+            return
+        if hold.expires_at <= now:
+            if settle:
+                assert isinstance(result, HoldExpired), result
+            else:
+                assert result.status == "expired", result
+            return
+        assert not isinstance(result, Failure), result
+        expected = self.model.copy()
+        expected.expire_all(now)
+        target = expected.holds[index]
+        target.status = "settled" if settle else "released"
+        left = amount
+        for grant_index, credits_held in target.taken:
+            paid = min(left, credits_held)
+            left -= paid
+            expected.grants[grant_index].remaining += credits_held - paid
+        expected.expire(now)
+        self.model = expected
 
     @rule(tier=st.sampled_from(CATALOG.tier_codes))
     def set_tier(self, tier: str) -> None:
@@ -284,7 +384,7 @@ class LedgerMachine(RuleBasedStateMachine):
         assert (result.change.from_tier, result.change.to_tier) == (self.model.tier, tier)
         self.model.tier = tier
         self.model.allowance_period_start = None
-        self.model.expire(now)
+        self.model.expire_all(now)
         self.model.grant_allowance(now)
 
     @invariant()
@@ -308,13 +408,23 @@ class LedgerMachine(RuleBasedStateMachine):
                         .order_by(CreditEvent.id)
                     )
                 ).all()
-                return user, list(grants), events
+                held = (
+                    await session.scalars(
+                        select(CreditHold.amount).where(
+                            CreditHold.user_id == self.user.id, CreditHold.status == "active"
+                        )
+                    )
+                ).all()
+                return user, list(grants), events, sum(held)
 
-        user, grants, events = self.run(read())
+        user, grants, events, held = self.run(read())
         unexpired = sum(g.remaining for g in grants if g.expires_at is None or g.expires_at > now)
         ledger = sum(amount for amount, _ in events)
-        assert user.credits_available >= 0
-        assert user.credits_available == unexpired == ledger == self.model.balance
+        assert user.credits_available >= 0 and user.credits_held >= 0
+        assert user.credits_available == unexpired == self.model.balance
+        # What the user owns: available and held; held credits are on the holds, off the grants.
+        assert user.credits_held == held == self.model.held
+        assert user.credits_available + user.credits_held == ledger
         assert user.tier == self.model.tier
         # Every event's balance_after is the running sum: the history explains the balance.
         running = 0
@@ -324,6 +434,24 @@ class LedgerMachine(RuleBasedStateMachine):
         assert [(g.amount, g.remaining, g.expires_at, g.is_purchased) for g in grants] == [
             (g.amount, g.remaining, g.expires_at, g.is_purchased) for g in self.model.grants
         ]
+
+    @invariant()
+    def credits_at_a_past_step_is_the_balance_the_model_had_then(self) -> None:
+        now = self.clock()
+        # What a read sees now: holds and grants that ran out count as expired, written or not.
+        seen = self.model.copy()
+        seen.expire_all(now)
+        self.history[now] = (seen.balance, seen.held)
+        times = sorted(self.history)
+        # Now, the first step, and one in between: every instant each time would be too slow.
+        for moment in {times[0], times[len(times) // 2], now}:
+
+            async def read(at: datetime = moment) -> history.BalanceAt:
+                async with self.runtime.db.read() as session:
+                    return await history.balance_at(session, self.user.id, at)
+
+            past = self.run(read())
+            assert (past.available, past.held) == self.history[moment], moment
 
 
 def test_random_ledger_histories_keep_every_invariant(database_url: str) -> None:

@@ -12,9 +12,10 @@ from sqlalchemy import select
 
 from gateway import migrate
 from gateway.runtime import Runtime
-from resolvers import allowances
+from resolvers import allowances, holds
 from resolvers.models import CreditEvent
-from tests.factories import make_user
+from resolvers.users import UserRef
+from tests.factories import SUPPORT, make_user
 from tests.resolvers.billing_rows import add_payment, update_user
 from tests.schema.conftest import data_of, user_token
 
@@ -31,12 +32,22 @@ READS = {
     "webhookEvents": "{ webhookEvents(first: 5) { edges { node { id } } } }",
     "analyticsEvents": "{ analyticsEvents(last: 5) { name } }",
     "entitlementChanges": '{ entitlementChanges(requestId: "req-test") { __typename } }',
+    "holds": "{ viewer { credits { available held holds { id status user { id } } } } }",
+    "credits(at:)": "query ($email: String!, $at: DateTime) { user(email: $email) { "
+    "credits(at: $at) { available held holds { status } grants { remaining } asOf } "
+    "creditEvents(since: $at) { edges { node { kind } } } } }",
 }
 
 
-async def user_with_allowance_due(runtime: Runtime):
-    """A pro user last looked at in an earlier month: this month's 1,000 credits are due."""
+async def user_with_allowance_due(runtime: Runtime, *, with_run_out_hold: bool = False):
+    """A pro user last looked at in an earlier month: this month's 1,000 credits are due.
+
+    With `with_run_out_hold`, a hold of 3 of their 7 credits ran out a second ago, with no
+    write since.
+    """
     user = await make_user(runtime, tier="pro", credits_granted=7)
+    if with_run_out_hold:
+        await add_run_out_hold(runtime, user.id)
     earlier = allowances.allowance_period(runtime.clock())[0] - timedelta(days=1)
     await update_user(
         runtime, user.id, allowance_period_start=allowances.allowance_period(earlier)[0]
@@ -45,15 +56,34 @@ async def user_with_allowance_due(runtime: Runtime):
     return user
 
 
+async def add_run_out_hold(runtime: Runtime, user_id: int) -> None:
+    held = await runtime.db.write(
+        lambda s: holds.reserve_credits(
+            s,
+            user=UserRef(user_id=user_id),
+            amount=3,
+            reason="a call that crashed",
+            actor=SUPPORT,
+            now=runtime.clock(),
+            catalog=runtime.catalog,
+            ttl_seconds=60,
+        )
+    )
+    assert isinstance(held, holds.HoldChanged), held
+    runtime.clock.advance(seconds=61)
+
+
 async def test_every_read_leaves_every_table_unchanged(
     runtime: Runtime, gql, make_key, database_url: str
 ) -> None:
-    user = await user_with_allowance_due(runtime)
+    user = await user_with_allowance_due(runtime, with_run_out_hold=True)
     support = await make_key("support")
     before = await migrate.row_counts(database_url)
     for name, query in READS.items():
-        token = user_token(user.id) if name in ("viewer", "pricing") else support
+        token = user_token(user.id) if name in ("viewer", "pricing", "holds") else support
         variables = {"email": user.email} if "$email" in query else None
+        if variables is not None and "$at" in query:
+            variables["at"] = (runtime.clock() - timedelta(seconds=30)).isoformat()
         body = await gql(query, variables, token=token)
         assert "errors" not in body, (name, body)
         assert await migrate.row_counts(database_url) == before, name
