@@ -29,8 +29,8 @@ from gateway.prometheus import metrics_endpoint
 from gateway.revocations import RevocationListener
 from gateway.runtime import Runtime
 from gateway.settings import Settings
-from gateway.tracing import configure_tracing, tracing_middleware
 from gateway.sweeps import sweep_periodically
+from gateway.tracing import configure_tracing, tracing_middleware
 from gateway.webhooks import stripe_webhook
 from schema import schema
 from schema.saved import load_saved_queries
