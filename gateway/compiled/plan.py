@@ -42,9 +42,11 @@ from graphql.execution.collect_fields import (
 from graphql.execution.values import VariableValues, get_argument_values
 from graphql.language import Visitor, visit
 
-from gateway.compiled.fields import FIELDS
+from gateway.compiled.fields import FIELD_ARGUMENTS, FIELDS
 from gateway.compiled.resolver import Kind, Resolver
-from gateway.compiled.roots import ROOTS
+from gateway.compiled.roots import ROOT_ARGUMENTS, ROOTS
+
+COMPILED_ARGUMENTS = {**ROOT_ARGUMENTS, **FIELD_ARGUMENTS}
 
 # Combinations of @skip/@include variables kept per operation; beyond that, a tree is rebuilt.
 MAX_TREES = 16
@@ -239,6 +241,11 @@ def _is_covered(
             if field is None or name not in table:
                 return False
             if not _is_supported_type(field) or not _has_known_permissions(field):
+                return False
+            # An argument the compiled field does not read (one added to the schema later, say)
+            # would be silently ignored: graphql-core answers such a selection.
+            known = COMPILED_ARGUMENTS.get((parent.name, name), frozenset())
+            if any(argument.name.value not in known for argument in selection.arguments or ()):
                 return False
             named = get_named_type(field.type)
             if selection.selection_set is not None and not _is_covered(

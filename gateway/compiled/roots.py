@@ -63,6 +63,13 @@ def _plans(_root: None, run: Run, args: Args) -> list[tuple[Any, str]]:
     return [(tier, chosen) for tier in catalog.tiers]
 
 
+# The arguments each compiled root field reads (see fields.FIELD_ARGUMENTS).
+ROOT_ARGUMENTS: dict[tuple[str, str], frozenset[str]] = {
+    ("Query", "user"): frozenset({"email", "id"}),
+    ("Query", "users"): frozenset({"first", "after", "tier", "search"}),
+    ("Query", "plans"): frozenset({"locale"}),
+}
+
 ROOTS: dict[str, Resolver] = {
     "viewer": batch(_viewer),
     "user": batch(_user),
