@@ -1,4 +1,4 @@
-"""The ORM tables: users, credit ledger, tier history, payments, Stripe events, analytics, keys."""
+"""The ORM tables: users, ledger, tiers, entitlements, payments, Stripe events, analytics, keys."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -157,6 +158,69 @@ class TierChange(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     from_tier: Mapped[str] = mapped_column(String(32))
     to_tier: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(String(500))
+    source: Mapped[str] = mapped_column(String(32))
+    actor: Mapped[str] = mapped_column(String(255))
+    request_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    fingerprint: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class FeatureUsage(Base):
+    """A user's usage of a limited feature in one period: the count that limits are checked on."""
+
+    __tablename__ = "feature_usage"
+    __table_args__ = (
+        UniqueConstraint("user_id", "feature", "period"),
+        CheckConstraint("used >= 0", name="used_not_negative"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    feature: Mapped[str] = mapped_column(String(64))
+    # "total" for a running count; the period's start (ISO, UTC) for metered usage, so a new
+    # period starts a new row and reads need not write anything to show usage 0.
+    period: Mapped[str] = mapped_column(String(32))
+    used: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime]
+
+
+class UsageEvent(Base):
+    """The append-only record of reported usage: one row per counted `recordUsage`."""
+
+    __tablename__ = "usage_events"
+    __table_args__ = (Index("ix_usage_events_user_id_id", "user_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    feature: Mapped[str] = mapped_column(String(64))
+    period: Mapped[str] = mapped_column(String(32))
+    quantity: Mapped[int]  # signed: negative gives usage back
+    used_after: Mapped[int]
+    source: Mapped[str] = mapped_column(String(32))
+    actor: Mapped[str] = mapped_column(String(255))
+    request_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    fingerprint: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class EntitlementOverride(Base):
+    """Support's overrides of a plan's entitlement, append-only: the newest per feature counts."""
+
+    __tablename__ = "entitlement_overrides"
+    __table_args__ = (
+        Index("ix_entitlement_overrides_user_id_feature_id", "user_id", "feature", "id"),
+        CheckConstraint("usage_limit IS NULL OR usage_limit >= 0", name="limit_not_negative"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    feature: Mapped[str] = mapped_column(String(64))
+    has_access: Mapped[bool] = mapped_column(Boolean)
+    usage_limit: Mapped[int | None] = mapped_column(Integer)  # None: no limit
+    expires_at: Mapped[datetime | None]
     reason: Mapped[str] = mapped_column(String(500))
     source: Mapped[str] = mapped_column(String(32))
     actor: Mapped[str] = mapped_column(String(255))

@@ -8,11 +8,12 @@ from typing import Annotated
 import strawberry
 from strawberry import Info, Private
 
-from resolvers import allowances, analytics, models
+from resolvers import allowances, analytics, entitlements, models
 from resolvers.catalog import Tier
 from resolvers.loaders import unexpired
 from schema.connections import Connection, connection, decode_cursor, page_size
 from schema.context import BadUserInput
+from schema.entitlements import Entitlement, EntitlementOverride
 from schema.insights import PremiumOverlay
 
 
@@ -169,7 +170,9 @@ class TierChange:
         )
 
 
-EntitlementChange = Annotated[CreditEvent | TierChange, strawberry.union("EntitlementChange")]
+EntitlementChange = Annotated[
+    CreditEvent | TierChange | EntitlementOverride, strawberry.union("EntitlementChange")
+]
 
 
 @strawberry.type
@@ -369,6 +372,29 @@ class User:
         shown = await ctx.loaders.overlay_shown.load(analytics.overlay_dedupe_key(session_id))
         eligible = analytics.is_upgrade_prompt_eligible(self.row, ctx.catalog, ctx.clock())
         return analytics.PremiumOverlay(eligible=eligible, shown=shown)  # type: ignore[return-value]
+
+    @strawberry.field(description="Every feature of the catalog: access, limit, usage now.")
+    async def entitlements(self, info: Info) -> list[Entitlement]:
+        ctx = info.context
+        now = ctx.clock()
+        state = await ctx.loaders.entitlement_states(now).load(self.row.id)
+        return [
+            Entitlement.of(e)
+            for e in entitlements.entitlements_of(ctx.catalog, self.row, state, now)
+        ]
+
+    @strawberry.field(
+        description="One feature's entitlement; null for a feature not in the catalog."
+    )
+    async def entitlement(self, info: Info, feature: str) -> Entitlement | None:
+        ctx = info.context
+        if feature not in ctx.catalog.features:
+            return None
+        now = ctx.clock()
+        state = await ctx.loaders.entitlement_states(now).load(self.row.id)
+        return Entitlement.of(
+            entitlements.entitlement_of(ctx.catalog, self.row, feature, state, now)
+        )
 
     @strawberry.field
     def subscription(self) -> Subscription | None:

@@ -31,6 +31,8 @@ READS = {
     "webhookEvents": "{ webhookEvents(first: 5) { edges { node { id } } } }",
     "analyticsEvents": "{ analyticsEvents(last: 5) { name } }",
     "entitlementChanges": '{ entitlementChanges(requestId: "req-test") { __typename } }',
+    "entitlements": "{ viewer { entitlements { feature hasAccess usage remaining resetsAt } "
+    'entitlement(feature: "pdf_exports") { usage remaining source } } }',
 }
 
 
@@ -52,7 +54,7 @@ async def test_every_read_leaves_every_table_unchanged(
     support = await make_key("support")
     before = await migrate.row_counts(database_url)
     for name, query in READS.items():
-        token = user_token(user.id) if name in ("viewer", "pricing") else support
+        token = user_token(user.id) if name in ("viewer", "pricing", "entitlements") else support
         variables = {"email": user.email} if "$email" in query else None
         body = await gql(query, variables, token=token)
         assert "errors" not in body, (name, body)
