@@ -42,6 +42,28 @@ class Entitlement:
     resets_at: datetime | None  # metered features: when this period's usage starts again at 0
     source: Source
 
+    def describe(self) -> str:
+        """One line for support: "no access", "no limit", or "3 of 5 used, resets …"."""
+        if not self.has_access:
+            text = "no access"
+        elif self.limit is None:
+            text = f"no limit ({self.usage} used)"
+        else:
+            text = f"{self.usage} of {self.limit} used"
+        resets = f", resets {self.resets_at.isoformat()}" if self.resets_at else ""
+        return f"{text}{resets} [{self.source.value.lower()}]"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "feature": self.feature,
+            "has_access": self.has_access,
+            "limit": self.limit,
+            "usage": self.usage,
+            "remaining": self.remaining,
+            "resets_at": self.resets_at.isoformat() if self.resets_at else None,
+            "source": self.source.value,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class Override:

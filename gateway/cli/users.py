@@ -13,7 +13,7 @@ from gateway.cli.command import (
     sync,
 )
 from gateway.runtime import Runtime
-from resolvers import credits, users
+from resolvers import credits, entitlements, users
 from resolvers.errors import Failure
 from resolvers.users import UserRef
 
@@ -77,7 +77,8 @@ async def user_create(
 @click.option("--json", "as_json", is_flag=True, help="One compact JSON document on one line.")
 @sync
 async def user_show(runtime: Runtime, email: str, as_json: bool) -> None:
-    """The runbook's "verify account state": tier, Stripe customer, credits, last 5 events.
+    """The runbook's "verify account state": tier, Stripe customer, credits, last 5 events,
+    and the feature entitlements.
 
     A read: nothing is written. A monthly allowance that is due shows in the balance as if
     granted; the user's next credit change (or `entitlements allowances grant`) writes it.
@@ -86,7 +87,16 @@ async def user_show(runtime: Runtime, email: str, as_json: bool) -> None:
         row = await users.find_user(session, UserRef(email=email))
         if row is None:
             fail(UserRef(email=email).not_found().message)
-        meta = await credits.read_plan_metadata(
-            session, row, catalog=runtime.catalog, now=runtime.clock()
-        )
-    echo_json({"email": row.email, "user_id": row.id, **meta.as_dict()}, compact=as_json)
+        now = runtime.clock()
+        meta = await credits.read_plan_metadata(session, row, catalog=runtime.catalog, now=now)
+        state = (await entitlements.entitlement_states(session, [row.id], now=now))[0]
+    shown = entitlements.entitlements_of(runtime.catalog, row, state, now)
+    echo_json(
+        {
+            "email": row.email,
+            "user_id": row.id,
+            **meta.as_dict(),
+            "entitlements": [e.as_dict() for e in shown],
+        },
+        compact=as_json,
+    )
