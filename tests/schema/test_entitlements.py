@@ -324,3 +324,32 @@ async def test_bad_overrides_are_typed_errors_that_change_nothing(
     service = await make_key("service", "service-key")
     refused = await gql(OVERRIDE, {"input": override}, token=service)
     assert error_codes(refused) == ["FORBIDDEN"]
+
+
+CARDS = """
+query ($locale: String) {
+  pricing(locale: $locale) { tiers { code entitlements { feature text limit per } } }
+}
+"""
+
+
+@pytest.mark.parametrize(
+    ("locale", "pro_lines"),
+    [
+        ("en", ["API access", "20 projects", "100 PDF exports per month"]),
+        ("nl", ["API-toegang", "20 projecten", "100 PDF-exports per maand"]),
+        ("de", ["API-Zugang", "20 Projekte", "100 PDF-Exporte pro Monat"]),
+    ],
+)
+async def test_tier_cards_carry_their_entitlements_as_localized_lines(
+    gql, locale: str, pro_lines: list[str]
+) -> None:
+    tiers = data_of(await gql(CARDS, {"locale": locale}))["pricing"]["tiers"]
+    cards = {card["code"]: card["entitlements"] for card in tiers}
+    assert [line["text"] for line in cards["pro"]] == pro_lines
+    assert cards["pro"][2] == {"feature": "pdf_exports", "text": pro_lines[2], "limit": 100,
+                               "per": "month"}  # fmt: skip
+    # The free tier lists only what it includes; numbers are formatted for the locale.
+    assert [line["feature"] for line in cards["free"]] == ["projects", "pdf_exports"]
+    team_exports = next(line for line in cards["team"] if line["feature"] == "pdf_exports")
+    assert team_exports["text"].startswith({"en": "1,000", "nl": "1.000", "de": "1.000"}[locale])
