@@ -22,7 +22,7 @@ from gateway.compiled.resolver import (
     with_run,
 )
 from gateway.compiled.run import Run
-from resolvers import allowances, loaders
+from resolvers import allowances, entitlements, loaders
 from resolvers.catalog import Tier
 from resolvers.loaders import unexpired
 from schema.connections import decode_cursor, encode_cursor, page_size
@@ -148,6 +148,29 @@ async def _next_expiry(run: Run, users: list[Any], _args: Args) -> list[str | No
     return answers
 
 
+async def _entitlements(run: Run, users: list[Any], _args: Args) -> list[list[Any]]:
+    states = await entitlements.entitlement_states(
+        await run.connection(), [u.id for u in users], now=run.now
+    )
+    return [
+        entitlements.entitlements_of(run.catalog, user, state, run.now)
+        for user, state in zip(users, states, strict=True)
+    ]
+
+
+async def _entitlement(run: Run, users: list[Any], args: Args) -> list[Any]:
+    feature = args["feature"]
+    if feature not in run.catalog.features:
+        return [None] * len(users)
+    states = await entitlements.entitlement_states(
+        await run.connection(), [u.id for u in users], now=run.now
+    )
+    return [
+        entitlements.entitlement_of(run.catalog, user, feature, state, run.now)
+        for user, state in zip(users, states, strict=True)
+    ]
+
+
 async def _user_of(run: Run, rows: list[Any], _args: Args) -> list[Any]:
     return await run.users_by_id([r.user_id for r in rows])
 
@@ -192,6 +215,17 @@ FIELDS: dict[str, dict[str, Resolver]] = {
         "creditEvents": _paged(loaders.newest_events_by_user),
         "payments": _paged(loaders.newest_payments_by_user),
         "subscription": source(_subscription),
+        "entitlements": batch(_entitlements),
+        "entitlement": batch(_entitlement),
+    },
+    "Entitlement": {
+        "feature": attr("feature"),
+        "hasAccess": attr("has_access"),
+        "limit": attr("limit"),
+        "usage": attr("usage"),
+        "remaining": attr("remaining"),
+        "resetsAt": datetime_attr("resets_at"),
+        "source": source(lambda entitlement: entitlement.source.value),
     },
     "Subscription": {
         "id": attr("stripe_subscription_id"),
