@@ -1,29 +1,23 @@
 """Entitlements: what a user may use now, from their tier, support's overrides and their usage.
 
-Reads never write: usage is stored per period, so a period with no row yet is usage 0, and a
-tier change shows at once because nothing is copied from the tier onto the user.
+Everything is read from the user row: usage is stored with the period it was counted in, so a
+new period reads as 0 without a write, and a tier change shows at once because nothing is
+copied from the tier onto the user.
 """
 
 from __future__ import annotations
 
 import calendar
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import DateTime, Integer, String, bindparam, cast, null, or_, select, union_all
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
-
 from resolvers.allowances import BILLED_BY_STRIPE, allowance_period
 from resolvers.catalog import Catalog
-from resolvers.models import EntitlementOverride, FeatureUsage
 
 # The period of a running count (a limit on what the product reports, e.g. projects).
 TOTAL = "total"
-# The longest a period can have begun before now: a month and a day of slack.
-_LONGEST_PERIOD = timedelta(days=32)
 
 
 class Source(StrEnum):
@@ -65,23 +59,6 @@ class Entitlement:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class Override:
-    """The newest override of one feature, as the reads need it."""
-
-    has_access: bool
-    limit: int | None
-    expires_at: datetime | None
-
-
-@dataclass(slots=True)
-class EntitlementState:
-    """One user's stored entitlement data: newest override per feature, usage per period."""
-
-    overrides: dict[str, Override] = field(default_factory=dict)
-    usage: dict[tuple[str, str], int] = field(default_factory=dict)
-
-
 def usage_period(user: Any, now: datetime) -> tuple[datetime, datetime]:
     """The period metered usage counts in: the Stripe billing period for subscribers, else the
     calendar month (UTC)."""
@@ -118,15 +95,30 @@ def period_of(
     return start.strftime("%Y-%m-%dT%H:%M:%SZ"), end
 
 
-def entitlement_of(
-    catalog: Catalog, user: Any, feature: str, state: EntitlementState, now: datetime
-) -> Entitlement:
+def used_in(user: Any, feature: str, period: str) -> int:
+    """What the user used of `feature` in `period`: 0 unless that is the period last counted."""
+    counted = (user.entitlement_usage or {}).get(feature)
+    return counted["used"] if counted is not None and counted["period"] == period else 0
+
+
+def live_override(user: Any, feature: str, now: datetime) -> dict[str, Any] | None:
+    """Support's override of `feature` on the user, unless it has expired."""
+    override = (user.entitlement_overrides or {}).get(feature)
+    if override is None:
+        return None
+    expires_at = override.get("expires_at")
+    if expires_at is not None and datetime.fromisoformat(expires_at) <= now:
+        return None
+    return override
+
+
+def entitlement_of(catalog: Catalog, user: Any, feature: str, now: datetime) -> Entitlement:
     """The user's entitlement to one catalog feature: an unexpired override wins over the plan."""
     period, resets_at = period_of(catalog, feature, user, now)
-    used = state.usage.get((feature, period), 0)
-    override = state.overrides.get(feature)
-    if override is not None and (override.expires_at is None or override.expires_at > now):
-        has_access, limit, source = override.has_access, override.limit, Source.OVERRIDE
+    used = used_in(user, feature, period)
+    override = live_override(user, feature, now)
+    if override is not None:
+        has_access, limit, source = override["has_access"], override["limit"], Source.OVERRIDE
     else:
         tier = catalog.tier(user.tier) or catalog.default_tier
         rule = tier.entitlements.get(feature)
@@ -150,59 +142,6 @@ def entitlement_of(
     )
 
 
-def entitlements_of(
-    catalog: Catalog, user: Any, state: EntitlementState, now: datetime
-) -> list[Entitlement]:
+def entitlements_of(catalog: Catalog, user: Any, now: datetime) -> list[Entitlement]:
     """Every catalog feature, in catalog order, including those the user has no access to."""
-    return [entitlement_of(catalog, user, f, state, now) for f in catalog.features]
-
-
-_OVERRIDES = EntitlementOverride.__table__
-_USAGE = FeatureUsage.__table__
-_KEYS = bindparam("keys", expanding=True)
-# Overrides and this period's usage in one statement: an entitlement check is one round trip.
-_STATE = union_all(
-    select(
-        _OVERRIDES.c.user_id,
-        _OVERRIDES.c.feature,
-        cast(null(), String).label("period"),
-        cast(_OVERRIDES.c.has_access, Integer).label("value"),
-        _OVERRIDES.c.usage_limit,
-        _OVERRIDES.c.expires_at,
-        _OVERRIDES.c.id,
-    ).where(_OVERRIDES.c.user_id.in_(_KEYS)),
-    select(
-        _USAGE.c.user_id,
-        _USAGE.c.feature,
-        _USAGE.c.period,
-        _USAGE.c.used,
-        cast(null(), Integer),
-        cast(null(), DateTime(timezone=True)),
-        _USAGE.c.id,
-    ).where(
-        _USAGE.c.user_id.in_(_KEYS),
-        or_(_USAGE.c.period == TOTAL, _USAGE.c.period >= bindparam("since", type_=String)),
-    ),
-)
-
-
-async def entitlement_states(
-    conn: AsyncConnection | AsyncSession, user_ids: Sequence[int], *, now: datetime
-) -> list[EntitlementState]:
-    """Each user's overrides and usage of the periods that can be current at `now`."""
-    since = (now - _LONGEST_PERIOD).strftime("%Y-%m-%dT%H:%M:%SZ")
-    rows = await conn.execute(_STATE, {"keys": list(user_ids), "since": since})
-    states: dict[int, EntitlementState] = {i: EntitlementState() for i in user_ids}
-    newest: dict[tuple[int, str], int] = {}
-    for row in rows:
-        state = states[row.user_id]
-        if row.period is not None:
-            state.usage[(row.feature, row.period)] = row.value
-        elif row.id > newest.get((row.user_id, row.feature), 0):
-            newest[(row.user_id, row.feature)] = row.id
-            state.overrides[row.feature] = Override(
-                has_access=bool(row.value),
-                limit=row.usage_limit,
-                expires_at=row.expires_at,
-            )
-    return [states[i] for i in user_ids]
+    return [entitlement_of(catalog, user, feature, now) for feature in catalog.features]

@@ -12,7 +12,6 @@ from aiodataloader import DataLoader
 from sqlalchemy import BigInteger, Column, Row, Select, Table, bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from resolvers.entitlements import EntitlementState, entitlement_states
 from resolvers.models import AnalyticsEvent, CreditEvent, CreditGrant, Payment, User
 
 K = TypeVar("K")
@@ -180,10 +179,6 @@ class Loaders:
     @property
     def overlay_shown(self) -> DataLoader[str, bool]:
         return self._loader("overlay_shown", shown_overlays)
-
-    def entitlement_states(self, now: datetime) -> DataLoader[int, EntitlementState]:
-        """Per request: its fields all ask at (about) one time, so the first `now` is kept."""
-        return self._loader("entitlement_states", entitlement_states, now=now)
 
     def prime_user(self, user: User) -> None:
         """A user already read (viewer, mutation result) need not be read again."""

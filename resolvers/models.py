@@ -18,7 +18,6 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
-    UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -100,6 +99,13 @@ class User(Base):
     credits_available: Mapped[int] = mapped_column(Integer, default=0)
     credits_next_expiry: Mapped[datetime | None]
     allowance_period_start: Mapped[datetime | None]
+    # Kept on the row, like the balance, so an entitlement check is the one lookup of the user
+    # and recordUsage writes the row it locks: {feature: {"period": key, "used": n}} for the
+    # period last counted in (another period reads as 0), and support's overrides as they stand
+    # {feature: {"has_access", "limit", "expires_at"}}. The history is in usage_events and
+    # entitlement_overrides.
+    entitlement_usage: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    entitlement_overrides: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
@@ -165,25 +171,6 @@ class TierChange(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
     fingerprint: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(index=True)
-
-
-class FeatureUsage(Base):
-    """A user's usage of a limited feature in one period: the count that limits are checked on."""
-
-    __tablename__ = "feature_usage"
-    __table_args__ = (
-        UniqueConstraint("user_id", "feature", "period"),
-        CheckConstraint("used >= 0", name="used_not_negative"),
-    )
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
-    feature: Mapped[str] = mapped_column(String(64))
-    # "total" for a running count; the period's start (ISO, UTC) for metered usage, so a new
-    # period starts a new row and reads need not write anything to show usage 0.
-    period: Mapped[str] = mapped_column(String(32))
-    used: Mapped[int] = mapped_column(Integer)
-    updated_at: Mapped[datetime]
 
 
 class UsageEvent(Base):

@@ -5,16 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers.catalog import Catalog
 from resolvers.changes import record_change
-from resolvers.entitlements import Entitlement, entitlement_of, entitlement_states
+from resolvers.entitlements import Entitlement, entitlement_of
 from resolvers.errors import IdempotencyConflict, InvalidInput, UnknownFeature, UserNotFound
-from resolvers.ledger import Actor, check_change_args, find_keyed_event, fingerprint
+from resolvers.ledger import Actor, check_change_args, fingerprint
 from resolvers.models import EntitlementOverride, User
-from resolvers.usage import MAX_QUANTITY, check_feature
+from resolvers.usage import MAX_QUANTITY, check_feature, find_key_use
 from resolvers.users import UserRef, find_user
 
 
@@ -64,26 +63,13 @@ async def set_entitlement_override(
         expires_at=expires_at,
         reason=reason,
     )
-    if idempotency_key is not None:
-        kept = (
-            await session.execute(
-                select(EntitlementOverride).where(
-                    EntitlementOverride.idempotency_key == idempotency_key
-                )
-            )
-        ).scalar_one_or_none()
-        if kept is not None and kept.fingerprint != digest:
+    if idempotency_key is not None and (used := await find_key_use(session, idempotency_key)):
+        if used.kind != "override" or used.fingerprint != digest:
             return IdempotencyConflict(idempotency_key=idempotency_key)
-        if kept is not None:
-            return OverrideSet(
-                user=row,
-                override=kept,
-                entitlement=await _current(session, row, feature, catalog, now),
-                replayed=True,
-            )
-        # One key names one operation: a key a credit, tier or usage change used is taken.
-        if await find_keyed_event(session, idempotency_key, digest) is not None:
-            return IdempotencyConflict(idempotency_key=idempotency_key)
+        kept = await session.get(EntitlementOverride, used.id)
+        assert kept is not None, "the row the key lookup found"
+        entitlement = entitlement_of(catalog, row, feature, now)
+        return OverrideSet(user=row, override=kept, entitlement=entitlement, replayed=True)
     # Only after the replay check: a retry after the expiry passed answers its first result.
     if expires_at is not None and expires_at.tzinfo is None:
         return InvalidInput(field="expiresAt", reason="needs a time zone, e.g. Z or +01:00")
@@ -104,6 +90,16 @@ async def set_entitlement_override(
         created_at=now,
     )
     session.add(override)
+    # As it stands on the row, where checks read it; a new dict so the ORM sees the change.
+    row.entitlement_overrides = {
+        **(row.entitlement_overrides or {}),
+        feature: {
+            "has_access": has_access,
+            "limit": limit,
+            "expires_at": expires_at.isoformat() if expires_at else None,
+        },
+    }
+    row.updated_at = now
     await session.flush()
     record_change(
         session,
@@ -122,12 +118,5 @@ async def set_entitlement_override(
     return OverrideSet(
         user=row,
         override=override,
-        entitlement=await _current(session, row, feature, catalog, now),
+        entitlement=entitlement_of(catalog, row, feature, now),
     )
-
-
-async def _current(
-    session: AsyncSession, row: User, feature: str, catalog: Catalog, now: datetime
-) -> Entitlement:
-    state = (await entitlement_states(session, [row.id], now=now))[0]
-    return entitlement_of(catalog, row, feature, state, now)

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, literal, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers.catalog import Catalog
 from resolvers.changes import record_change
-from resolvers.entitlements import (
-    Entitlement,
-    entitlement_of,
-    entitlement_states,
-    period_of,
-)
+from resolvers.entitlements import Entitlement, entitlement_of, period_of
 from resolvers.errors import (
     IdempotencyConflict,
     InvalidInput,
@@ -28,10 +24,9 @@ from resolvers.ledger import (
     MAX_IDEMPOTENCY_KEY_LENGTH,
     RESERVED_KEY_PREFIXES,
     Actor,
-    find_keyed_event,
     fingerprint,
 )
-from resolvers.models import FeatureUsage, UsageEvent, User
+from resolvers.models import CreditEvent, EntitlementOverride, TierChange, UsageEvent, User
 from resolvers.users import UserRef, find_user
 
 MAX_QUANTITY = 1_000_000
@@ -94,7 +89,7 @@ async def record_usage(
     if failure := check_idempotency_key(idempotency_key, actor) or check_feature(catalog, feature):
         return failure
     # The user row's lock makes concurrent checks of one user's limits take turns: the count
-    # read below is the one this transaction writes over (SQLite: BEGIN IMMEDIATE does it).
+    # read from it is the one this transaction writes back (SQLite: BEGIN IMMEDIATE does it).
     row = await find_user(session, user, lock=True)
     if row is None:
         return user.not_found()
@@ -103,8 +98,7 @@ async def record_usage(
         replay = await _replay(session, row, idempotency_key, digest, catalog=catalog, now=now)
         if replay is not None:
             return replay
-    state = (await entitlement_states(session, [row.id], now=now))[0]
-    before = entitlement_of(catalog, row, feature, state, now)
+    before = entitlement_of(catalog, row, feature, now)
     if quantity > 0:
         if not before.has_access:
             return NoAccess(feature=feature)
@@ -114,22 +108,12 @@ async def record_usage(
             )
     period, _ = period_of(catalog, feature, row, now)
     used = max(before.usage + quantity, 0)
-    counted = (
-        await session.execute(
-            select(FeatureUsage).where(
-                FeatureUsage.user_id == row.id,
-                FeatureUsage.feature == feature,
-                FeatureUsage.period == period,
-            )
-        )
-    ).scalar_one_or_none()
-    if counted is None:
-        session.add(
-            FeatureUsage(user_id=row.id, feature=feature, period=period, used=used, updated_at=now)
-        )
-    else:
-        counted.used = used
-        counted.updated_at = now
+    # A new dict, not an edit in place: the ORM sees a JSON column change only on assignment.
+    row.entitlement_usage = {
+        **(row.entitlement_usage or {}),
+        feature: {"period": period, "used": used},
+    }
+    row.updated_at = now
     event = UsageEvent(
         user_id=row.id,
         feature=feature,
@@ -157,26 +141,44 @@ async def record_usage(
         source=actor.source,
         actor=actor.name,
     )
-    state.usage[(feature, period)] = used
     return UsageRecorded(
-        user=row, entitlement=entitlement_of(catalog, row, feature, state, now), event=event
+        user=row, entitlement=entitlement_of(catalog, row, feature, now), event=event
     )
+
+
+# Where a key was used before, in one statement: one key names one operation, whichever of
+# usage, overrides, credit or tier changes used it first.
+_KEY_USES = union_all(
+    select(
+        EntitlementOverride.id, EntitlementOverride.fingerprint, literal("override").label("kind")
+    ).where(EntitlementOverride.idempotency_key == bindparam("key")),
+    select(UsageEvent.id, UsageEvent.fingerprint, literal("usage").label("kind")).where(
+        UsageEvent.idempotency_key == bindparam("key")
+    ),
+    select(CreditEvent.id, CreditEvent.fingerprint, literal("credit").label("kind")).where(
+        CreditEvent.idempotency_key == bindparam("key")
+    ),
+    select(TierChange.id, TierChange.fingerprint, literal("tier").label("kind")).where(
+        TierChange.idempotency_key == bindparam("key")
+    ),
+)
+
+
+async def find_key_use(session: AsyncSession, key: str) -> Any:
+    """(id, fingerprint, kind) of the row that used `key` first, or None."""
+    return (await session.execute(_KEY_USES, {"key": key})).first()
 
 
 async def _replay(
     session: AsyncSession, row: User, key: str, digest: str, *, catalog: Catalog, now: datetime
 ) -> UsageRecorded | IdempotencyConflict | None:
     """The first result of a retried call, a conflict, or None for a key not used before."""
-    event = (
-        await session.execute(select(UsageEvent).where(UsageEvent.idempotency_key == key))
-    ).scalar_one_or_none()
-    if event is not None:
-        if event.fingerprint != digest:
-            return IdempotencyConflict(idempotency_key=key)
-        state = (await entitlement_states(session, [row.id], now=now))[0]
-        entitlement = entitlement_of(catalog, row, event.feature, state, now)
-        return UsageRecorded(user=row, entitlement=entitlement, event=event, replayed=True)
-    # One key names one operation: a key a credit or tier change used is taken.
-    if await find_keyed_event(session, key, digest) is not None:
+    used = await find_key_use(session, key)
+    if used is None:
+        return None
+    if used.kind != "usage" or used.fingerprint != digest:
         return IdempotencyConflict(idempotency_key=key)
-    return None
+    event = await session.get(UsageEvent, used.id)
+    assert event is not None, "the row the key lookup found"
+    entitlement = entitlement_of(catalog, row, event.feature, now)
+    return UsageRecorded(user=row, entitlement=entitlement, event=event, replayed=True)

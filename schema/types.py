@@ -374,26 +374,18 @@ class User:
         return analytics.PremiumOverlay(eligible=eligible, shown=shown)  # type: ignore[return-value]
 
     @strawberry.field(description="Every feature of the catalog: access, limit, usage now.")
-    async def entitlements(self, info: Info) -> list[Entitlement]:
+    def entitlements(self, info: Info) -> list[Entitlement]:
         ctx = info.context
-        now = ctx.clock()
-        state = await ctx.loaders.entitlement_states(now).load(self.row.id)
-        return [
-            Entitlement.of(e)
-            for e in entitlements.entitlements_of(ctx.catalog, self.row, state, now)
-        ]
+        shown = entitlements.entitlements_of(ctx.catalog, self.row, ctx.clock())
+        return [Entitlement.of(e) for e in shown]
 
-    @strawberry.field(
-        description="One feature's entitlement; null for a feature not in the catalog."
-    )
-    async def entitlement(self, info: Info, feature: str) -> Entitlement | None:
+    @strawberry.field(description="One feature's entitlement; null if not in the catalog.")
+    def entitlement(self, info: Info, feature: str) -> Entitlement | None:
         ctx = info.context
         if feature not in ctx.catalog.features:
             return None
-        now = ctx.clock()
-        state = await ctx.loaders.entitlement_states(now).load(self.row.id)
         return Entitlement.of(
-            entitlements.entitlement_of(ctx.catalog, self.row, feature, state, now)
+            entitlements.entitlement_of(ctx.catalog, self.row, feature, ctx.clock())
         )
 
     @strawberry.field

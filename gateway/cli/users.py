@@ -89,8 +89,7 @@ async def user_show(runtime: Runtime, email: str, as_json: bool) -> None:
             fail(UserRef(email=email).not_found().message)
         now = runtime.clock()
         meta = await credits.read_plan_metadata(session, row, catalog=runtime.catalog, now=now)
-        state = (await entitlements.entitlement_states(session, [row.id], now=now))[0]
-    shown = entitlements.entitlements_of(runtime.catalog, row, state, now)
+    shown = entitlements.entitlements_of(runtime.catalog, row, now)
     echo_json(
         {
             "email": row.email,

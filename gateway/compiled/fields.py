@@ -148,27 +148,15 @@ async def _next_expiry(run: Run, users: list[Any], _args: Args) -> list[str | No
     return answers
 
 
-async def _entitlements(run: Run, users: list[Any], _args: Args) -> list[list[Any]]:
-    states = await entitlements.entitlement_states(
-        await run.connection(), [u.id for u in users], now=run.now
-    )
-    return [
-        entitlements.entitlements_of(run.catalog, user, state, run.now)
-        for user, state in zip(users, states, strict=True)
-    ]
+def _entitlements(user: Any, run: Run, _args: Args) -> list[Any]:
+    return entitlements.entitlements_of(run.catalog, user, run.now)
 
 
-async def _entitlement(run: Run, users: list[Any], args: Args) -> list[Any]:
+def _entitlement(user: Any, run: Run, args: Args) -> Any:
     feature = args["feature"]
     if feature not in run.catalog.features:
-        return [None] * len(users)
-    states = await entitlements.entitlement_states(
-        await run.connection(), [u.id for u in users], now=run.now
-    )
-    return [
-        entitlements.entitlement_of(run.catalog, user, feature, state, run.now)
-        for user, state in zip(users, states, strict=True)
-    ]
+        return None
+    return entitlements.entitlement_of(run.catalog, user, feature, run.now)
 
 
 async def _user_of(run: Run, rows: list[Any], _args: Args) -> list[Any]:
@@ -215,8 +203,8 @@ FIELDS: dict[str, dict[str, Resolver]] = {
         "creditEvents": _paged(loaders.newest_events_by_user),
         "payments": _paged(loaders.newest_payments_by_user),
         "subscription": source(_subscription),
-        "entitlements": batch(_entitlements),
-        "entitlement": batch(_entitlement),
+        "entitlements": with_run(_entitlements),
+        "entitlement": with_run(_entitlement),
     },
     "Entitlement": {
         "feature": attr("feature"),

@@ -1,4 +1,4 @@
-"""Entitlements: usage per feature and period, the usage record, support's overrides.
+"""Entitlements: usage and overrides on the user row, the usage record, overrides' history.
 
 Revision ID: 0004
 Revises: 0001
@@ -17,23 +17,10 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.create_table(
-        "feature_usage",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("user_id", sa.Integer(), nullable=False),
-        sa.Column("feature", sa.String(length=64), nullable=False),
-        sa.Column("period", sa.String(length=32), nullable=False),
-        sa.Column("used", sa.Integer(), nullable=False),
-        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-        sa.CheckConstraint("used >= 0", name=op.f("ck_feature_usage_used_not_negative")),
-        sa.ForeignKeyConstraint(
-            ["user_id"], ["users.id"], name=op.f("fk_feature_usage_user_id_users")
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_feature_usage")),
-        sa.UniqueConstraint(
-            "user_id", "feature", "period", name=op.f("uq_feature_usage_user_id_feature_period")
-        ),
-    )
+    with op.batch_alter_table("users", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("entitlement_usage", sa.JSON(), nullable=True))
+        batch_op.add_column(sa.Column("entitlement_overrides", sa.JSON(), nullable=True))
+
     op.create_table(
         "usage_events",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -117,4 +104,6 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_usage_events_created_at"))
 
     op.drop_table("usage_events")
-    op.drop_table("feature_usage")
+    with op.batch_alter_table("users", schema=None) as batch_op:
+        batch_op.drop_column("entitlement_overrides")
+        batch_op.drop_column("entitlement_usage")

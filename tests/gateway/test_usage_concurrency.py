@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 
 from gateway.runtime import Runtime
 from resolvers import keys
-from resolvers.models import FeatureUsage, UsageEvent
+from resolvers.models import UsageEvent, User
 from tests.factories import make_user
 from tests.gateway.gateway_process import BIN, free_port
 
@@ -104,17 +104,13 @@ async def service_key(runtime: Runtime) -> str:
 async def stored_usage(runtime: Runtime, user_id: int, feature: str) -> tuple[int, int]:
     """(the count the limit is checked on, the sum of the usage record)."""
     async with runtime.db.read() as session:
-        used = await session.scalar(
-            select(func.coalesce(func.sum(FeatureUsage.used), 0)).where(
-                FeatureUsage.user_id == user_id, FeatureUsage.feature == feature
-            )
-        )
+        usage = await session.scalar(select(User.entitlement_usage).where(User.id == user_id))
         recorded = await session.scalar(
             select(func.coalesce(func.sum(UsageEvent.quantity), 0)).where(
                 UsageEvent.user_id == user_id, UsageEvent.feature == feature
             )
         )
-    return used, recorded
+    return usage[feature]["used"], recorded
 
 
 @pytest.mark.slow

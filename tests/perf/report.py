@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.perf.scenarios import BASELINE, GATEWAY, POSTGRAPHILE, READS, WRITES
+from tests.perf.scenarios import BASELINE, GATEWAY, POSTGRAPHILE, READS, RELATIVE, WRITES
 from tests.perf.spec import LoadResult
 
 DB_LABEL = {"postgresql": "PostgreSQL", "sqlite": "SQLite"}
@@ -84,10 +84,24 @@ def table(rows: list[Row]) -> list[str]:
 
 
 def verdicts(rows: list[Row]) -> list[str]:
-    """The issue's bar: reads >= 50% of the baseline, consumeCredits >= 25%."""
+    """The issues' bars: reads >= 50% of the baseline, consumeCredits >= 25%; the entitlement
+    check >= 90% of the viewer read, recordUsage >= 90% of consumeCredits (gateway to gateway)."""
     out = []
     for row in rows:
         if row.target != GATEWAY:
+            continue
+        if row.scenario in RELATIVE:
+            versus, share = RELATIVE[row.scenario]
+            other = _find(rows, versus, row.database, GATEWAY)
+            if other is None or other.result.rps <= 0:
+                continue
+            value = row.result.rps / other.result.rps
+            state = "meets" if value >= share else "BELOW"
+            out.append(
+                f"{row.scenario} on {DB_LABEL.get(row.database, row.database)}: gateway at"
+                f" {value * 100:.0f}% of its own {versus} req/s, {state} the"
+                f" {share * 100:.0f}% bar"
+            )
             continue
         bar = 0.5 if row.scenario in READS else 0.25 if row.scenario in WRITES else None
         value = ratio(rows, row.scenario, row.database, GATEWAY, BASELINE)
