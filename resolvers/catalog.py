@@ -1,17 +1,25 @@
-"""The catalog of tiers and credit packs: loaded from TOML, validated once, passed to resolvers."""
+"""The catalog of tiers, their entitlements and credit packs: loaded from TOML, validated once."""
 
 from __future__ import annotations
 
 import string
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from babel import Locale, UnknownLocaleError
 from babel.numbers import list_currencies
+
+from resolvers.entitlement_rules import (
+    ENTITLEMENT_COPY,
+    EntitlementRule,
+    RuleError,
+    feature_names,
+    parse_rules,
+)
 
 CTA_KEYS = (
     "upgrade_cta",
@@ -45,6 +53,7 @@ class Tier:
     prices: Mapping[str, int]
     stripe_price_ids: Mapping[str, str]
     copy: Mapping[str, ItemCopy]
+    entitlements: Mapping[str, EntitlementRule] = field(default_factory=dict)
 
     @property
     def is_paid(self) -> bool:
@@ -68,6 +77,8 @@ class Catalog:
     currencies: tuple[str, ...]
     default_currency: str
     copy: Mapping[str, Mapping[str, str]]
+    # Every feature some tier names, in catalog order, with its display name per locale.
+    features: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     @property
     def default_tier(self) -> Tier:
@@ -88,6 +99,13 @@ class Catalog:
     @property
     def tier_codes(self) -> tuple[str, ...]:
         return tuple(t.code for t in self.tiers)
+
+    def usage_period(self, feature: str) -> str | None:
+        """How often the feature's usage resets: the same for every tier that limits it."""
+        return next(
+            (rule.per for t in self.tiers if (rule := t.entitlements.get(feature)) and rule.per),
+            None,
+        )
 
 
 def _index(items: tuple[Any, ...]) -> dict[str, Any]:
@@ -152,6 +170,19 @@ def parse_catalog(raw: Mapping[str, Any]) -> Catalog:
     tiers = tuple(sorted(tiers, key=lambda t: t.rank))
     if tiers[0].is_paid:
         raise CatalogError(f"tier {tiers[0].code}: the lowest tier must be free")
+    try:
+        features = feature_names(
+            raw.get("features", {}), [(t.code, t.entitlements) for t in tiers], locales
+        )
+    except RuleError as exc:
+        raise CatalogError(str(exc)) from None
+    if any(rule.limit is not None for t in tiers for rule in t.entitlements.values()):
+        for locale in locales:
+            for key, placeholders in ENTITLEMENT_COPY.items():
+                text = copy[locale].get(key)
+                if not isinstance(text, str) or not text.strip():
+                    raise CatalogError(f"catalog copy.{locale}: missing translation {key!r}")
+                _require_placeholders(text, placeholders, f"catalog copy.{locale}.{key}")
     return Catalog(
         tiers=tiers,
         credit_packs=packs,
@@ -159,6 +190,7 @@ def parse_catalog(raw: Mapping[str, Any]) -> Catalog:
         currencies=currencies,
         default_currency=default_currency,
         copy=MappingProxyType(copy),
+        features=features,
     )
 
 
@@ -184,7 +216,15 @@ def _parse_tier(
         prices=prices,
         stripe_price_ids=stripe_price_ids,
         copy=_item_copy(entry, where, locales),
+        entitlements=_rules(entry.get("entitlements", {}), where),
     )
+
+
+def _rules(raw: Any, where: str) -> Mapping[str, EntitlementRule]:
+    try:
+        return parse_rules(raw, where)
+    except RuleError as exc:
+        raise CatalogError(str(exc)) from None
 
 
 def _parse_pack(

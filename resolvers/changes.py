@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from resolvers.models import CreditEvent, TierChange
+from resolvers.models import CreditEvent, EntitlementOverride, TierChange
 
 _PENDING = "entitlement_changes"
 
@@ -24,12 +24,17 @@ def take_changes(session: AsyncSession) -> list[dict[str, Any]]:
 
 async def changes_by_request_id(
     session: AsyncSession, request_id: str
-) -> list[CreditEvent | TierChange]:
-    """Every ledger event and tier change written under one X-Request-ID, oldest first."""
+) -> list[CreditEvent | TierChange | EntitlementOverride]:
+    """Every ledger event, tier change and override written under one X-Request-ID, oldest first."""
     events = (
         await session.execute(select(CreditEvent).where(CreditEvent.request_id == request_id))
     ).scalars()
     tiers = (
         await session.execute(select(TierChange).where(TierChange.request_id == request_id))
     ).scalars()
-    return sorted([*events, *tiers], key=lambda row: (row.created_at, row.id))
+    overrides = (
+        await session.execute(
+            select(EntitlementOverride).where(EntitlementOverride.request_id == request_id)
+        )
+    ).scalars()
+    return sorted([*events, *tiers, *overrides], key=lambda row: (row.created_at, row.id))

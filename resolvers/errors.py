@@ -169,3 +169,41 @@ class HoldExpired(Failure):
     @property
     def message(self) -> str:
         return f"Credit hold {self.hold_id} expired at {self.expires_at.isoformat()}"
+
+
+@dataclass(frozen=True)
+class UnknownFeature(Failure):
+    code: ClassVar[str] = "UNKNOWN_FEATURE"
+    feature: str
+    known: tuple[str, ...]
+
+    @property
+    def message(self) -> str:
+        return f"Unknown feature {self.feature!r}; known features: {', '.join(self.known)}"
+
+
+@dataclass(frozen=True)
+class NoAccess(Failure):
+    code: ClassVar[str] = "NO_ACCESS"
+    feature: str
+
+    @property
+    def message(self) -> str:
+        return f"The user's plan does not include {self.feature}"
+
+
+@dataclass(frozen=True)
+class LimitExceeded(Failure):
+    code: ClassVar[str] = "LIMIT_EXCEEDED"
+    feature: str
+    limit: int
+    usage: int
+    requested: int
+
+    @property
+    def message(self) -> str:
+        left = max(self.limit - self.usage, 0)
+        return (
+            f"{self.feature}: {self.usage} of {self.limit} used, {left} left,"
+            f" {self.requested} requested"
+        )

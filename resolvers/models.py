@@ -1,4 +1,4 @@
-"""The ORM tables: users, credit ledger, tier history, payments, Stripe events, analytics, keys."""
+"""The ORM tables: users, ledger, tiers, entitlements, payments, Stripe events, analytics, keys."""
 
 from __future__ import annotations
 
@@ -100,6 +100,13 @@ class User(Base):
     credits_available: Mapped[int] = mapped_column(Integer, default=0)
     credits_next_expiry: Mapped[datetime | None]
     allowance_period_start: Mapped[datetime | None]
+    # Kept on the row, like the balance, so an entitlement check is the one lookup of the user
+    # and recordUsage writes the row it locks: {feature: {"period": key, "used": n}} for the
+    # period last counted in (another period reads as 0), and support's overrides as they stand
+    # {feature: {"has_access", "limit", "expires_at"}}. The history is in usage_events and
+    # entitlement_overrides.
+    entitlement_usage: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    entitlement_overrides: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     # Credits on active holds: out of `credits_available`, still the user's until settled.
@@ -187,6 +194,50 @@ class TierChange(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     from_tier: Mapped[str] = mapped_column(String(32))
     to_tier: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(String(500))
+    source: Mapped[str] = mapped_column(String(32))
+    actor: Mapped[str] = mapped_column(String(255))
+    request_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    fingerprint: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class UsageEvent(Base):
+    """The append-only record of reported usage: one row per counted `recordUsage`."""
+
+    __tablename__ = "usage_events"
+    __table_args__ = (Index("ix_usage_events_user_id_id", "user_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    feature: Mapped[str] = mapped_column(String(64))
+    period: Mapped[str] = mapped_column(String(32))
+    quantity: Mapped[int]  # signed: negative gives usage back
+    used_after: Mapped[int]
+    source: Mapped[str] = mapped_column(String(32))
+    actor: Mapped[str] = mapped_column(String(255))
+    request_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    fingerprint: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class EntitlementOverride(Base):
+    """Support's overrides of a plan's entitlement, append-only: the newest per feature counts."""
+
+    __tablename__ = "entitlement_overrides"
+    __table_args__ = (
+        Index("ix_entitlement_overrides_user_id_feature_id", "user_id", "feature", "id"),
+        CheckConstraint("usage_limit IS NULL OR usage_limit >= 0", name="limit_not_negative"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    feature: Mapped[str] = mapped_column(String(64))
+    has_access: Mapped[bool] = mapped_column(Boolean)
+    usage_limit: Mapped[int | None] = mapped_column(Integer)  # None: no limit
+    expires_at: Mapped[datetime | None]
     reason: Mapped[str] = mapped_column(String(500))
     source: Mapped[str] = mapped_column(String(32))
     actor: Mapped[str] = mapped_column(String(255))

@@ -49,6 +49,16 @@ class Cta:
 
 
 @dataclass(frozen=True)
+class EntitlementLine:
+    """One thing a tier entitles to, as the card shows it: "100 PDF exports per month"."""
+
+    feature: str
+    text: str
+    limit: int | None
+    per: str | None  # "month" for metered features
+
+
+@dataclass(frozen=True)
 class TierCard:
     code: str
     rank: int
@@ -60,6 +70,7 @@ class TierCard:
     monthly_credits: int
     allowance: str  # e.g. "1.000 AI-credits per maand"
     features: tuple[str, ...]
+    entitlements: tuple[EntitlementLine, ...]  # in catalog order; only what the tier includes
     trial_days: int
     is_current: bool
     cta: Cta
@@ -198,6 +209,7 @@ def pricing(
                     credits=format_decimal(tier.monthly_credits, locale=babel_locale)
                 ),
                 features=tier.copy[copy_locale].features,
+                entitlements=_entitlement_lines(catalog, tier, copy, copy_locale, babel_locale),
                 trial_days=tier.trial_days,
                 is_current=current is not None and tier.code == current.code,
                 cta=cta,
@@ -219,6 +231,30 @@ def pricing(
 
 
 _PORTAL_KINDS = (CtaKind.CURRENT, CtaKind.DOWNGRADE, CtaKind.MANAGE)
+
+
+def _entitlement_lines(
+    catalog: Catalog,
+    tier: Tier,
+    copy: Mapping[str, str],
+    copy_locale: str,
+    babel_locale: Locale,
+) -> tuple[EntitlementLine, ...]:
+    lines = []
+    for feature, names in catalog.features.items():
+        rule = tier.entitlements.get(feature)
+        if rule is None or not rule.has_access:
+            continue
+        name = names[copy_locale]
+        if rule.limit is None:
+            text = name
+        else:
+            template = copy["entitlement_per_month" if rule.per else "entitlement_limit"]
+            text = template.format(
+                limit=format_decimal(rule.limit, locale=babel_locale), feature=name
+            )
+        lines.append(EntitlementLine(feature=feature, text=text, limit=rule.limit, per=rule.per))
+    return tuple(lines)
 
 
 def _tier_cta(

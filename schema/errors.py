@@ -100,6 +100,25 @@ class WebhookEventFailed(Error):
     reason: str
 
 
+@strawberry.type
+class UnknownFeature(Error):
+    feature: str
+    known_features: list[str]
+
+
+@strawberry.type
+class NoAccess(Error):
+    feature: str
+
+
+@strawberry.type
+class LimitExceeded(Error):
+    feature: str
+    limit: int
+    usage: int
+    requested: int
+
+
 def from_failure(failure: domain.Failure) -> Error:
     """The GraphQL value of a domain failure."""
     message, code = failure.message, failure.code
@@ -147,4 +166,19 @@ def from_failure(failure: domain.Failure) -> Error:
             return WebhookEventNotFound(message=message, code=code, event_id=event_id)
         case domain.StripeEventFailed(event_id=event_id, reason=reason):
             return WebhookEventFailed(message=message, code=code, event_id=event_id, reason=reason)
+        case domain.UnknownFeature(feature=feature, known=known):
+            return UnknownFeature(
+                message=message, code=code, feature=feature, known_features=list(known)
+            )
+        case domain.NoAccess(feature=feature):
+            return NoAccess(message=message, code=code, feature=feature)
+        case domain.LimitExceeded(feature=feature, limit=limit, usage=usage, requested=requested):
+            return LimitExceeded(
+                message=message,
+                code=code,
+                feature=feature,
+                limit=limit,
+                usage=usage,
+                requested=requested,
+            )
     raise TypeError(f"no GraphQL error type for {type(failure).__name__}")

@@ -24,6 +24,14 @@ class Cta:
     url: str | None
 
 
+@strawberry.type(description="One entitlement of a tier, as its card shows it.")
+class TierEntitlement:
+    feature: str
+    text: str = strawberry.field(description="Localized, e.g. '100 PDF-exports per maand'.")
+    limit: int | None
+    per: str | None = strawberry.field(description="'month' when usage resets monthly.")
+
+
 @strawberry.type
 class TierCard:
     code: str
@@ -36,6 +44,7 @@ class TierCard:
     monthly_credits: int
     allowance: str
     features: list[str]
+    entitlements: list[TierEntitlement]
     trial_days: int
     is_current: bool
     cta: Cta

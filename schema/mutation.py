@@ -20,6 +20,7 @@ from schema.billing import (
     WebhookEventReplay,
 )
 from schema.context import VIEWER, Context
+from schema.entitlement_mutations import EntitlementMutations
 from schema.errors import (
     HoldExpired,
     HoldNotActive,
@@ -140,7 +141,7 @@ TrackEventResult = Annotated[
 
 
 @strawberry.type
-class Mutation:
+class Mutation(EntitlementMutations):
     @strawberry.mutation(
         permission_classes=[permissions.SUPPORT],
         description="Give a user credits (support). Same idempotencyKey, same result.",

@@ -17,6 +17,7 @@ from resolvers import (
 )
 from resolvers.errors import InvalidInput
 from resolvers.models import CreditEvent as CreditEventRow
+from resolvers.models import EntitlementOverride as EntitlementOverrideRow
 from resolvers.models import parse_row_id
 from resolvers.users import normalize_email
 from schema import permissions
@@ -28,6 +29,7 @@ from schema.billing import (
 )
 from schema.connections import Connection, connection, decode_cursor, page_size
 from schema.context import VIEWER, BadUserInput, Context
+from schema.entitlements import EntitlementOverride
 from schema.insights import AnalyticsEvent, Diagnosis, EntitlementMetrics, Pricing
 from schema.types import CreditEvent, EntitlementChange, Payment, Plan, TierChange, User
 
@@ -107,10 +109,7 @@ class Query:
     async def entitlement_changes(self, info: Info, request_id: str) -> list[EntitlementChange]:
         async with info.context.db.read() as session:
             rows = await changes.changes_by_request_id(session, request_id)
-        return [
-            CreditEvent.from_row(r) if isinstance(r, CreditEventRow) else TierChange.from_row(r)
-            for r in rows
-        ]
+        return [_change(r) for r in rows]
 
     @strawberry.field(
         description="Tier cards and credit packs with CTAs for the caller (anyone may ask). "
@@ -229,3 +228,11 @@ def _or_bad_input(value: object) -> object:
     if isinstance(value, InvalidInput):
         raise BadUserInput(value.message)
     return value
+
+
+def _change(row: object) -> EntitlementChange:
+    if isinstance(row, CreditEventRow):
+        return CreditEvent.from_row(row)
+    if isinstance(row, EntitlementOverrideRow):
+        return EntitlementOverride.from_row(row)
+    return TierChange.from_row(row)  # type: ignore[arg-type]

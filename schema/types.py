@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING, Annotated
 import strawberry
 from strawberry import Info, Private
 
-from resolvers import allowances, analytics, history, models
+from resolvers import allowances, analytics, entitlements, history, models
 from resolvers.catalog import Tier
 from resolvers.loaders import unexpired
 from schema.connections import Connection, connection, decode_cursor, page_size
 from schema.context import BadUserInput
+from schema.entitlements import Entitlement, EntitlementOverride
 from schema.insights import PremiumOverlay
 
 if TYPE_CHECKING:
@@ -173,7 +174,9 @@ class TierChange:
         )
 
 
-EntitlementChange = Annotated[CreditEvent | TierChange, strawberry.union("EntitlementChange")]
+EntitlementChange = Annotated[
+    CreditEvent | TierChange | EntitlementOverride, strawberry.union("EntitlementChange")
+]
 
 
 @strawberry.type
@@ -464,6 +467,21 @@ class User:
         shown = await ctx.loaders.overlay_shown.load(analytics.overlay_dedupe_key(session_id))
         eligible = analytics.is_upgrade_prompt_eligible(self.row, ctx.catalog, ctx.clock())
         return analytics.PremiumOverlay(eligible=eligible, shown=shown)  # type: ignore[return-value]
+
+    @strawberry.field(description="Every feature of the catalog: access, limit, usage now.")
+    def entitlements(self, info: Info) -> list[Entitlement]:
+        ctx = info.context
+        shown = entitlements.entitlements_of(ctx.catalog, self.row, ctx.clock())
+        return [Entitlement.of(e) for e in shown]
+
+    @strawberry.field(description="One feature's entitlement; null if not in the catalog.")
+    def entitlement(self, info: Info, feature: str) -> Entitlement | None:
+        ctx = info.context
+        if feature not in ctx.catalog.features:
+            return None
+        return Entitlement.of(
+            entitlements.entitlement_of(ctx.catalog, self.row, feature, ctx.clock())
+        )
 
     @strawberry.field
     def subscription(self) -> BillingSubscription | None:

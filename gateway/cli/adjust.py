@@ -1,4 +1,4 @@
-"""entitlements adjust: support's credit and tier changes."""
+"""entitlements adjust: support's credit, tier and feature entitlement changes."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from gateway.cli.command import (
     sync,
 )
 from gateway.runtime import Runtime
-from resolvers import credits, ledger, tiers
+from resolvers import credits, ledger, overrides, tiers
 from resolvers.errors import Failure
 from resolvers.users import UserRef
 
@@ -24,8 +24,12 @@ from resolvers.users import UserRef
 @click.option("--grant-credits", type=int, default=None, metavar="N")
 @click.option("--consume-credits", type=int, default=None, metavar="N")
 @click.option("--set-tier", default=None, metavar="TIER")
+@click.option("--feature", default=None, help="Override one feature's entitlement (see below).")
+@click.option("--limit", type=int, default=None, metavar="N", help="With --feature: limit N.")
+@click.option("--grant", is_flag=True, help="With --feature: access, without a limit.")
+@click.option("--revoke", is_flag=True, help="With --feature: no access.")
 @click.option("--reason", default=None, help="Why (default: support-adjustment).")
-@click.option("--expires-at", default=None, help="ISO 8601 expiry of granted credits.")
+@click.option("--expires-at", default=None, help="ISO 8601 expiry of credits or an override.")
 @click.option("--idempotency-key", default=None, help="Makes a retried command a no-op.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @sync
@@ -35,15 +39,26 @@ async def adjust(
     grant_credits: int | None,
     consume_credits: int | None,
     set_tier: str | None,
+    feature: str | None,
+    limit: int | None,
+    grant: bool,
+    revoke: bool,
     reason: str | None,
     expires_at: str | None,
     idempotency_key: str | None,
     as_json: bool,
 ) -> None:
-    """Grant or consume credits, or reset the tier, as the support runbook does it."""
-    chosen = [o for o in (grant_credits, consume_credits, set_tier) if o is not None]
+    """Grant or consume credits, or reset the tier, as the support runbook does it.
+
+    Or override the plan for one feature: --feature F with one of --limit N, --grant (access
+    without a limit) or --revoke, optionally until --expires-at; the plan applies again after.
+    """
+    chosen = [o for o in (grant_credits, consume_credits, set_tier, feature) if o is not None]
     if len(chosen) != 1:
-        fail("give exactly one of --grant-credits, --consume-credits, --set-tier")
+        fail("give exactly one of --grant-credits, --consume-credits, --set-tier, --feature")
+    modes = [limit is not None, grant, revoke].count(True)
+    if modes != (0 if feature is None else 1):
+        fail("give --feature with exactly one of --limit, --grant, --revoke")
     actor = cli_actor()
     reason = reason or "support-adjustment"
     now = runtime.clock()
@@ -74,6 +89,20 @@ async def adjust(
                 catalog=catalog,
                 idempotency_key=idempotency_key,
             )
+        if feature is not None:
+            return await overrides.set_entitlement_override(
+                session,
+                user=ref,
+                feature=feature,
+                has_access=not revoke,
+                limit=limit,
+                reason=reason,
+                actor=actor,
+                now=now,
+                catalog=catalog,
+                expires_at=parse_time(expires_at),
+                idempotency_key=idempotency_key,
+            )
         assert set_tier is not None
         return await tiers.set_tier(
             session,
@@ -96,7 +125,10 @@ async def adjust(
         "replayed": result.replayed,
         "correlation_id": actor.request_id,
     }
-    if isinstance(result, credits.CreditChanged):
+    if isinstance(result, overrides.OverrideSet):
+        document["entitlement"] = result.entitlement.as_dict()
+        summary = f"{result.entitlement.feature}: {result.entitlement.describe()}"
+    elif isinstance(result, credits.CreditChanged):
         document["credit_event"] = ledger.describe_event(result.event)
         summary = f"{result.event.kind} {result.event.amount:+d} credits"
     else:

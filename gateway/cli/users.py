@@ -14,7 +14,7 @@ from gateway.cli.command import (
     sync,
 )
 from gateway.runtime import Runtime
-from resolvers import credits, history, users
+from resolvers import credits, entitlements, history, users
 from resolvers.errors import Failure
 from resolvers.users import UserRef
 
@@ -79,7 +79,8 @@ async def user_create(
 @click.option("--at", "at_text", default=None, help="ISO 8601 time: the balance as it stood then.")
 @sync
 async def user_show(runtime: Runtime, email: str, as_json: bool, at_text: str | None) -> None:
-    """The runbook's "verify account state": tier, Stripe customer, credits, last 5 events.
+    """The runbook's "verify account state": tier, Stripe customer, credits, last 5 events,
+    and the feature entitlements.
 
     A read: nothing is written. A monthly allowance that is due shows in the balance as if
     granted; the user's next credit change (or `entitlements allowances grant`) writes it.
@@ -95,10 +96,18 @@ async def user_show(runtime: Runtime, email: str, as_json: bool, at_text: str | 
             past = await history.balance_at(session, row.id, at)
             echo_json(_describe_past(row, past), compact=as_json)
             return
-        meta = await credits.read_plan_metadata(
-            session, row, catalog=runtime.catalog, now=runtime.clock()
-        )
-    echo_json({"email": row.email, "user_id": row.id, **meta.as_dict()}, compact=as_json)
+        now = runtime.clock()
+        meta = await credits.read_plan_metadata(session, row, catalog=runtime.catalog, now=now)
+    shown = entitlements.entitlements_of(runtime.catalog, row, now)
+    echo_json(
+        {
+            "email": row.email,
+            "user_id": row.id,
+            **meta.as_dict(),
+            "entitlements": [e.as_dict() for e in shown],
+        },
+        compact=as_json,
+    )
 
 
 def _past_time(text: str, now: datetime) -> datetime:

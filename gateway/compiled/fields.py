@@ -22,7 +22,7 @@ from gateway.compiled.resolver import (
     with_run,
 )
 from gateway.compiled.run import Fallback, Run
-from resolvers import allowances, loaders
+from resolvers import allowances, entitlements, loaders
 from resolvers.catalog import Tier
 from resolvers.loaders import unexpired
 from schema.connections import decode_cursor, encode_cursor, page_size
@@ -152,6 +152,17 @@ async def _next_expiry(run: Run, users: list[Any], _args: Args) -> list[str | No
     return answers
 
 
+def _entitlements(user: Any, run: Run, _args: Args) -> list[Any]:
+    return entitlements.entitlements_of(run.catalog, user, run.now)
+
+
+def _entitlement(user: Any, run: Run, args: Args) -> Any:
+    feature = args["feature"]
+    if feature not in run.catalog.features:
+        return None
+    return entitlements.entitlement_of(run.catalog, user, feature, run.now)
+
+
 async def _user_of(run: Run, rows: list[Any], _args: Args) -> list[Any]:
     return await run.users_by_id([r.user_id for r in rows])
 
@@ -202,6 +213,17 @@ FIELDS: dict[str, dict[str, Resolver]] = {
         "creditEvents": _paged(loaders.newest_events_by_user),
         "payments": _paged(loaders.newest_payments_by_user),
         "subscription": source(_subscription),
+        "entitlements": with_run(_entitlements),
+        "entitlement": with_run(_entitlement),
+    },
+    "Entitlement": {
+        "feature": attr("feature"),
+        "hasAccess": attr("has_access"),
+        "limit": attr("limit"),
+        "usage": attr("usage"),
+        "remaining": attr("remaining"),
+        "resetsAt": datetime_attr("resets_at"),
+        "source": source(lambda entitlement: entitlement.source.value),
     },
     "BillingSubscription": {
         "id": attr("stripe_subscription_id"),

@@ -7,7 +7,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.perf.scenarios import BASELINE, GATEWAY, PGBENCH, POSTGRAPHILE, READS, WRITES
+from tests.perf.scenarios import (
+    BASELINE,
+    GATEWAY,
+    PGBENCH,
+    POSTGRAPHILE,
+    READS,
+    RELATIVE,
+    WRITES,
+)
 from tests.perf.spec import LoadResult
 
 DB_LABEL = {"postgresql": "PostgreSQL", "sqlite": "SQLite"}
@@ -90,10 +98,24 @@ def table(rows: list[Row]) -> list[str]:
 
 def verdicts(rows: list[Row]) -> list[str]:
     """The issues' bars: reads and the webhook >= 50% of the baseline, consumeCredits >= 25%
-    (and >= 25% of pgbench's ceiling), the viewer read and consumeCredits >= PostGraphile."""
+    (and >= 25% of pgbench's ceiling), the viewer read and consumeCredits >= PostGraphile; the
+    entitlement check >= 90% of the viewer read, recordUsage >= 90% of consumeCredits."""
     out = []
     for row in rows:
         if row.target != GATEWAY:
+            continue
+        if row.scenario in RELATIVE:
+            versus, share = RELATIVE[row.scenario]
+            other = _find(rows, versus, row.database, GATEWAY)
+            if other is None or other.result.rps <= 0:
+                continue
+            value = row.result.rps / other.result.rps
+            state = "meets" if value >= share else "BELOW"
+            out.append(
+                f"{row.scenario} on {DB_LABEL.get(row.database, row.database)}: gateway at"
+                f" {value * 100:.0f}% of its own {versus} req/s, {state} the"
+                f" {share * 100:.0f}% bar"
+            )
             continue
         # Issue 14: the webhook at 50% of the baseline, like the reads.
         halves = (*READS, "webhook")

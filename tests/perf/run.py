@@ -405,7 +405,9 @@ class Bench:
         for scenario in scenarios:
             spec = spec_for(scenario, GATEWAY, creds, mquery)
             if spec is not None:
-                spec = spec.with_key_prefix(prefix + "-gw")
+                # A key per scenario: one key names one operation, so consume's keys reused
+                # by recordUsage would be counted as conflicts.
+                spec = spec.with_key_prefix(f"{prefix}-{scenario}-gw")
                 gateway_requests[scenario] = self.request_maker(spec, scenario, "countgw")
             spec = spec_for(scenario, BASELINE, creds, mquery)
             if spec is not None:

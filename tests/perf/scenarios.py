@@ -1,4 +1,4 @@
-"""The five benchmarked requests, as each target (gateway, baseline, PostGraphile) receives them."""
+"""The benchmarked requests, as each target (gateway, baseline, PostGraphile) receives them."""
 
 from __future__ import annotations
 
@@ -18,9 +18,12 @@ from tests.perf.spec import RequestSpec
 
 GATEWAY, BASELINE, POSTGRAPHILE = "gateway", "baseline", "postgraphile"
 PGBENCH = "pgbench"  # not a server: pgbench's ceiling for a spend's SQL (tests/perf/pgbench.py)
-SCENARIOS = ("viewer", "consume", "support", "metrics", "webhook")
+SCENARIOS = ("viewer", "consume", "support", "metrics", "webhook", "entitlement", "usage")
 READS = ("viewer", "support", "metrics")  # the issue's bar: >= 50% of the baseline
 WRITES = ("consume",)  # >= 25%
+# Gateway-only scenarios, held to a share of another gateway scenario's req/s (issue 16): the
+# entitlement check to the viewer read, recordUsage to consumeCredits.
+RELATIVE = {"entitlement": ("viewer", 0.9), "usage": ("consume", 0.9)}
 
 VIEWER_QUERY = "query Viewer { viewer { tier credits { available } } }"
 CONSUME_MUTATION = (
@@ -32,6 +35,16 @@ SUPPORT_QUERY = (
     "query Support { users(first: 100) { edges { node { email credits { available }"
     " creditEvents(first: 5) { edges { node { amount } } }"
     " payments(first: 3) { edges { node { amount } } } } } } }"
+)
+ENTITLEMENT_QUERY = (
+    'query Entitlement { viewer { entitlement(feature: "pdf_exports") { hasAccess remaining } } }'
+)
+# PDF exports: every tier has them with a monthly limit (5 on free), which a run's few requests
+# per user stay under, so each request is a counted use, as consume's are spends.
+USAGE_MUTATION = (
+    "mutation Usage($input: RecordUsageInput!) { recordUsage(input: $input) {"
+    " __typename ... on EntitlementUsage { replayed entitlement { usage remaining } }"
+    " ... on Error { message code } } }"
 )
 POSTGRAPHILE_QUERY = "query Viewer($id: Int!) { userById(id: $id) { tier creditsAvailable } }"
 # The same spend through PostGraphile: its mutation for the gateway's own spend_credits function
@@ -106,6 +119,24 @@ def spec_for(
         return RequestSpec(**graphql, headers=JSON, body=body, expect='"spent"')
     if target == POSTGRAPHILE:
         return None
+    if scenario == "entitlement":
+        if target != GATEWAY:
+            return None
+        return RequestSpec(
+            **graphql,
+            headers={**JSON, "Authorization": "Bearer __TOKEN__"},
+            body=_graphql(ENTITLEMENT_QUERY),
+            tokens_file=str(creds.tokens_file),
+            expect='"hasAccess"',
+        )
+    if scenario == "usage":
+        if target != GATEWAY:
+            return None
+        variables = {
+            "input": {"userId": "__UID__", "feature": "pdf_exports", "idempotencyKey": "__KEY__"}
+        }
+        body = _graphql(USAGE_MUTATION, variables)
+        return RequestSpec(**graphql, headers=service, body=body, expect='"EntitlementUsage"')
     if scenario == "consume":
         if target == GATEWAY:
             variables = {

@@ -25,7 +25,7 @@ from sqlalchemy import update
 from gateway.compiled import execution
 from gateway.compiled.fields import FIELDS
 from gateway.compiled.plan import compile_operation
-from resolvers import credits
+from resolvers import credits, overrides, usage
 from resolvers.models import Payment, User
 from resolvers.users import UserRef
 from schema import schema
@@ -68,6 +68,13 @@ def arguments(draw: st.DrawFn, field_name: str, doc: Document, args: list[str]) 
     if "after" in args and draw(st.integers(0, 3)) == 0:
         cursor = encode_cursor(draw(st.integers(1, 60)))
         given_args.append(f'after: "{cursor}"')
+    if "feature" in args:
+        feature = draw(st.sampled_from(["projects", "pdf_exports", "api_access", "teleport"]))
+        given_args.append(
+            f"feature: {doc.variable('String!', feature)}"
+            if draw(st.booleans())
+            else f'feature: "{feature}"'
+        )
     return f"({', '.join(given_args)})" if given_args else ""
 
 
@@ -189,7 +196,37 @@ async def seed(runtime, clock) -> tuple[list[str], list[int]]:
             )
         )
 
+    async def entitlement_data(session):
+        # Usage this period and last, a subscriber's billing period, an expiring override.
+        for n, user in enumerate(made):
+            for feature, quantity in (("projects", 1 + n % 3), ("pdf_exports", n + 1)):
+                counted = await usage.record_usage(
+                    session,
+                    user=UserRef(user_id=user.id),
+                    feature=feature,
+                    quantity=quantity,
+                    actor=SUPPORT,
+                    now=clock.now + timedelta(days=34),
+                    catalog=runtime.catalog,
+                )
+                assert isinstance(counted, usage.UsageRecorded), counted
+        for user, has_access, limit, days in ((made[0], True, 2, 60), (made[1], False, None, 10)):
+            changed = await overrides.set_entitlement_override(
+                session,
+                user=UserRef(user_id=user.id),
+                feature="api_access",
+                has_access=has_access,
+                limit=limit,
+                reason="seed",
+                actor=SUPPORT,
+                now=clock.now,
+                catalog=runtime.catalog,
+                expires_at=clock.now + timedelta(days=days),
+            )
+            assert isinstance(changed, overrides.OverrideSet), changed
+
     await runtime.db.write(extras)
+    await runtime.db.write(entitlement_data)
     clock.advance(days=35)
     return [u.email for u in made] + ["nobody@example.com"], [u.id for u in made] + [999]
 
@@ -276,6 +313,23 @@ async def test_uncovered_fields_and_mutations_are_not_compiled() -> None:
         'mutation Q { trackEvent(input: {name: "x", sessionId: "s"}) { __typename } }',
     ]:
         assert compile_operation(SCHEMA, parse(query), "Q") is None, query
+
+
+async def test_the_entitlement_check_answers_from_the_plan(runtime, clock) -> None:
+    _emails, ids = await seed(runtime, clock)
+    query = (
+        'query Q { viewer { entitlement(feature: "projects") { hasAccess remaining } '
+        "entitlements { feature hasAccess remaining resetsAt source } } }"
+    )
+    compiled, result = await both(
+        runtime, Principal(role="viewer", name="u", user_id=ids[0]), query, {}
+    )
+    assert result.errors is None
+    assert compiled == result.data
+    # Free: 3 projects, 1 used; the override of api_access is still on (60 days).
+    assert compiled["viewer"]["entitlement"] == {"hasAccess": True, "remaining": 2}
+    shown = {e["feature"]: e for e in compiled["viewer"]["entitlements"]}
+    assert (shown["api_access"]["source"], shown["api_access"]["remaining"]) == ("OVERRIDE", 2)
 
 
 async def test_the_viewer_read_answers_from_the_plan(runtime, clock) -> None:

@@ -36,6 +36,8 @@ READS = {
     "credits(at:)": "query ($email: String!, $at: DateTime) { user(email: $email) { "
     "credits(at: $at) { available held holds { status } grants { remaining } asOf } "
     "creditEvents(since: $at) { edges { node { kind } } } } }",
+    "entitlements": "{ viewer { entitlements { feature hasAccess usage remaining resetsAt } "
+    'entitlement(feature: "pdf_exports") { usage remaining source } } }',
 }
 
 
@@ -80,7 +82,8 @@ async def test_every_read_leaves_every_table_unchanged(
     support = await make_key("support")
     before = await migrate.row_counts(database_url)
     for name, query in READS.items():
-        token = user_token(user.id) if name in ("viewer", "pricing", "holds") else support
+        viewer_reads = ("viewer", "pricing", "holds", "entitlements")
+        token = user_token(user.id) if name in viewer_reads else support
         variables = {"email": user.email} if "$email" in query else None
         if variables is not None and "$at" in query:
             variables["at"] = (runtime.clock() - timedelta(seconds=30)).isoformat()

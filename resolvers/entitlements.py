@@ -1,0 +1,147 @@
+"""Entitlements: what a user may use now, from their tier, support's overrides and their usage.
+
+Everything is read from the user row: usage is stored with the period it was counted in, so a
+new period reads as 0 without a write, and a tier change shows at once because nothing is
+copied from the tier onto the user.
+"""
+
+from __future__ import annotations
+
+import calendar
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from resolvers.allowances import BILLED_BY_STRIPE, allowance_period
+from resolvers.catalog import Catalog
+
+# The period of a running count (a limit on what the product reports, e.g. projects).
+TOTAL = "total"
+
+
+class Source(StrEnum):
+    PLAN = "PLAN"
+    OVERRIDE = "OVERRIDE"
+    NONE = "NONE"
+
+
+@dataclass(frozen=True, slots=True)
+class Entitlement:
+    feature: str
+    has_access: bool
+    limit: int | None  # None: no limit (or no access)
+    usage: int
+    remaining: int | None  # None: no limit; 0 without access
+    resets_at: datetime | None  # metered features: when this period's usage starts again at 0
+    source: Source
+
+    def describe(self) -> str:
+        """One line for support: "no access", "no limit", or "3 of 5 used, resets …"."""
+        if not self.has_access:
+            text = "no access"
+        elif self.limit is None:
+            text = f"no limit ({self.usage} used)"
+        else:
+            text = f"{self.usage} of {self.limit} used"
+        resets = f", resets {self.resets_at.isoformat()}" if self.resets_at else ""
+        return f"{text}{resets} [{self.source.value.lower()}]"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "feature": self.feature,
+            "has_access": self.has_access,
+            "limit": self.limit,
+            "usage": self.usage,
+            "remaining": self.remaining,
+            "resets_at": self.resets_at.isoformat() if self.resets_at else None,
+            "source": self.source.value,
+        }
+
+
+def usage_period(user: Any, now: datetime) -> tuple[datetime, datetime]:
+    """The period metered usage counts in: the Stripe billing period for subscribers, else the
+    calendar month (UTC)."""
+    end = user.subscription_period_end
+    if end is None or not (
+        user.stripe_subscription_id and user.subscription_status in BILLED_BY_STRIPE
+    ):
+        return allowance_period(now)
+    # Stripe bills monthly from the anchor of the known period end; stepping whole months from
+    # it still finds the right period when the renewal's webhook is late.
+    months = (now.year - end.year) * 12 + now.month - end.month
+    while _add_months(end, months) <= now:
+        months += 1
+    while _add_months(end, months - 1) > now:
+        months -= 1
+    return _add_months(end, months - 1), _add_months(end, months)
+
+
+def _add_months(anchor: datetime, months: int) -> datetime:
+    index = anchor.month - 1 + months
+    year, month = anchor.year + index // 12, index % 12 + 1
+    # Stripe keeps a 31st anchor at the end of shorter months.
+    day = min(anchor.day, calendar.monthrange(year, month)[1])
+    return anchor.replace(year=year, month=month, day=day)
+
+
+def period_of(
+    catalog: Catalog, feature: str, user: Any, now: datetime
+) -> tuple[str, datetime | None]:
+    """The key usage of `feature` is stored under now, and when that period ends (if it does)."""
+    if catalog.usage_period(feature) is None:
+        return TOTAL, None
+    start, end = usage_period(user, now)
+    return start.strftime("%Y-%m-%dT%H:%M:%SZ"), end
+
+
+def used_in(user: Any, feature: str, period: str) -> int:
+    """What the user used of `feature` in `period`: 0 unless that is the period last counted."""
+    counted = (user.entitlement_usage or {}).get(feature)
+    return counted["used"] if counted is not None and counted["period"] == period else 0
+
+
+def live_override(user: Any, feature: str, now: datetime) -> dict[str, Any] | None:
+    """Support's override of `feature` on the user, unless it has expired."""
+    override = (user.entitlement_overrides or {}).get(feature)
+    if override is None:
+        return None
+    expires_at = override.get("expires_at")
+    if expires_at is not None and datetime.fromisoformat(expires_at) <= now:
+        return None
+    return override
+
+
+def entitlement_of(catalog: Catalog, user: Any, feature: str, now: datetime) -> Entitlement:
+    """The user's entitlement to one catalog feature: an unexpired override wins over the plan."""
+    period, resets_at = period_of(catalog, feature, user, now)
+    used = used_in(user, feature, period)
+    override = live_override(user, feature, now)
+    if override is not None:
+        has_access, limit, source = override["has_access"], override["limit"], Source.OVERRIDE
+    else:
+        tier = catalog.tier(user.tier) or catalog.default_tier
+        rule = tier.entitlements.get(feature)
+        if rule is not None and rule.has_access:
+            has_access, limit, source = True, rule.limit, Source.PLAN
+        else:
+            has_access, limit, source = False, None, Source.NONE
+    if not has_access:
+        limit, remaining = None, 0
+    else:
+        # A downgrade below what is used leaves nothing, and deletes nothing.
+        remaining = None if limit is None else max(limit - used, 0)
+    return Entitlement(
+        feature=feature,
+        has_access=has_access,
+        limit=limit,
+        usage=used,
+        remaining=remaining,
+        resets_at=resets_at,
+        source=source,
+    )
+
+
+def entitlements_of(catalog: Catalog, user: Any, now: datetime) -> list[Entitlement]:
+    """Every catalog feature, in catalog order, including those the user has no access to."""
+    return [entitlement_of(catalog, user, feature, now) for feature in catalog.features]

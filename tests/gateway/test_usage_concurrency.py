@@ -1,0 +1,146 @@
+"""Usage limits under real concurrency: two gateway processes count one user's usage at once.
+
+Over HTTP against two `entitlements serve` processes sharing one database (SQLite file and
+PostgreSQL): the limit is never passed, and one idempotency key counts once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from gateway.runtime import Runtime
+from resolvers import keys
+from resolvers.models import UsageEvent, User
+from tests.factories import make_user
+from tests.gateway.gateway_process import BIN, free_port
+
+RECORD = """
+mutation ($input: RecordUsageInput!) {
+  recordUsage(input: $input) {
+    __typename
+    ... on EntitlementUsage { replayed entitlement { usage } }
+  }
+}
+"""
+
+
+@contextmanager
+def serving(database_url: str, log_path: Path) -> Iterator[str]:
+    env = {**os.environ, "DATABASE_URL": database_url, "LOG_LEVEL": "WARNING"}
+    port = free_port()
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [str(BIN / "entitlements"), "serve", "--port", str(port), "--no-migrate"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(log_path.read_text())
+                time.sleep(0.2)
+            yield base
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+
+
+@pytest.fixture
+def two_gateways(database_url: str, tmp_path: Path) -> Iterator[list[str]]:
+    with ExitStack() as stack:
+        yield [
+            stack.enter_context(serving(database_url, tmp_path / f"serve-{i}.log")) for i in (1, 2)
+        ]
+
+
+async def fire(bases: list[str], key: str, inputs: list[dict]) -> list[dict]:
+    """Every input at once, alternating between the gateways."""
+    headers = {"Authorization": f"Bearer {key}"}
+    # 16 in flight: enough to overlap, and within what a shared PostgreSQL server has to spare.
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=16)) as http:
+        responses = await asyncio.gather(
+            *(
+                http.post(
+                    f"{bases[i % len(bases)]}/graphql",
+                    json={"query": RECORD, "variables": {"input": body}},
+                    headers=headers,
+                )
+                for i, body in enumerate(inputs)
+            )
+        )
+    for response in responses:
+        assert response.status_code == 200, response.text
+        assert "errors" not in response.json(), response.text
+    return [r.json()["data"]["recordUsage"] for r in responses]
+
+
+async def service_key(runtime: Runtime) -> str:
+    now = runtime.clock()
+    created = await runtime.db.write(
+        lambda s: keys.create_api_key(s, name="ai-backend", role="service", now=now)
+    )
+    return created.secret
+
+
+async def stored_usage(runtime: Runtime, user_id: int, feature: str) -> tuple[int, int]:
+    """(the count the limit is checked on, the sum of the usage record)."""
+    async with runtime.db.read() as session:
+        usage = await session.scalar(select(User.entitlement_usage).where(User.id == user_id))
+        recorded = await session.scalar(
+            select(func.coalesce(func.sum(UsageEvent.quantity), 0)).where(
+                UsageEvent.user_id == user_id, UsageEvent.feature == feature
+            )
+        )
+    return usage[feature]["used"], recorded
+
+
+@pytest.mark.slow
+async def test_two_gateways_never_count_usage_past_the_limit(
+    runtime: Runtime, two_gateways: list[str]
+) -> None:
+    key = await service_key(runtime)
+    user = await make_user(runtime)  # free: 5 PDF exports a month
+    inputs = [{"userId": str(user.id), "feature": "pdf_exports"} for _ in range(40)]
+    answers = await fire(two_gateways, key, inputs)
+
+    assert Counter(a["__typename"] for a in answers) == {
+        "EntitlementUsage": 5,
+        "LimitExceeded": 35,
+    }
+    # Each counted use saw the one before it: 1, 2, ... 5 without a gap or a repeat.
+    counted = sorted(a["entitlement"]["usage"] for a in answers if a.get("entitlement"))
+    assert counted == [1, 2, 3, 4, 5]
+    assert await stored_usage(runtime, user.id, "pdf_exports") == (5, 5)
+
+
+@pytest.mark.slow
+async def test_one_key_sent_to_two_gateways_at_once_counts_once(
+    runtime: Runtime, two_gateways: list[str]
+) -> None:
+    key = await service_key(runtime)
+    user = await make_user(runtime, tier="pro")
+    body = {"email": user.email, "feature": "projects", "quantity": 2, "idempotencyKey": "p-77"}
+    answers = await fire(two_gateways, key, [body] * 20)
+
+    assert all(a["__typename"] == "EntitlementUsage" for a in answers), answers
+    assert sorted(a["replayed"] for a in answers) == [False] + [True] * 19
+    assert await stored_usage(runtime, user.id, "projects") == (2, 2)
