@@ -196,6 +196,7 @@ def _connection(node_type: str) -> dict[str, dict[str, Resolver]]:
 FIELD_ARGUMENTS: dict[tuple[str, str], frozenset[str]] = {
     ("User", "creditEvents"): frozenset({"first", "after"}),
     ("User", "payments"): frozenset({"first", "after"}),
+    ("User", "entitlement"): frozenset({"feature"}),
 }
 
 FIELDS: dict[str, dict[str, Resolver]] = {
