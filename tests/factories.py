@@ -23,8 +23,14 @@ async def make_user(
     credits_granted: int = 0,
     expires_at: datetime | None = None,
     with_allowance: bool = False,
+    calendar_allowances: bool = True,
 ) -> User:
-    """A user with `credits_granted` support credits; no plan allowance unless asked."""
+    """A user with `credits_granted` support credits; no plan allowance unless asked.
+
+    A user made without `calendar_allowances` is billed through a Stripe subscription, so no
+    month boundary the test's clock crosses brings a calendar allowance: the balance is only
+    what the test grants, at any date the suite runs.
+    """
     email = email or unique_email()
     now = runtime.clock()
 
@@ -35,6 +41,9 @@ async def make_user(
         assert isinstance(result, users.UserUpserted), result
         account = await lock_account(session, UserRef(user_id=result.user.id))
         assert account is not None
+        if not calendar_allowances:
+            account.stripe_subscription_id = f"sub_test_{account.id}"
+            account.subscription_status = "active"
         if not with_allowance:
             # Mark this month's allowance as done so balances are exactly what the test grants.
             account.allowance_period_start = allowances.allowance_period(now)[0]

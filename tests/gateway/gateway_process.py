@@ -49,22 +49,15 @@ class RunningGateway:
 
 
 @contextmanager
-def running_gateway(
-    sqlite_template: Path, tmp_path: Path, **settings: str
+def serve(
+    database_url: str, log_path: Path, *serve_args: str, **settings: str
 ) -> Iterator[RunningGateway]:
-    database = tmp_path / "served.db"
-    shutil.copyfile(sqlite_template, database)
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"sqlite+aiosqlite:///{database}",
-        "LOG_LEVEL": "WARNING",
-        **settings,
-    }
+    """`entitlements serve` on `database_url`, ready (/readyz answers 200) when it yields."""
+    env = {**os.environ, "DATABASE_URL": database_url, "LOG_LEVEL": "WARNING", **settings}
     port = free_port()
-    log_path = tmp_path / "serve.log"
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [str(BIN / "entitlements"), "serve", "--port", str(port)],
+            [str(BIN / "entitlements"), "serve", "--port", str(port), *serve_args],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -85,3 +78,13 @@ def running_gateway(
         finally:
             process.terminate()
             process.wait(timeout=10)
+
+
+@contextmanager
+def running_gateway(
+    sqlite_template: Path, tmp_path: Path, **settings: str
+) -> Iterator[RunningGateway]:
+    database = tmp_path / "served.db"
+    shutil.copyfile(sqlite_template, database)
+    with serve(f"sqlite+aiosqlite:///{database}", tmp_path / "serve.log", **settings) as gateway:
+        yield gateway

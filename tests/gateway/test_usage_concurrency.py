@@ -7,12 +7,9 @@ PostgreSQL): the limit is never passed, and one idempotency key counts once.
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -23,7 +20,7 @@ from gateway.runtime import Runtime
 from resolvers import keys
 from resolvers.models import UsageEvent, User
 from tests.factories import make_user
-from tests.gateway.gateway_process import BIN, free_port
+from tests.gateway.gateway_process import serve
 
 RECORD = """
 mutation ($input: RecordUsageInput!) {
@@ -35,40 +32,14 @@ mutation ($input: RecordUsageInput!) {
 """
 
 
-@contextmanager
-def serving(database_url: str, log_path: Path) -> Iterator[str]:
-    env = {**os.environ, "DATABASE_URL": database_url, "LOG_LEVEL": "WARNING"}
-    port = free_port()
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [str(BIN / "entitlements"), "serve", "--port", str(port), "--no-migrate"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(log_path.read_text())
-                time.sleep(0.2)
-            yield base
-        finally:
-            process.terminate()
-            process.wait(timeout=10)
-
-
 @pytest.fixture
 def two_gateways(database_url: str, tmp_path: Path) -> Iterator[list[str]]:
     with ExitStack() as stack:
         yield [
-            stack.enter_context(serving(database_url, tmp_path / f"serve-{i}.log")) for i in (1, 2)
+            stack.enter_context(
+                serve(database_url, tmp_path / f"serve-{i}.log", "--no-migrate")
+            ).base
+            for i in (1, 2)
         ]
 
 

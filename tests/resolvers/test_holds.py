@@ -190,7 +190,7 @@ async def test_settle_succeeds_after_the_grants_it_came_from_expired(runtime: Ru
 
 
 async def test_an_expired_hold_gives_its_credits_back_without_a_sweep(runtime: Runtime) -> None:
-    user = await make_user(runtime, credits_granted=10)
+    user = await make_user(runtime, calendar_allowances=False, credits_granted=10)
     held = await reserve(runtime, user.id, 9, ttl_seconds=60)
     runtime.clock.advance(seconds=61)
     assert await settle(runtime, held.hold.id, 1) == HoldExpired(

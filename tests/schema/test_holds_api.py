@@ -108,7 +108,7 @@ async def test_settling_more_than_held_or_a_run_out_hold_is_a_typed_error(
     gql: GraphQLClient, runtime: Runtime, make_key
 ) -> None:
     service = await make_key("service")
-    user = await make_user(runtime, credits_granted=10)
+    user = await make_user(runtime, calendar_allowances=False, credits_granted=10)
     hold = await reserve(gql, service, userId=str(user.id), amount=5, reason="x", ttlSeconds=30)
     body = await gql(SETTLE, {"input": {"holdId": hold["id"], "amount": 6}}, token=service)
     assert data_of(body)["settleHold"]["field"] == "amount"
@@ -186,7 +186,12 @@ async def test_credits_at_a_past_moment_and_events_between_times(
     support = await make_key("support")
     clock = runtime.clock
     start = clock()
-    user = await make_user(runtime, credits_granted=10, expires_at=start + timedelta(minutes=30))
+    user = await make_user(
+        runtime,
+        calendar_allowances=False,
+        credits_granted=10,
+        expires_at=start + timedelta(minutes=30),
+    )
     clock.advance(minutes=1)
     hold = await reserve(gql, support, userId=str(user.id), amount=6, reason="r", ttlSeconds=600)
     clock.advance(minutes=1)
