@@ -32,6 +32,7 @@ from gateway.settings import Settings
 from gateway.tracing import configure_tracing, tracing_middleware
 from gateway.webhooks import stripe_webhook
 from schema import schema
+from schema.persisted import load_registered_documents
 from schema.saved import load_saved_queries
 
 
@@ -86,7 +87,14 @@ class Gateway(Starlette):
 
 def create_app(runtime: Runtime, *, executor: Executor = "compiled") -> Starlette:
     authenticator = Authenticator(runtime.settings, runtime.db, runtime.catalog, runtime.clock)
-    graphql = GraphQLRoute(schema, runtime, authenticator, load_saved_queries(), executor)
+    graphql = GraphQLRoute(
+        schema,
+        runtime,
+        authenticator,
+        load_saved_queries(),
+        executor,
+        registered_documents=load_registered_documents(),
+    )
     revocations = None if runtime.db.is_sqlite else RevocationListener(runtime.db, authenticator)
 
     @asynccontextmanager
