@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 from graphql.execution.values import VariableValues, get_argument_values, get_variable_values
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -40,7 +41,7 @@ async def execute(
         await _complete(run, tree, [None], [data], variables)
     except (Fallback, BadUserInput):
         return None
-    except (SQLAlchemyError, OSError):
+    except (SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
         # An infrastructure fault: graphql-core meets it again, then masks and logs it.
         return None
     finally:

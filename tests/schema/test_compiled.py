@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from graphql import ExecutionResult, get_named_type, is_leaf_type, parse, validate
@@ -22,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import update
 
+from gateway.app import create_app
 from gateway.compiled import execution
 from gateway.compiled.fields import FIELDS
 from gateway.compiled.plan import compile_operation
@@ -31,7 +33,9 @@ from resolvers.users import UserRef
 from schema import schema
 from schema.connections import encode_cursor
 from schema.context import Context, Principal
+from tests.conftest import StatementCounter
 from tests.factories import SUPPORT, make_user
+from tests.schema.conftest import user_token
 
 SCHEMA = schema._schema
 MAX_DEPTH = 6
@@ -290,3 +294,22 @@ async def test_the_viewer_read_answers_from_the_plan(runtime, clock) -> None:
     pro_allowance = runtime.catalog.tier("pro").monthly_credits
     assert compiled["viewer"]["credits"]["available"] == 100 + pro_allowance
     assert compiled["viewer"]["tier"] == "pro"
+
+
+async def test_the_viewer_read_is_one_statement_the_engines_listeners_see(runtime) -> None:
+    # On PostgreSQL the plan reads on asyncpg itself; counts and SQL spans must still see it.
+    user = await make_user(runtime, credits_granted=5)
+    counter = StatementCounter(runtime.db)
+    app = create_app(runtime)
+    headers = {"Authorization": f"Bearer {user_token(user.id)}"}
+    query = {"query": "query Badge { viewer { tier credits { available } } }"}
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://gateway.test"
+        ) as http:
+            response = await http.post("/graphql", json=query, headers=headers)
+    finally:
+        counter.close()
+    assert response.json() == {"data": {"viewer": {"tier": user.tier, "credits": {"available": 5}}}}
+    assert counter.count == 1
+    assert "FROM users" in counter.statements[0]
