@@ -210,6 +210,7 @@ class ReplicaReads:
     def __init__(self, primary: Database, replica: Database) -> None:
         self.primary = primary
         self.replica = replica
+        self.is_sqlite = replica.is_sqlite
 
     def connect(self) -> AbstractAsyncContextManager[AsyncConnection]:
         return self.replica.connect()

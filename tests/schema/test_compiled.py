@@ -121,7 +121,7 @@ def decorated(draw: st.DrawFn, text: str, doc: Document) -> str:
 @st.composite
 def documents(draw: st.DrawFn, emails: list[str], ids: list[int]) -> tuple[str, dict[str, Any]]:
     doc = Document()
-    root = draw(st.sampled_from(["viewer", "user", "users", "plans"]))
+    root = draw(st.sampled_from(["viewer", "user", "users", "plans", "payments", "payment"]))
     if root == "viewer":
         text = "viewer " + draw(selection_set("User", doc, MAX_DEPTH))
     elif root == "user":
@@ -134,6 +134,13 @@ def documents(draw: st.DrawFn, emails: list[str], ids: list[int]) -> tuple[str, 
         tier = draw(st.sampled_from(["", ', tier: "pro"', ', tier: "free"']))
         first = draw(st.integers(1, 5))
         text = f"users(first: {first}{tier}) " + draw(selection_set("UserConnection", doc, 7))
+    elif root == "payments":
+        text = "payments" + draw(arguments("payments", doc, ["first", "after"]))
+        text += " " + draw(selection_set("PaymentConnection", doc, 5))
+    elif root == "payment":
+        ref = draw(st.sampled_from([*(f"cs_{i}" for i in ids), *map(str, ids), " cs_1 ", "x"]))
+        argument = doc.variable("String!", ref) if draw(st.booleans()) else f'"{ref}"'
+        text = f"payment(ref: {argument}) " + draw(selection_set("Payment", doc, 4))
     else:
         locale = draw(st.sampled_from(["", '(locale: "nl")', '(locale: "xx")']))
         text = f"plans{locale} " + draw(selection_set("Plan", doc, 1))
@@ -270,6 +277,31 @@ async def test_a_refused_field_or_a_bad_argument_is_left_to_graphql_core(runtime
         compiled, result = await both(runtime, principal, query, {})
         assert compiled is None
         assert result.errors
+
+
+async def test_payments_and_a_payment_by_stripe_id_answer_from_the_plan(runtime, clock) -> None:
+    _emails, ids = await seed(runtime, clock)
+    support, dashboard = Principal(role="support", name="s"), Principal(role="dashboard", name="d")
+    query = (
+        "query Q($after: String) { payments(first: 2, after: $after) { edges { cursor node {"
+        " id amount user { email } grants { amount } } } pageInfo { hasNextPage endCursor } } }"
+    )
+    compiled, result = await both(runtime, dashboard, query, {"after": None})
+    assert result.errors is None and compiled == result.data
+    assert [e["node"]["amount"] for e in compiled["payments"]["edges"]] == [503, 502]
+    after = compiled["payments"]["pageInfo"]["endCursor"]
+    compiled, result = await both(runtime, dashboard, query, {"after": after})
+    assert result.errors is None and compiled == result.data
+    assert [e["node"]["amount"] for e in compiled["payments"]["edges"]] == [501, 500]
+    for ref in (f" cs_{ids[1]} ", "cs_nobody"):
+        lookup = f'query Q {{ payment(ref: "{ref}") {{ amount creditEvents {{ amount }} }} }}'
+        compiled, result = await both(runtime, support, lookup, {})
+        assert result.errors is None and compiled == result.data
+    assert compiled == {"payment": None}
+    # Roles still come from the schema: a viewer may read neither.
+    viewer = Principal(role="viewer", name="u", user_id=ids[0])
+    compiled, result = await both(runtime, viewer, query, {"after": None})
+    assert compiled is None and result.errors
 
 
 async def test_uncovered_fields_and_mutations_are_not_compiled() -> None:
