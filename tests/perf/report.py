@@ -7,7 +7,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.perf.scenarios import BASELINE, GATEWAY, POSTGRAPHILE, READS, WRITES
+from tests.perf.scenarios import (
+    BASELINE,
+    GATEWAY,
+    POSTGRAPHILE,
+    POSTGRAPHILE_EMAIL,
+    READS,
+    STRAWBERRY,
+    WRITES,
+)
 from tests.perf.spec import LoadResult
 
 DB_LABEL = {"postgresql": "PostgreSQL", "sqlite": "SQLite"}
@@ -83,6 +91,13 @@ def table(rows: list[Row]) -> list[str]:
     return lines
 
 
+VIEWER_REFERENCES = {
+    POSTGRAPHILE: "PostGraphile",
+    POSTGRAPHILE_EMAIL: "PostGraphile (by email)",
+    STRAWBERRY: "plain Strawberry",
+}
+
+
 def verdicts(rows: list[Row]) -> list[str]:
     """The issue's bar: reads >= 50% of the baseline, consumeCredits >= 25%."""
     out = []
@@ -99,12 +114,14 @@ def verdicts(rows: list[Row]) -> list[str]:
             f" {value * 100:.0f}% of the baseline, {state} the {bar * 100:.0f}% bar"
         )
         if row.scenario == "viewer":
-            pg = ratio(rows, row.scenario, row.database, GATEWAY, POSTGRAPHILE)
-            if pg is not None:
+            for other, name in VIEWER_REFERENCES.items():
+                pg = ratio(rows, row.scenario, row.database, GATEWAY, other)
+                if pg is None:
+                    continue
                 state = "at least as fast as" if pg >= 1 else "SLOWER than"
                 out.append(
                     f"viewer on {DB_LABEL.get(row.database, row.database)}: gateway at"
-                    f" {pg * 100:.0f}% of PostGraphile's req/s, {state} PostGraphile per process"
+                    f" {pg * 100:.0f}% of {name}'s req/s, {state} {name} per process"
                 )
     return out
 

@@ -12,9 +12,14 @@ from typing import Any
 
 import stripe
 
+from tests.perf.seed import EMAIL_DOMAIN
 from tests.perf.spec import RequestSpec
 
 GATEWAY, BASELINE, POSTGRAPHILE = "gateway", "baseline", "postgraphile"
+# The viewer read's other references (PostgreSQL): PostGraphile looking the user up by email
+# (the unique index, as support's `user(email:)`), and plain Strawberry on asyncpg.
+POSTGRAPHILE_EMAIL, STRAWBERRY = "postgraphile-email", "strawberry"
+TARGETS = (GATEWAY, BASELINE, POSTGRAPHILE, POSTGRAPHILE_EMAIL, STRAWBERRY)
 SCENARIOS = ("viewer", "consume", "support", "metrics", "webhook")
 READS = ("viewer", "support", "metrics")  # the issue's bar: >= 50% of the baseline
 WRITES = ("consume",)  # >= 25%
@@ -31,6 +36,10 @@ SUPPORT_QUERY = (
     " payments(first: 3) { edges { node { amount } } } } } } }"
 )
 POSTGRAPHILE_QUERY = "query Viewer($id: Int!) { userById(id: $id) { tier creditsAvailable } }"
+POSTGRAPHILE_EMAIL_QUERY = (
+    "query Viewer($email: String!) { userByEmail(email: $email) { tier creditsAvailable } }"
+)
+STRAWBERRY_QUERY = "query Viewer($id: Int!) { user(id: $id) { tier credits { available } } }"
 INTROSPECTION = """
 query Fields {
   __schema {
@@ -82,8 +91,14 @@ def spec_for(
         if target == POSTGRAPHILE:
             body = _graphql(POSTGRAPHILE_QUERY, {"id": 0}).replace('"id": 0', '"id": __UID__')
             return RequestSpec(**graphql, headers=JSON, body=body, expect='"creditsAvailable"')
+        if target == POSTGRAPHILE_EMAIL:
+            body = _graphql(POSTGRAPHILE_EMAIL_QUERY, {"email": f"user__UID__@{EMAIL_DOMAIN}"})
+            return RequestSpec(**graphql, headers=JSON, body=body, expect='"creditsAvailable"')
+        if target == STRAWBERRY:
+            body = _graphql(STRAWBERRY_QUERY, {"id": 0}).replace('"id": 0', '"id": __UID__')
+            return RequestSpec(**graphql, headers=JSON, body=body, expect='"available"')
         return _baseline("/viewer", '{"userId": __UID__}', creds, '"available"')
-    if target == POSTGRAPHILE:
+    if target in (POSTGRAPHILE, POSTGRAPHILE_EMAIL, STRAWBERRY):
         return None
     if scenario == "consume":
         if target == GATEWAY:
