@@ -1,7 +1,7 @@
 """A minimal Strawberry + asyncpg app: what the viewer read costs in plain Strawberry, no gateway.
 
 `user(id) { tier credits { available } }` through Strawberry's own ASGI app, one asyncpg
-statement per request from a pool of the gateway's size; no auth, no middleware, no caches.
+statement per request from a pool of the baseline's size; no auth, no middleware, no caches.
 Run as uvicorn's factory (`tests.perf.plain_strawberry:create_app`), like the baseline.
 """
 
@@ -61,8 +61,8 @@ def create_app() -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        # The gateway's budget: 20 pooled + 5 overflow (gateway.db.Database).
-        async with asyncpg.create_pool(dsn, min_size=20, max_size=25) as pool:
+        # The baseline's budget (tests/perf/baseline.py): 10 kept open, at most 20.
+        async with asyncpg.create_pool(dsn, min_size=10, max_size=20) as pool:
             holder["pool"] = pool
             yield
 
