@@ -7,6 +7,7 @@ level together, so statements per request do not grow with list lengths.
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 import asyncpg
@@ -41,7 +42,13 @@ async def execute(
         await _complete(run, tree, [None], [data], variables)
     except (Fallback, BadUserInput):
         return None
-    except (SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+    except (
+        SQLAlchemyError,
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        sqlite3.Error,
+        OSError,
+    ):
         # An infrastructure fault: graphql-core meets it again, then masks and logs it.
         return None
     finally:

@@ -11,7 +11,6 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.compiled.driver import OPEN_GRANTS, USERS_BY_ID
-from resolvers import loaders
 from schema.context import Context
 
 
@@ -49,7 +48,7 @@ class Run:
         self.grants: dict[int, list[Any]] = {}
         self._opened: AbstractAsyncContextManager[AsyncConnection] | None = None
         self._connection: AsyncConnection | None = None
-        # PostgreSQL: the asyncpg connection under it, for gateway.compiled.driver's reads.
+        # The driver's connection under it (asyncpg, aiosqlite), for gateway.compiled.driver.
         self._driver: Any = None
 
     async def connection(self) -> AsyncConnection:
@@ -58,10 +57,8 @@ class Run:
             self._connection = await self._opened.__aenter__()
         return self._connection
 
-    async def driver(self) -> tuple[Connection, Any] | None:
-        """The connection and its asyncpg connection; None on SQLite (SQLAlchemy reads there)."""
-        if self.context.db.is_sqlite:
-            return None
+    async def driver(self) -> tuple[Connection, Any]:
+        """The connection and the driver's own (asyncpg, aiosqlite) under it."""
         connection = await self.connection()
         if self._driver is None:
             self._driver = (await connection.get_raw_connection()).driver_connection
@@ -77,11 +74,8 @@ class Run:
         """Users by id, each read once per request, the missing ones in one statement."""
         missing = list(dict.fromkeys(i for i in ids if i not in self.users))
         if missing:
-            if (driver := await self.driver()) is not None:
-                found = {row.id: row for row in await USERS_BY_ID.fetch(*driver, missing)}
-                rows = [found.get(i) for i in missing]
-            else:
-                rows = await loaders.users_by_id(await self.connection(), missing)
+            found = {row.id: row for row in await USERS_BY_ID.fetch(*await self.driver(), missing)}
+            rows = [found.get(i) for i in missing]
             self.users.update(zip(missing, rows, strict=True))
         return [self.users[i] for i in ids]
 
@@ -89,13 +83,10 @@ class Run:
         """Each user's grants with credits left (expired ones too), soonest expiry first."""
         missing = list(dict.fromkeys(i for i in user_ids if i not in self.grants))
         if missing:
-            if (driver := await self.driver()) is not None:
-                by_user: dict[int, list[Any]] = {i: [] for i in missing}
-                for grant in await OPEN_GRANTS.fetch(*driver, missing):
-                    by_user[grant.user_id].append(grant)
-                found = [by_user[i] for i in missing]
-            else:
-                found = await loaders.open_grants_by_user(await self.connection(), missing)
+            by_user: dict[int, list[Any]] = {i: [] for i in missing}
+            for grant in await OPEN_GRANTS.fetch(*await self.driver(), missing):
+                by_user[grant.user_id].append(grant)
+            found = [by_user[i] for i in missing]
             self.grants.update(zip(missing, found, strict=True))
         return [self.grants[i] for i in user_ids]
 

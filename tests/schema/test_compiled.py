@@ -329,7 +329,7 @@ async def test_the_viewer_read_answers_from_the_plan(runtime, clock) -> None:
 
 
 async def test_the_viewer_read_is_one_statement_the_engines_listeners_see(runtime) -> None:
-    # On PostgreSQL the plan reads on asyncpg itself; counts and SQL spans must still see it.
+    # The plan reads on the driver itself; statement counts and SQL spans must still see it.
     user = await make_user(runtime, credits_granted=5)
     counter = StatementCounter(runtime.db)
     app = create_app(runtime)
