@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 
 from sqlalchemy import text
 from starlette.applications import Starlette
@@ -22,6 +23,7 @@ from gateway.auth import Authenticator
 from gateway.clock import install_test_clock
 from gateway.db import is_unreachable
 from gateway.failures import EXCEPTION_HANDLERS, RETRY_AFTER_SECONDS
+from gateway.graphql.lane import GraphQLLane
 from gateway.graphql.route import Executor, GraphQLRoute
 from gateway.logs import configure_logging
 from gateway.middleware import BodyLimitMiddleware, RequestContextMiddleware
@@ -33,6 +35,7 @@ from gateway.sweeps import sweep_periodically
 from gateway.tracing import configure_tracing, tracing_middleware
 from gateway.webhooks import stripe_webhook
 from schema import schema
+from schema.persisted import load_registered_documents
 from schema.saved import load_saved_queries
 
 
@@ -71,18 +74,30 @@ class Gateway(Starlette):
     """Starlette with the request-id middleware outside its error middleware.
 
     Starlette always puts its own error middleware outermost; an error answered there would
-    carry no X-Request-ID.
+    carry no X-Request-ID. POST /graphql takes the lane (gateway.graphql.lane) inside it.
     """
 
+    graphql_lane: Callable[[ASGIApp], ASGIApp] | None = None
+
     def build_middleware_stack(self) -> ASGIApp:
+        stack = super().build_middleware_stack()
+        if self.graphql_lane is not None:
+            stack = self.graphql_lane(stack)
         # Tracing outside the request context: the request's log line is written in its span.
         cls, args, kwargs = tracing_middleware()
-        return cls(RequestContextMiddleware(super().build_middleware_stack()), *args, **kwargs)
+        return cls(RequestContextMiddleware(stack), *args, **kwargs)
 
 
 def create_app(runtime: Runtime, *, executor: Executor = "compiled") -> Starlette:
     authenticator = Authenticator(runtime.settings, runtime.db, runtime.catalog, runtime.clock)
-    graphql = GraphQLRoute(schema, runtime, authenticator, load_saved_queries(), executor)
+    graphql = GraphQLRoute(
+        schema,
+        runtime,
+        authenticator,
+        load_saved_queries(),
+        executor,
+        registered_documents=load_registered_documents(),
+    )
     revocations = None if runtime.db.is_sqlite else RevocationListener(runtime.db, authenticator)
 
     @asynccontextmanager
@@ -117,6 +132,7 @@ def create_app(runtime: Runtime, *, executor: Executor = "compiled") -> Starlett
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
+    app.graphql_lane = partial(GraphQLLane, route=graphql, cors=bool(runtime.settings.cors_origins))
     app.state.runtime = runtime
     return app
 

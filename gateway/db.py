@@ -97,11 +97,12 @@ class Database:
             kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
             ensure_sqlite_directory(url)
         else:
-            # Connections past the pool are closed when returned: under steady load that is a
-            # connect (and a TLS attempt) per request, so the pool itself carries the load.
-            kwargs.update(pool_size=pool_size, max_overflow=pool_size // 4, pool_pre_ping=False)
             # The most this process opens: size workers x replicas against max_connections.
             self.max_connections = pool_size + pool_size // 4
+            # All of it kept open, no overflow: overflow connections are closed when returned,
+            # and under 32 concurrent viewer reads that was a new PostgreSQL session (a server
+            # fork) for every seventh request. Past the budget requests wait for a connection.
+            kwargs.update(pool_size=self.max_connections, max_overflow=0, pool_pre_ping=False)
             if _is_loopback(url):
                 # asyncpg tries TLS first by default; on loopback there is nothing to protect.
                 kwargs["connect_args"] = {"ssl": False}
@@ -210,6 +211,7 @@ class ReplicaReads:
     def __init__(self, primary: Database, replica: Database) -> None:
         self.primary = primary
         self.replica = replica
+        self.is_sqlite = replica.is_sqlite
 
     def connect(self) -> AbstractAsyncContextManager[AsyncConnection]:
         return self.replica.connect()

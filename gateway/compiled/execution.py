@@ -7,8 +7,10 @@ level together, so statements per request do not grow with list lengths.
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
+import asyncpg
 from graphql.execution.values import VariableValues, get_argument_values, get_variable_values
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -40,7 +42,13 @@ async def execute(
         await _complete(run, tree, [None], [data], variables)
     except (Fallback, BadUserInput):
         return None
-    except (SQLAlchemyError, OSError):
+    except (
+        SQLAlchemyError,
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        sqlite3.Error,
+        OSError,
+    ):
         # An infrastructure fault: graphql-core meets it again, then masks and logs it.
         return None
     finally:

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import or_, select
+
 from gateway.compiled.fields import Page
 from gateway.compiled.resolver import Args, Resolver, batch, with_run
 from gateway.compiled.run import Fallback, Run
 from resolvers import loaders
-from resolvers.models import parse_row_id
+from resolvers.models import Payment, parse_row_id
 from resolvers.users import normalize_email, users_page_statement
 from schema.connections import decode_cursor, page_size
 from schema.context import VIEWER
 from schema.query import MAX_SEARCH_LENGTH
+
+PAYMENTS = Payment.__table__
 
 
 async def _viewer(run: Run, _roots: list[None], _args: Args) -> list[Any]:
@@ -56,6 +60,36 @@ async def _users(run: Run, _roots: list[None], args: Args) -> list[Page]:
     return [Page(rows, size)]
 
 
+async def _payments(run: Run, _roots: list[None], args: Args) -> list[Page]:
+    size = page_size(args.get("first"))
+    statement = select(PAYMENTS).order_by(PAYMENTS.c.id.desc()).limit(size + 1)
+    if (before := decode_cursor(args.get("after"))) is not None:
+        statement = statement.where(PAYMENTS.c.id < before)
+    return [Page(list(await (await run.connection()).execute(statement)), size)]
+
+
+async def _payment(run: Run, _roots: list[None], args: Args) -> list[Any]:
+    # As resolvers.payments.find_payment: a row id, else any Stripe id the payment carries.
+    ref = args["ref"].strip()
+    if (payment_id := parse_row_id(ref)) is not None:
+        statement = select(PAYMENTS).where(PAYMENTS.c.id == payment_id)
+    else:
+        statement = (
+            select(PAYMENTS)
+            .where(
+                or_(
+                    PAYMENTS.c.stripe_object_id == ref,
+                    PAYMENTS.c.stripe_payment_intent_id == ref,
+                    PAYMENTS.c.stripe_charge_id == ref,
+                    PAYMENTS.c.stripe_invoice_id == ref,
+                )
+            )
+            .order_by(PAYMENTS.c.id)
+            .limit(1)
+        )
+    return [(await (await run.connection()).execute(statement)).first()]
+
+
 def _plans(_root: None, run: Run, args: Args) -> list[tuple[Any, str]]:
     catalog = run.catalog
     locale = args.get("locale")
@@ -75,4 +109,6 @@ ROOTS: dict[str, Resolver] = {
     "user": batch(_user),
     "users": batch(_users),
     "plans": with_run(_plans),
+    "payments": batch(_payments),
+    "payment": batch(_payment),
 }

@@ -7,9 +7,10 @@ from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from resolvers import loaders
+from gateway.compiled.driver import OPEN_GRANTS, USERS_BY_ID
 from schema.context import Context
 
 
@@ -28,7 +29,16 @@ class Run:
     so there is never more than one statement in flight, and one pool checkout per request.
     """
 
-    __slots__ = ("_connection", "_opened", "catalog", "context", "grants", "now", "users")
+    __slots__ = (
+        "_connection",
+        "_driver",
+        "_opened",
+        "catalog",
+        "context",
+        "grants",
+        "now",
+        "users",
+    )
 
     def __init__(self, context: Context) -> None:
         self.context = context
@@ -38,6 +48,8 @@ class Run:
         self.grants: dict[int, list[Any]] = {}
         self._opened: AbstractAsyncContextManager[AsyncConnection] | None = None
         self._connection: AsyncConnection | None = None
+        # The driver's connection under it (asyncpg, aiosqlite), for gateway.compiled.driver.
+        self._driver: Any = None
 
     async def connection(self) -> AsyncConnection:
         if self._connection is None:
@@ -45,16 +57,25 @@ class Run:
             self._connection = await self._opened.__aenter__()
         return self._connection
 
+    async def driver(self) -> tuple[Connection, Any]:
+        """The connection and the driver's own (asyncpg, aiosqlite) under it."""
+        connection = await self.connection()
+        if self._driver is None:
+            self._driver = (await connection.get_raw_connection()).driver_connection
+        return connection.sync_connection, self._driver
+
     async def close(self) -> None:
         if self._opened is not None:
             opened, self._opened, self._connection = self._opened, None, None
+            self._driver = None
             await opened.__aexit__(None, None, None)
 
     async def users_by_id(self, ids: Sequence[int]) -> list[Any]:
         """Users by id, each read once per request, the missing ones in one statement."""
         missing = list(dict.fromkeys(i for i in ids if i not in self.users))
         if missing:
-            rows = await loaders.users_by_id(await self.connection(), missing)
+            found = {row.id: row for row in await USERS_BY_ID.fetch(*await self.driver(), missing)}
+            rows = [found.get(i) for i in missing]
             self.users.update(zip(missing, rows, strict=True))
         return [self.users[i] for i in ids]
 
@@ -62,7 +83,10 @@ class Run:
         """Each user's grants with credits left (expired ones too), soonest expiry first."""
         missing = list(dict.fromkeys(i for i in user_ids if i not in self.grants))
         if missing:
-            found = await loaders.open_grants_by_user(await self.connection(), missing)
+            by_user: dict[int, list[Any]] = {i: [] for i in missing}
+            for grant in await OPEN_GRANTS.fetch(*await self.driver(), missing):
+                by_user[grant.user_id].append(grant)
+            found = [by_user[i] for i in missing]
             self.grants.update(zip(missing, found, strict=True))
         return [self.grants[i] for i in user_ids]
 

@@ -8,6 +8,8 @@ from typing import Any
 
 from starlette.requests import Request
 
+from gateway.graphql.persisted import PersistedQueryError, persisted_hash
+
 
 @dataclass(frozen=True)
 class GraphQLRequest:
@@ -15,6 +17,8 @@ class GraphQLRequest:
     variables: dict[str, Any] | None
     operation_name: str | None
     document_id: str | None
+    # extensions.persistedQuery.sha256Hash (Apollo's automatic persisted queries), checked.
+    persisted_hash: str | None = None
 
 
 class RequestError(Exception):
@@ -34,6 +38,7 @@ async def read_request(request: Request) -> GraphQLRequest:
             variables=_variables(raw_variables),
             operation_name=params.get("operationName"),
             document_id=params.get("id"),
+            persisted_hash=_persisted_hash(_json_object(params.get("extensions"), "extensions")),
         )
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in ("application/json", "application/graphql-response+json"):
@@ -56,24 +61,36 @@ async def read_request(request: Request) -> GraphQLRequest:
         variables=_variables(data.get("variables")),
         operation_name=name,
         document_id=doc_id,
+        persisted_hash=_persisted_hash(extensions),
     )
 
 
 def _variables(raw: Any) -> dict[str, Any] | None:
+    return _json_object(raw, "variables")
+
+
+def _json_object(raw: Any, name: str) -> dict[str, Any] | None:
     if raw is None or raw == "":
         return None
     if isinstance(raw, str):
         try:
             raw = json.loads(raw)
         except (json.JSONDecodeError, RecursionError):
-            raise RequestError(400, "variables is not valid JSON") from None
+            raise RequestError(400, f"{name} is not valid JSON") from None
     if not isinstance(raw, dict):
-        raise RequestError(400, "variables must be a JSON object")
+        raise RequestError(400, f"{name} must be a JSON object")
     return raw
+
+
+def _persisted_hash(extensions: dict[str, Any] | None) -> str | None:
+    try:
+        return persisted_hash(extensions)
+    except PersistedQueryError as error:
+        raise RequestError(400, str(error)) from None
 
 
 def wants_html(request: Request) -> bool:
     params = request.query_params
-    if "query" in params or "id" in params:
+    if "query" in params or "id" in params or "extensions" in params:
         return False
     return "text/html" in request.headers.get("accept", "")

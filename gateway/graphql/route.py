@@ -32,6 +32,7 @@ from gateway.graphql.documents import (
     PreparedDocument,
 )
 from gateway.graphql.errors import error_body, graphql_error, json_response
+from gateway.graphql.persisted import PersistedQueries, sha256_hex
 from gateway.graphql.requests import GraphQLRequest, RequestError, read_request, wants_html
 from gateway.graphql.throttle import DocumentThrottle
 from gateway.logs import actor_var
@@ -58,6 +59,7 @@ class GraphQLRoute:
         authenticator: Authenticator,
         saved_queries: Mapping[str, str] | None = None,
         executor: Executor = "compiled",
+        registered_documents: Mapping[str, str] | None = None,
     ) -> None:
         self.schema = schema
         # "both" (tests): every compiled answer is checked against graphql-core's.
@@ -70,14 +72,25 @@ class GraphQLRoute:
         # Kept apart from the cache: dashboards' documents are never evicted nor throttled.
         self.saved_documents: dict[str, PreparedDocument] = {}
         self.operation_labels = OperationLabels()
+        # Automatic persisted queries; registered documents are kept apart, like saved ones.
+        self.persisted = PersistedQueries()
+        self.registered_documents: dict[str, PreparedDocument] = {}
         for query_id, query in self.saved_queries.items():
-            # Checked at start-up: a saved query the schema no longer accepts stops the process.
-            prepared = self.documents.prepare(query)
-            if prepared.errors:
-                raise SavedQueryError(f"saved query {query_id}: {prepared.errors[0].message}")
-            self.saved_documents[query_id] = prepared
-            for name in prepared.operation_types:
-                self.operation_labels.label(name)
+            self.saved_documents[query_id] = self.prepare_at_start(f"saved query {query_id}", query)
+        for name, query in (registered_documents or {}).items():
+            prepared = self.prepare_at_start(f"registered document {name}", query)
+            self.registered_documents[sha256_hex(query)] = prepared
+
+    def prepare_at_start(self, what: str, query: str) -> PreparedDocument:
+        """Parsed, validated and compiled now: one the schema refuses stops the process."""
+        prepared = self.documents.prepare(query)
+        if prepared.errors:
+            raise SavedQueryError(f"{what}: {prepared.errors[0].message}")
+        for name, operation in prepared.operation_types.items():
+            self.operation_labels.label(name)
+            if operation == OperationType.QUERY:
+                prepared.plan(self.schema, name)
+        return prepared
 
     async def handle(self, request: Request) -> Response:
         request_id: str = request.state.request_id
@@ -120,8 +133,33 @@ class GraphQLRoute:
                 )
         elif principal is not None and principal.role == "dashboard":
             return self.refuse(forbidden("Dashboard keys may run saved queries only"), request_id)
+        elif gql.persisted_hash in self.registered_documents and (
+            gql.query is None or sha256_hex(gql.query) == gql.persisted_hash
+        ):
+            prepared = self.registered_documents[gql.persisted_hash]
         else:
             query = gql.query
+            if gql.persisted_hash is not None:
+                if not query:
+                    query = self.persisted.get(gql.persisted_hash)
+                    if query is None:
+                        # Apollo's clients resend with the document on this exact message.
+                        return json_response(
+                            {
+                                "errors": [
+                                    error_body(
+                                        "PersistedQueryNotFound",
+                                        "PERSISTED_QUERY_NOT_FOUND",
+                                        request_id,
+                                    )
+                                ]
+                            }
+                        )
+                elif sha256_hex(query) != gql.persisted_hash:
+                    message = "provided sha does not match query"
+                    return json_response(
+                        {"errors": [error_body(message, "BAD_REQUEST", request_id)]}, 400
+                    )
             if not query:
                 return json_response(
                     {"errors": [error_body("No query given", "BAD_REQUEST", request_id)]}, 400
@@ -131,10 +169,13 @@ class GraphQLRoute:
                 return json_response(
                     {"errors": [error_body(message, "BAD_REQUEST", request_id)]}, 400
                 )
+            # A new document, also one sent to register a hash, is within the caller's budgets.
             prepared_or_refusal = self.prepare(request, query, staff=staff)
             if isinstance(prepared_or_refusal, Response):
                 return prepared_or_refusal
             prepared = prepared_or_refusal
+            if gql.persisted_hash is not None and not prepared.errors and not prepared.over_budget:
+                self.persisted.register(gql.persisted_hash, query)
 
         if prepared.errors or prepared.document is None:
             errors = [

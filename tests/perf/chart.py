@@ -13,10 +13,24 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from tests.perf.report import DB_LABEL, Row, ratio
-from tests.perf.scenarios import BASELINE, GATEWAY, POSTGRAPHILE, READS, WRITES
+from tests.perf.scenarios import (
+    BASELINE,
+    GATEWAY,
+    POSTGRAPHILE,
+    POSTGRAPHILE_EMAIL,
+    READS,
+    STRAWBERRY,
+    WRITES,
+)
 
-TARGETS = (GATEWAY, BASELINE, POSTGRAPHILE)
-COLOURS = {GATEWAY: "#1f77b4", BASELINE: "#7f7f7f", POSTGRAPHILE: "#ff7f0e"}
+TARGETS = (GATEWAY, BASELINE, POSTGRAPHILE, POSTGRAPHILE_EMAIL, STRAWBERRY)
+COLOURS = {
+    GATEWAY: "#1f77b4",
+    BASELINE: "#7f7f7f",
+    POSTGRAPHILE: "#ff7f0e",
+    POSTGRAPHILE_EMAIL: "#ffbb78",
+    STRAWBERRY: "#9467bd",
+}
 
 
 @dataclass(frozen=True)
@@ -44,7 +58,7 @@ def draw(rows: list[Row], path: Path) -> Chart:
                 None,
             )
             if row is not None and row.result.rps > 0:
-                xs.append(index + (offset - 1) * width)
+                xs.append(index + (offset - (len(TARGETS) - 1) / 2) * width)
                 heights.append(row.result.rps)
         if xs:
             top.bar(xs, heights, width, label=target, color=COLOURS[target])

@@ -12,8 +12,10 @@ from tests.perf.scenarios import (
     GATEWAY,
     PGBENCH,
     POSTGRAPHILE,
+    POSTGRAPHILE_EMAIL,
     READS,
     RELATIVE,
+    STRAWBERRY,
     WRITES,
 )
 from tests.perf.spec import LoadResult
@@ -96,6 +98,13 @@ def table(rows: list[Row]) -> list[str]:
     return lines
 
 
+VIEWER_REFERENCES = {
+    POSTGRAPHILE: "PostGraphile",
+    POSTGRAPHILE_EMAIL: "PostGraphile (by email)",
+    STRAWBERRY: "plain Strawberry",
+}
+
+
 def verdicts(rows: list[Row]) -> list[str]:
     """The issues' bars: reads and the webhook >= 50% of the baseline, consumeCredits >= 25%
     (and >= 25% of pgbench's ceiling), the viewer read and consumeCredits >= PostGraphile; the
@@ -135,13 +144,23 @@ def verdicts(rows: list[Row]) -> list[str]:
                 f"{row.scenario} on {DB_LABEL.get(row.database, row.database)}: gateway at"
                 f" {ceiling * 100:.0f}% of pgbench's ceiling for the same SQL, {state} the 25% bar"
             )
-        if row.scenario in ("viewer", "consume"):
+        if row.scenario == "consume":
             pg = ratio(rows, row.scenario, row.database, GATEWAY, POSTGRAPHILE)
             if pg is not None:
                 state = "at least as fast as" if pg >= 1 else "SLOWER than"
                 out.append(
-                    f"{row.scenario} on {DB_LABEL.get(row.database, row.database)}: gateway at"
+                    f"consume on {DB_LABEL.get(row.database, row.database)}: gateway at"
                     f" {pg * 100:.0f}% of PostGraphile's req/s, {state} PostGraphile per process"
+                )
+        if row.scenario == "viewer":
+            for other, name in VIEWER_REFERENCES.items():
+                pg = ratio(rows, row.scenario, row.database, GATEWAY, other)
+                if pg is None:
+                    continue
+                state = "at least as fast as" if pg >= 1 else "SLOWER than"
+                out.append(
+                    f"viewer on {DB_LABEL.get(row.database, row.database)}: gateway at"
+                    f" {pg * 100:.0f}% of {name}'s req/s, {state} {name} per process"
                 )
     return out
 

@@ -48,7 +48,10 @@ from tests.perf.scenarios import (
     INTROSPECTION,
     PGBENCH,
     POSTGRAPHILE,
+    POSTGRAPHILE_EMAIL,
     SCENARIOS,
+    STRAWBERRY,
+    TARGETS,
     Credentials,
     metrics_query,
     signed_webhook,
@@ -65,6 +68,7 @@ from tests.perf.servers import (
     install_postgraphile,
     start_baseline,
     start_gateway,
+    start_plain_strawberry,
     start_postgraphile,
 )
 from tests.perf.spec import LoadResult, RequestSpec, expand
@@ -321,6 +325,16 @@ class Bench:
                     self.notes.append(f"PostGraphile skipped: it did not start: {exc}"[:600])
             if POSTGRAPHILE not in targets:
                 say(self.notes[-1])
+            else:
+                # The same server answers both of its reads.
+                targets[POSTGRAPHILE_EMAIL] = targets[POSTGRAPHILE]
+        if database == "postgresql" and "viewer" in args.scenarios:
+            try:
+                targets[STRAWBERRY] = start_plain_strawberry(
+                    self.servers, self.pg_dsn, args.workers
+                )
+            except ServerError as exc:
+                self._note(f"plain Strawberry skipped: it did not start: {exc}"[:600])
         gateway = targets[GATEWAY]
 
         scenarios = list(args.scenarios)
@@ -346,7 +360,7 @@ class Bench:
         self.count_statements(database, scenarios, creds, mquery, targets[BASELINE])
 
         for scenario in scenarios:
-            for target in (GATEWAY, BASELINE, POSTGRAPHILE):
+            for target in TARGETS:
                 server = targets.get(target)
                 spec = spec_for(scenario, target, creds, mquery)
                 if server is None or spec is None:
@@ -357,7 +371,7 @@ class Bench:
                 if database == "postgresql":
                     self.measure_ceiling()
         self.check_ledger(database, "at the end")
-        for server in targets.values():
+        for server in {id(s): s for s in targets.values()}.values():
             self.servers.stop(server)
 
     def _note(self, note: str) -> None:

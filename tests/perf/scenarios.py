@@ -14,10 +14,15 @@ from typing import Any
 import stripe
 
 from resolvers.allowances import allowance_period
+from tests.perf.seed import EMAIL_DOMAIN
 from tests.perf.spec import RequestSpec
 
 GATEWAY, BASELINE, POSTGRAPHILE = "gateway", "baseline", "postgraphile"
 PGBENCH = "pgbench"  # not a server: pgbench's ceiling for a spend's SQL (tests/perf/pgbench.py)
+# The viewer read's other references (PostgreSQL): PostGraphile looking the user up by email
+# (the unique index, as support's `user(email:)`), and plain Strawberry on asyncpg.
+POSTGRAPHILE_EMAIL, STRAWBERRY = "postgraphile-email", "strawberry"
+TARGETS = (GATEWAY, BASELINE, POSTGRAPHILE, POSTGRAPHILE_EMAIL, STRAWBERRY)
 SCENARIOS = ("viewer", "consume", "support", "metrics", "webhook", "entitlement", "usage")
 READS = ("viewer", "support", "metrics")  # the issue's bar: >= 50% of the baseline
 WRITES = ("consume",)  # >= 25%
@@ -55,6 +60,10 @@ POSTGRAPHILE_SPEND = (
     ' pActor: "postgraphile", pKey: $key, pNow: $now, pPeriodStart: $period})'
     " { results { oOutcome uCreditsAvailable } } }"
 )
+POSTGRAPHILE_EMAIL_QUERY = (
+    "query Viewer($email: String!) { userByEmail(email: $email) { tier creditsAvailable } }"
+)
+STRAWBERRY_QUERY = "query Viewer($id: Int!) { user(id: $id) { tier credits { available } } }"
 INTROSPECTION = """
 query Fields {
   __schema {
@@ -106,6 +115,12 @@ def spec_for(
         if target == POSTGRAPHILE:
             body = _graphql(POSTGRAPHILE_QUERY, {"id": 0}).replace('"id": 0', '"id": __UID__')
             return RequestSpec(**graphql, headers=JSON, body=body, expect='"creditsAvailable"')
+        if target == POSTGRAPHILE_EMAIL:
+            body = _graphql(POSTGRAPHILE_EMAIL_QUERY, {"email": f"user__UID__@{EMAIL_DOMAIN}"})
+            return RequestSpec(**graphql, headers=JSON, body=body, expect='"creditsAvailable"')
+        if target == STRAWBERRY:
+            body = _graphql(STRAWBERRY_QUERY, {"id": 0}).replace('"id": 0', '"id": __UID__')
+            return RequestSpec(**graphql, headers=JSON, body=body, expect='"available"')
         return _baseline("/viewer", '{"userId": __UID__}', creds, '"available"')
     if target == POSTGRAPHILE and scenario == "consume":
         now = datetime.now(UTC)
@@ -117,7 +132,7 @@ def spec_for(
         }
         body = _graphql(POSTGRAPHILE_SPEND, variables).replace('"uid": 0', '"uid": __UID__')
         return RequestSpec(**graphql, headers=JSON, body=body, expect='"spent"')
-    if target == POSTGRAPHILE:
+    if target in (POSTGRAPHILE, POSTGRAPHILE_EMAIL, STRAWBERRY):
         return None
     if scenario == "entitlement":
         if target != GATEWAY:

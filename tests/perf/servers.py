@@ -233,6 +233,36 @@ def start_baseline(
     return servers.start(f"baseline-{label}", command, env, "/healthz", port=port)
 
 
+def start_plain_strawberry(servers: Servers, dsn: str, workers: int) -> Server:
+    """The minimal Strawberry + asyncpg app (tests/perf/plain_strawberry.py), same uvicorn."""
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "tests.perf.plain_strawberry:create_app",
+        "--factory",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
+    env = {**os.environ, "PLAIN_STRAWBERRY_DSN": dsn, "PYTHONPATH": str(REPO)}
+    return servers.start(
+        "strawberry",
+        command,
+        env,
+        "/graphql",
+        ready_body={"query": "{ __typename }"},
+        port=port,
+    )
+
+
 def postgraphile_bin() -> Path:
     return POSTGRAPHILE_DIR / "node_modules" / ".bin" / "postgraphile"
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from graphql import ExecutionResult, get_named_type, is_leaf_type, parse, validate
@@ -22,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import update
 
+from gateway.app import create_app
 from gateway.compiled import execution
 from gateway.compiled.fields import FIELDS
 from gateway.compiled.plan import compile_operation
@@ -31,7 +33,9 @@ from resolvers.users import UserRef
 from schema import schema
 from schema.connections import encode_cursor
 from schema.context import Context, Principal
+from tests.conftest import StatementCounter
 from tests.factories import SUPPORT, make_user
+from tests.schema.conftest import user_token
 
 SCHEMA = schema._schema
 MAX_DEPTH = 6
@@ -124,7 +128,7 @@ def decorated(draw: st.DrawFn, text: str, doc: Document) -> str:
 @st.composite
 def documents(draw: st.DrawFn, emails: list[str], ids: list[int]) -> tuple[str, dict[str, Any]]:
     doc = Document()
-    root = draw(st.sampled_from(["viewer", "user", "users", "plans"]))
+    root = draw(st.sampled_from(["viewer", "user", "users", "plans", "payments", "payment"]))
     if root == "viewer":
         text = "viewer " + draw(selection_set("User", doc, MAX_DEPTH))
     elif root == "user":
@@ -137,6 +141,13 @@ def documents(draw: st.DrawFn, emails: list[str], ids: list[int]) -> tuple[str, 
         tier = draw(st.sampled_from(["", ', tier: "pro"', ', tier: "free"']))
         first = draw(st.integers(1, 5))
         text = f"users(first: {first}{tier}) " + draw(selection_set("UserConnection", doc, 7))
+    elif root == "payments":
+        text = "payments" + draw(arguments("payments", doc, ["first", "after"]))
+        text += " " + draw(selection_set("PaymentConnection", doc, 5))
+    elif root == "payment":
+        ref = draw(st.sampled_from([*(f"cs_{i}" for i in ids), *map(str, ids), " cs_1 ", "x"]))
+        argument = doc.variable("String!", ref) if draw(st.booleans()) else f'"{ref}"'
+        text = f"payment(ref: {argument}) " + draw(selection_set("Payment", doc, 4))
     else:
         locale = draw(st.sampled_from(["", '(locale: "nl")', '(locale: "xx")']))
         text = f"plans{locale} " + draw(selection_set("Plan", doc, 1))
@@ -305,6 +316,31 @@ async def test_a_refused_field_or_a_bad_argument_is_left_to_graphql_core(runtime
         assert result.errors
 
 
+async def test_payments_and_a_payment_by_stripe_id_answer_from_the_plan(runtime, clock) -> None:
+    _emails, ids = await seed(runtime, clock)
+    support, dashboard = Principal(role="support", name="s"), Principal(role="dashboard", name="d")
+    query = (
+        "query Q($after: String) { payments(first: 2, after: $after) { edges { cursor node {"
+        " id amount user { email } grants { amount } } } pageInfo { hasNextPage endCursor } } }"
+    )
+    compiled, result = await both(runtime, dashboard, query, {"after": None})
+    assert result.errors is None and compiled == result.data
+    assert [e["node"]["amount"] for e in compiled["payments"]["edges"]] == [503, 502]
+    after = compiled["payments"]["pageInfo"]["endCursor"]
+    compiled, result = await both(runtime, dashboard, query, {"after": after})
+    assert result.errors is None and compiled == result.data
+    assert [e["node"]["amount"] for e in compiled["payments"]["edges"]] == [501, 500]
+    for ref in (f" cs_{ids[1]} ", "cs_nobody"):
+        lookup = f'query Q {{ payment(ref: "{ref}") {{ amount creditEvents {{ amount }} }} }}'
+        compiled, result = await both(runtime, support, lookup, {})
+        assert result.errors is None and compiled == result.data
+    assert compiled == {"payment": None}
+    # Roles still come from the schema: a viewer may read neither.
+    viewer = Principal(role="viewer", name="u", user_id=ids[0])
+    compiled, result = await both(runtime, viewer, query, {"after": None})
+    assert compiled is None and result.errors
+
+
 async def test_uncovered_fields_and_mutations_are_not_compiled() -> None:
     for query in [
         'query Q { viewer { premiumOverlay(sessionId: "s") { eligible } } }',
@@ -344,3 +380,22 @@ async def test_the_viewer_read_answers_from_the_plan(runtime, clock) -> None:
     pro_allowance = runtime.catalog.tier("pro").monthly_credits
     assert compiled["viewer"]["credits"]["available"] == 100 + pro_allowance
     assert compiled["viewer"]["tier"] == "pro"
+
+
+async def test_the_viewer_read_is_one_statement_the_engines_listeners_see(runtime) -> None:
+    # The plan reads on the driver itself; statement counts and SQL spans must still see it.
+    user = await make_user(runtime, credits_granted=5)
+    counter = StatementCounter(runtime.db)
+    app = create_app(runtime)
+    headers = {"Authorization": f"Bearer {user_token(user.id)}"}
+    query = {"query": "query Badge { viewer { tier credits { available } } }"}
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://gateway.test"
+        ) as http:
+            response = await http.post("/graphql", json=query, headers=headers)
+    finally:
+        counter.close()
+    assert response.json() == {"data": {"viewer": {"tier": user.tier, "credits": {"available": 5}}}}
+    assert counter.count == 1
+    assert "FROM users" in counter.statements[0]

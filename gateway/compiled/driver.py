@@ -1,0 +1,110 @@
+"""Reads of the compiled path on the driver itself (asyncpg, aiosqlite), past SQLAlchemy.
+
+Profiled under the viewer read, SQLAlchemy's per-statement work (a connection wrapper, the
+greenlet hop, rendering the expanding IN list, the execution context, events) cost more of the
+process than the one row it returned. These statements are compiled once per database with a
+single parameter for the keys (`= ANY($1)`; SQLite: a JSON array through `json_each`), so one
+text serves any number of keys and asyncpg prepares each once per connection (its statement
+cache). Rows come back as the same values SQLAlchemy would give: each column's result processor
+(UTC datetimes, SQLite's booleans) is applied, and fields are read by name as on a Row. The
+engine's statement events still fire (statement counts, OpenTelemetry's SQL spans).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import namedtuple
+from collections.abc import Callable, Sequence
+from types import SimpleNamespace
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    Select,
+    String,
+    Table,
+    bindparam,
+    func,
+    literal_column,
+    select,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
+from sqlalchemy.dialects.sqlite.aiosqlite import dialect as aiosqlite_dialect
+from sqlalchemy.engine import Connection, Dialect
+
+from resolvers.models import CreditGrant, User
+
+Match = Callable[[ColumnElement[Any]], ColumnElement[bool]]
+
+
+def _any_of_array(column: ColumnElement[Any]) -> ColumnElement[bool]:
+    return column == func.any(bindparam("keys", type_=ARRAY(Integer)))
+
+
+def _in_json_array(column: ColumnElement[Any]) -> ColumnElement[bool]:
+    # SQLite has no arrays: the keys travel as one JSON text, so one statement serves any count.
+    keys = select(literal_column("value")).select_from(
+        func.json_each(bindparam("keys", type_=String))
+    )
+    return column.in_(keys)
+
+
+class _Variant:
+    """A statement as one driver runs it: its text and the columns' result processors."""
+
+    def __init__(self, table: Table, statement: Select[Any], dialect: Dialect) -> None:
+        compiled = statement.compile(dialect=dialect)
+        assert list(compiled.positiontup or ()) == ["keys"], "one parameter: the keys"
+        self.sql = str(compiled)
+        processors = [c.type._cached_result_processor(dialect, None) for c in table.c]
+        self.processed: list[tuple[int, Callable[[Any], Any]]] = [
+            (i, p) for i, p in enumerate(processors) if p is not None
+        ]
+
+
+class DriverRead:
+    """One SELECT of a table's columns by a list of integer keys, for asyncpg and aiosqlite."""
+
+    def __init__(self, table: Table, build: Callable[[Match], Select[Any]]) -> None:
+        self.row = namedtuple(table.name, [c.name for c in table.c])  # type: ignore[misc]
+        self.postgresql = _Variant(table, build(_any_of_array), asyncpg_dialect())
+        self.sqlite = _Variant(table, build(_in_json_array), aiosqlite_dialect())
+
+    async def fetch(self, connection: Connection, driver: Any, keys: Sequence[int]) -> list[Any]:
+        """Rows for `keys` on `driver`, the asyncpg or aiosqlite connection under `connection`."""
+        sqlite = connection.dialect.name == "sqlite"
+        variant = self.sqlite if sqlite else self.postgresql
+        parameters: tuple[Any, ...] = (json.dumps(list(keys)),) if sqlite else (list(keys),)
+        context = SimpleNamespace()  # where a listener may keep state between its two events
+        dispatch = connection.dispatch
+        dispatch.before_cursor_execute(connection, None, variant.sql, parameters, context, False)
+        if sqlite:
+            records = await driver.execute_fetchall(variant.sql, parameters)
+        else:
+            records = await driver.fetch(variant.sql, *parameters)
+        dispatch.after_cursor_execute(connection, None, variant.sql, parameters, context, False)
+        make, processed = self.row._make, variant.processed
+        rows = []
+        for record in records:
+            values = list(record)
+            for i, process in processed:
+                values[i] = process(values[i])
+            rows.append(make(values))
+        return rows
+
+
+_USERS = User.__table__
+_GRANTS = CreditGrant.__table__
+
+USERS_BY_ID = DriverRead(_USERS, lambda match: select(_USERS).where(match(_USERS.c.id)))
+# As resolvers.loaders reads them: credits left, soonest expiry first (none last), then oldest.
+OPEN_GRANTS = DriverRead(
+    _GRANTS,
+    lambda match: (
+        select(_GRANTS)
+        .where(match(_GRANTS.c.user_id), _GRANTS.c.remaining > literal_column("0"))
+        .order_by(_GRANTS.c.expires_at.asc().nulls_last(), _GRANTS.c.id)
+    ),
+)
