@@ -102,6 +102,8 @@ ROOT_ARGUMENTS: dict[tuple[str, str], frozenset[str]] = {
     ("Query", "user"): frozenset({"email", "id"}),
     ("Query", "users"): frozenset({"first", "after", "tier", "search"}),
     ("Query", "plans"): frozenset({"locale"}),
+    ("Query", "payment"): frozenset({"ref"}),
+    ("Query", "payments"): frozenset({"first", "after"}),
 }
 
 ROOTS: dict[str, Resolver] = {
