@@ -87,3 +87,8 @@ class Context:
     def actor(self, source: str) -> Actor:
         name = self.principal.name if self.principal else "anonymous"
         return Actor(name=name, source=source, request_id=self.request_id)
+
+    def spend_actor(self) -> Actor:
+        """Who spends: the AI backend's service key is usage, every other staff key support."""
+        role = self.principal.role if self.principal else None
+        return self.actor("usage" if role == "service" else "support")

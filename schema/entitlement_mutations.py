@@ -101,7 +101,6 @@ class EntitlementMutations:
         ref = user_ref(input.email, input.user_id)
         if isinstance(ref, InvalidInput):
             return from_failure(ref)  # type: ignore[return-value]
-        source = "usage" if ctx.principal.role == "service" else "support"
         now = ctx.clock()
         result = await ctx.db.write(
             lambda session: usage.record_usage(
@@ -109,7 +108,7 @@ class EntitlementMutations:
                 user=ref,
                 feature=input.feature,
                 quantity=input.quantity,
-                actor=ctx.actor(source),
+                actor=ctx.spend_actor(),
                 now=now,
                 catalog=ctx.catalog,
                 idempotency_key=input.idempotency_key,

@@ -125,7 +125,6 @@ class HoldMutation:
         ref = user_ref(input.email, input.user_id)
         if isinstance(ref, InvalidInput):
             return from_failure(ref)  # type: ignore[return-value]
-        source = "usage" if ctx.principal.role == "service" else "support"
         now = ctx.clock()
         result = await ctx.db.write(
             lambda session: holds.reserve_credits(
@@ -133,7 +132,7 @@ class HoldMutation:
                 user=ref,
                 amount=input.amount,
                 reason=input.reason,
-                actor=ctx.actor(source),
+                actor=ctx.spend_actor(),
                 now=now,
                 catalog=ctx.catalog,
                 ttl_seconds=input.ttl_seconds,
@@ -148,7 +147,6 @@ class HoldMutation:
     )
     async def settle_hold(self, info: Info, input: SettleHoldInput) -> CreditChangeResult:
         ctx = info.context
-        source = "usage" if ctx.principal.role == "service" else "support"
         now = ctx.clock()
         result = await ctx.db.write(
             lambda session: holds.settle_hold(
@@ -156,7 +154,7 @@ class HoldMutation:
                 hold_id=str(input.hold_id),
                 amount=input.amount,
                 reason=input.reason,
-                actor=ctx.actor(source),
+                actor=ctx.spend_actor(),
                 now=now,
                 idempotency_key=input.idempotency_key,
             )
@@ -169,13 +167,12 @@ class HoldMutation:
     )
     async def release_hold(self, info: Info, input: ReleaseHoldInput) -> ReleaseHoldResult:
         ctx = info.context
-        source = "usage" if ctx.principal.role == "service" else "support"
         now = ctx.clock()
         result = await ctx.db.write(
             lambda session: holds.release_hold(
                 session,
                 hold_id=str(input.hold_id),
-                actor=ctx.actor(source),
+                actor=ctx.spend_actor(),
                 now=now,
                 idempotency_key=input.idempotency_key,
             )

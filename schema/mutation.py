@@ -176,7 +176,6 @@ class Mutation(EntitlementMutations):
         ref = user_ref(input.email, input.user_id)
         if isinstance(ref, InvalidInput):
             return from_failure(ref)  # type: ignore[return-value]
-        source = "usage" if ctx.principal.role == "service" else "support"
         now = ctx.clock()
         result = await ctx.db.write(
             lambda session: credits.consume_credits(
@@ -184,7 +183,7 @@ class Mutation(EntitlementMutations):
                 user=ref,
                 amount=input.amount,
                 reason=input.reason,
-                actor=ctx.actor(source),
+                actor=ctx.spend_actor(),
                 now=now,
                 catalog=ctx.catalog,
                 idempotency_key=input.idempotency_key,
