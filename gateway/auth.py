@@ -15,7 +15,7 @@ from gateway.db import Database
 from gateway.jwks import JwksKeys
 from gateway.settings import Settings
 from resolvers import keys, users
-from resolvers.catalog import Catalog
+from resolvers.catalog.model import Catalog
 from resolvers.models import parse_row_id
 from resolvers.users import UserRef
 from schema.context import VIEWER, Principal, unauthenticated

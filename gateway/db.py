@@ -28,8 +28,8 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
 
 from gateway.logs import log_entitlement_changes
 from gateway.prometheus import POOL_IN_USE, POOL_WAITING, count_changes, count_statement
-from resolvers.changes import take_changes
 from resolvers.errors import Failure
+from resolvers.ledger.changes import take_changes
 
 T = TypeVar("T")
 log = logging.getLogger("gateway.db")

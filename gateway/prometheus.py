@@ -34,7 +34,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway import multiprocess
-from resolvers import billing
+from resolvers.billing import events as billing
 
 if TYPE_CHECKING:  # the unit of work counts changes here; runtime imports it
     from gateway.runtime import Runtime

@@ -11,7 +11,7 @@ import stripe
 from gateway.clock import utc_now
 from gateway.db import Database, ReplicaReads
 from gateway.settings import Settings
-from resolvers.catalog import Catalog, load_catalog
+from resolvers.catalog.model import Catalog, load_catalog
 
 
 @dataclass

@@ -16,7 +16,7 @@ DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./entitlements.db"
 DEFAULT_APP_BASE_URL = "http://localhost:5173"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
-DEFAULT_CATALOG = Path(__file__).resolve().parent.parent / "resolvers" / "catalog.toml"
+DEFAULT_CATALOG = Path(__file__).resolve().parent.parent / "resolvers" / "catalog" / "catalog.toml"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("json", "text")
 # RFC 7518 §3.2: an HS256 key must be at least as long as the hash output (256 bits).

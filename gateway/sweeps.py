@@ -19,8 +19,8 @@ from datetime import datetime
 from sqlalchemy import text
 
 from gateway.db import Database
-from resolvers import holds
-from resolvers.ledger import Actor
+from resolvers.ledger import holds
+from resolvers.ledger.entries import Actor
 
 log = logging.getLogger("gateway.sweeps")
 SWEEP_EVERY_SECONDS = 30.0

@@ -22,7 +22,7 @@ from gateway.db import DatabaseUnavailable
 from gateway.logs import log_fields
 from gateway.prometheus import WEBHOOK_SECONDS
 from gateway.runtime import Runtime
-from resolvers import billing
+from resolvers.billing import events as billing
 from resolvers.errors import StripeEventFailed, StripeEventNotFound
 
 log = logging.getLogger("gateway.webhooks")

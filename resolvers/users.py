@@ -9,9 +9,9 @@ from datetime import datetime
 from sqlalchemy import Select, bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from resolvers.catalog import Catalog
-from resolvers.changes import record_change
+from resolvers.catalog.model import Catalog
 from resolvers.errors import InvalidInput, UnknownTier, UserNotFound
+from resolvers.ledger.changes import record_change
 from resolvers.models import User
 
 # Deliberately loose: one @, no spaces, a dot in the domain. The main app verifies addresses.

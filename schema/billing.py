@@ -9,7 +9,8 @@ from enum import Enum
 import strawberry
 from strawberry.scalars import JSON
 
-from resolvers import billing, checkout
+from resolvers.billing import checkout
+from resolvers.billing import events as billing
 from resolvers.models import StripeEvent
 from schema.connections import PageInfo
 from schema.context import BadUserInput

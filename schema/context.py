@@ -10,8 +10,8 @@ from typing import Any, Protocol, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from resolvers.catalog import Catalog
-from resolvers.ledger import Actor
+from resolvers.catalog.model import Catalog
+from resolvers.ledger.entries import Actor
 from resolvers.loaders import Loaders
 
 T = TypeVar("T")

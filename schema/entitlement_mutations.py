@@ -8,7 +8,7 @@ from typing import Annotated
 import strawberry
 from strawberry import Info
 
-from resolvers import overrides, usage
+from resolvers.entitlements import overrides, usage
 from resolvers.errors import Failure, InvalidInput
 from schema import permissions
 from schema.context import Context

@@ -6,7 +6,8 @@ from datetime import datetime
 
 import strawberry
 
-from resolvers import entitlements, models
+from resolvers import models
+from resolvers.entitlements import access as entitlements
 
 EntitlementSource = strawberry.enum(
     entitlements.Source,

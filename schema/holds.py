@@ -8,8 +8,8 @@ from typing import Annotated, Any
 import strawberry
 from strawberry import Info, Private
 
-from resolvers import holds
 from resolvers.errors import Failure, InvalidInput
+from resolvers.ledger import holds
 from schema import permissions
 from schema.errors import (
     HoldNotActive,
@@ -28,7 +28,7 @@ from schema.types import User
 
 @strawberry.type(description="Credits reserved for a call priced after it ends.")
 class CreditHold:
-    row: Private[Any]  # a resolvers.holds.Hold or a credit_holds row
+    row: Private[Any]  # a resolvers.ledger.holds.Hold or a credit_holds row
     # Set when the hold is shown as it stood at a past moment (credits(at:)).
     as_of: Private[datetime | None] = None
 

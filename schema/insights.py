@@ -11,7 +11,8 @@ from datetime import datetime
 import strawberry
 from strawberry.scalars import JSON
 
-from resolvers import diagnose, pricing
+from resolvers.catalog import pricing
+from resolvers.insights import diagnose
 
 CtaKind = strawberry.enum(pricing.CtaKind, name="CtaKind")
 Severity = strawberry.enum(diagnose.Severity, name="Severity")

@@ -9,8 +9,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from strawberry import Info
 from strawberry.scalars import JSON
 
-from resolvers import analytics, checkout, credits, tiers, users
+from resolvers import users
+from resolvers.billing import checkout
 from resolvers.errors import Failure, InvalidInput
+from resolvers.insights import analytics
+from resolvers.ledger import credits, tiers
 from resolvers.users import UserRef, find_user
 from schema import permissions
 from schema.billing import (

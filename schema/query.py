@@ -5,17 +5,13 @@ from __future__ import annotations
 import strawberry
 from strawberry import Info
 
-from resolvers import (
-    analytics,
-    billing,
-    changes,
-    diagnose,
-    metrics,
-    payments,
-    pricing,
-    users,
-)
+from resolvers import users
+from resolvers.billing import events as billing
+from resolvers.billing import payments
+from resolvers.catalog import pricing
 from resolvers.errors import InvalidInput
+from resolvers.insights import analytics, diagnose, metrics
+from resolvers.ledger import changes
 from resolvers.models import CreditEvent as CreditEventRow
 from resolvers.models import EntitlementOverride as EntitlementOverrideRow
 from resolvers.models import parse_row_id

@@ -9,8 +9,11 @@ from typing import TYPE_CHECKING, Annotated
 import strawberry
 from strawberry import Info, Private
 
-from resolvers import allowances, analytics, entitlements, history, models
-from resolvers.catalog import Tier
+from resolvers import models
+from resolvers.catalog.model import Tier
+from resolvers.entitlements import access as entitlements
+from resolvers.insights import analytics
+from resolvers.ledger import allowances, history
 from resolvers.loaders import unexpired
 from schema.connections import Connection, connection, decode_cursor, page_size
 from schema.context import BadUserInput

@@ -34,7 +34,7 @@ from gateway.clock import (
 from gateway.db import Database
 from gateway.runtime import Runtime
 from gateway.settings import Settings
-from resolvers.catalog import load_catalog
+from resolvers.catalog.model import load_catalog
 from resolvers.models import Base
 
 T = TypeVar("T")

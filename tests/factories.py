@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 
 from gateway.runtime import Runtime
-from resolvers import allowances, credits, users
-from resolvers.accounts import lock_account, save_account
-from resolvers.ledger import Actor
+from resolvers import users
+from resolvers.ledger import allowances, credits
+from resolvers.ledger.accounts import lock_account, save_account
+from resolvers.ledger.entries import Actor
 from resolvers.models import User
 from resolvers.users import UserRef
 from tests.conftest import unique_email

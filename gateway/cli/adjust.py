@@ -14,8 +14,10 @@ from gateway.cli.command import (
     sync,
 )
 from gateway.runtime import Runtime
-from resolvers import credits, ledger, overrides, tiers
+from resolvers.entitlements import overrides
 from resolvers.errors import Failure
+from resolvers.ledger import credits, tiers
+from resolvers.ledger import entries as ledger
 from resolvers.users import UserRef
 
 

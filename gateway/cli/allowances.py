@@ -6,7 +6,7 @@ import click
 
 from gateway.cli.command import cli_actor, echo_json, sync
 from gateway.runtime import Runtime
-from resolvers import allowances
+from resolvers.ledger import allowances
 
 BATCH = 500
 

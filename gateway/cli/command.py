@@ -22,8 +22,8 @@ from gateway.db import DatabaseUnavailable
 from gateway.logs import configure_logging, request_id_var
 from gateway.runtime import Runtime
 from gateway.settings import Settings, SettingsError
-from resolvers import ledger
-from resolvers.catalog import CatalogError
+from resolvers.catalog.model import CatalogError
+from resolvers.ledger import entries as ledger
 
 T = TypeVar("T")
 log = logging.getLogger("gateway.cli")

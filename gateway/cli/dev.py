@@ -10,8 +10,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.cli.command import cli_actor, echo_json, fail, sync
 from gateway.runtime import Runtime
-from resolvers import credits, users
+from resolvers import users
 from resolvers.errors import Failure
+from resolvers.ledger import credits
 from resolvers.models import User
 from resolvers.users import UserRef
 

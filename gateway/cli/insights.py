@@ -10,8 +10,8 @@ import click
 
 from gateway.cli.command import echo_json, fail, sync
 from gateway.runtime import Runtime
-from resolvers import analytics, diagnose
 from resolvers.errors import Failure
+from resolvers.insights import analytics, diagnose
 
 
 @click.command("diagnose")

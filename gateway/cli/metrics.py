@@ -10,8 +10,8 @@ from gateway.cli.command import (
     sync,
 )
 from gateway.runtime import Runtime
-from resolvers import metrics
 from resolvers.errors import Failure
+from resolvers.insights import metrics
 
 
 @click.command("metrics")

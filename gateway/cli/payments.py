@@ -10,8 +10,9 @@ from gateway.cli.command import (
     sync,
 )
 from gateway.runtime import Runtime
-from resolvers import ledger, payments
+from resolvers.billing import payments
 from resolvers.errors import Failure
+from resolvers.ledger import entries as ledger
 
 
 @click.group()

@@ -14,8 +14,10 @@ from gateway.cli.command import (
     sync,
 )
 from gateway.runtime import Runtime
-from resolvers import credits, entitlements, history, users
+from resolvers import users
+from resolvers.entitlements import access as entitlements
 from resolvers.errors import Failure
+from resolvers.ledger import credits, history
 from resolvers.users import UserRef
 
 

@@ -14,7 +14,7 @@ from gateway.cli.command import (
     sync,
 )
 from gateway.runtime import Runtime
-from resolvers import billing
+from resolvers.billing import events as billing
 from resolvers.errors import Failure
 
 

@@ -22,8 +22,10 @@ from gateway.compiled.resolver import (
     with_run,
 )
 from gateway.compiled.run import Fallback, Run
-from resolvers import allowances, entitlements, loaders
-from resolvers.catalog import Tier
+from resolvers import loaders
+from resolvers.catalog.model import Tier
+from resolvers.entitlements import access as entitlements
+from resolvers.ledger import allowances
 from resolvers.loaders import unexpired
 from schema.connections import decode_cursor, encode_cursor, page_size
 

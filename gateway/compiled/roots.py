@@ -69,7 +69,7 @@ async def _payments(run: Run, _roots: list[None], args: Args) -> list[Page]:
 
 
 async def _payment(run: Run, _roots: list[None], args: Args) -> list[Any]:
-    # As resolvers.payments.find_payment: a row id, else any Stripe id the payment carries.
+    # As resolvers.billing.payments.find_payment: a row id, else any Stripe id the payment carries.
     ref = args["ref"].strip()
     if (payment_id := parse_row_id(ref)) is not None:
         statement = select(PAYMENTS).where(PAYMENTS.c.id == payment_id)

@@ -4,7 +4,7 @@ Revision ID: 0002
 Revises: 0001
 Create Date: 2026-12-03 13:00:00
 
-The same rule as resolvers/credits.py:consume_credits for the common case (nothing expired,
+The same rule as resolvers/ledger/credits.py:consume_credits for the common case (nothing expired,
 this month's allowance handled, the key unused); any other case answers 'fallback' and the
 gateway runs its Python path in the same transaction. tests/resolvers/test_spend_differential.py
 drives both with the same random histories and requires identical results and ledgers.

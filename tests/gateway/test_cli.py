@@ -23,9 +23,9 @@ from sqlalchemy import func, select
 from gateway import migrate
 from gateway.clock import ALLOW_TEST_CLOCK, TEST_CLOCK
 from gateway.runtime import Runtime
-from resolvers import credits
-from resolvers.changes import changes_by_request_id
-from resolvers.ledger import describe_event, recent_credit_events
+from resolvers.ledger import credits
+from resolvers.ledger.changes import changes_by_request_id
+from resolvers.ledger.entries import describe_event, recent_credit_events
 from resolvers.models import CreditEvent, CreditGrant, TierChange, User
 from resolvers.users import UserRef
 from tests.factories import SUPPORT, make_user

@@ -7,7 +7,7 @@ from datetime import timedelta
 from sqlalchemy import select
 
 from gateway.runtime import Runtime
-from resolvers.changes import changes_by_request_id
+from resolvers.ledger.changes import changes_by_request_id
 from resolvers.models import EntitlementOverride
 from tests.factories import make_user
 from tests.gateway.test_cli import assert_one_line_error, entitlements

@@ -12,7 +12,7 @@ from gateway.app import create_app
 from gateway.db import Database
 from gateway.runtime import Runtime
 from gateway.settings import Settings
-from resolvers.catalog import load_catalog
+from resolvers.catalog.model import load_catalog
 
 
 @asynccontextmanager

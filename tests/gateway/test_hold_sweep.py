@@ -9,8 +9,8 @@ from sqlalchemy import select
 
 from gateway.runtime import Runtime
 from gateway.sweeps import sweep_holds
-from resolvers import holds
-from resolvers.ledger import Actor
+from resolvers.ledger import holds
+from resolvers.ledger.entries import Actor
 from resolvers.models import CreditEvent, CreditHold, User
 from resolvers.users import UserRef
 from tests.factories import SUPPORT, make_user

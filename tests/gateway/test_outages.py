@@ -18,7 +18,7 @@ from gateway.app import create_app
 from gateway.db import Database
 from gateway.runtime import Runtime
 from gateway.settings import Settings
-from resolvers.catalog import load_catalog
+from resolvers.catalog.model import load_catalog
 from tests.fakes import stripe_events as ev
 from tests.gateway.test_serve import BIN, free_port
 from tests.schema.conftest import JWT_SECRET, user_token

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.settings import Settings, SettingsError
 
-SHIPPED_CATALOG = Path(__file__).resolve().parents[2] / "resolvers" / "catalog.toml"
+SHIPPED_CATALOG = Path(__file__).resolve().parents[2] / "resolvers" / "catalog" / "catalog.toml"
 # A real key: settings load JWT_PUBLIC_KEY at start-up, so a broken one stops the process.
 PUBLIC_KEY = (
     rsa.generate_private_key(public_exponent=65537, key_size=2048)

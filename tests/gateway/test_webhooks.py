@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 from gateway.app import create_app
 from gateway.runtime import Runtime
 from gateway.webhooks import replay_stripe_event
-from resolvers import billing
+from resolvers.billing import events as billing
 from resolvers.models import (
     AnalyticsEvent,
     CreditEvent,

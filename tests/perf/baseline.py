@@ -38,7 +38,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.settings import DEFAULT_CATALOG
-from resolvers.catalog import Catalog, load_catalog
+from resolvers.catalog.model import Catalog, load_catalog
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 WEBHOOK_TOLERANCE_S = 300
@@ -47,7 +47,7 @@ _PARAM = re.compile(r"\$(\d+)")
 
 
 def fingerprint(operation: str, **args: Any) -> str:
-    """resolvers.credits.fingerprint, copied: the same digest goes into the same column."""
+    """resolvers.ledger.credits.fingerprint, copied: the same digest goes into the same column."""
     text = json.dumps([operation, args], sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 

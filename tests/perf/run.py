@@ -40,7 +40,7 @@ import asyncpg
 import httpx
 
 from gateway.settings import DEFAULT_CATALOG
-from resolvers.catalog import Catalog, load_catalog
+from resolvers.catalog.model import Catalog, load_catalog
 from tests.perf import chart, counting, drivers, gcwatch, pgbench, profiling, report, seed, verify
 from tests.perf.scenarios import (
     BASELINE,

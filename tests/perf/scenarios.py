@@ -13,7 +13,7 @@ from typing import Any
 
 import stripe
 
-from resolvers.allowances import allowance_period
+from resolvers.ledger.allowances import allowance_period
 from tests.perf.seed import EMAIL_DOMAIN
 from tests.perf.spec import RequestSpec
 

@@ -26,9 +26,9 @@ import jwt
 
 from gateway.db import Database
 from resolvers import keys
-from resolvers.allowances import allowance_period
-from resolvers.catalog import Catalog
-from resolvers.credits import fingerprint
+from resolvers.catalog.model import Catalog
+from resolvers.ledger.allowances import allowance_period
+from resolvers.ledger.credits import fingerprint
 
 USER_COLUMNS = (
     "id",

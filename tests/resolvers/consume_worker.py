@@ -22,9 +22,10 @@ from sqlalchemy import text
 
 from gateway.db import Database
 from gateway.settings import DEFAULT_CATALOG
-from resolvers import credits, holds, users
-from resolvers.catalog import load_catalog
+from resolvers import users
+from resolvers.catalog.model import load_catalog
 from resolvers.errors import Failure
+from resolvers.ledger import credits, holds
 from resolvers.users import UserRef
 
 ACTOR = credits.Actor(name="ai-backend", source="usage", request_id="req-concurrency")

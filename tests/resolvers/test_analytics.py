@@ -11,9 +11,9 @@ import pytest
 from sqlalchemy import func, select
 
 from gateway.runtime import Runtime
-from resolvers import analytics
-from resolvers.analytics import EventTracked, PremiumOverlay
 from resolvers.errors import InvalidInput
+from resolvers.insights import analytics
+from resolvers.insights.analytics import EventTracked, PremiumOverlay
 from resolvers.models import AnalyticsEvent, User
 from tests.factories import make_user
 from tests.resolvers.billing_rows import add_analytics_event, update_user

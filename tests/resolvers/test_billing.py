@@ -15,7 +15,8 @@ from sqlalchemy import func, select
 
 from gateway.runtime import Runtime, build_stripe_client
 from gateway.webhooks import process_stripe_event, replay_stripe_event
-from resolvers import billing, checkout, credits, payments
+from resolvers.billing import checkout, payments
+from resolvers.billing import events as billing
 from resolvers.errors import (
     InvalidInput,
     NoStripeCustomer,
@@ -24,7 +25,8 @@ from resolvers.errors import (
     PaymentsNotConfigured,
     StripeEventFailed,
 )
-from resolvers.ledger import Actor
+from resolvers.ledger import credits
+from resolvers.ledger.entries import Actor
 from resolvers.models import AnalyticsEvent, CreditEvent, CreditGrant, Payment, StripeEvent, User
 from resolvers.users import UserRef
 from tests.factories import make_user

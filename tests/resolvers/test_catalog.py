@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.settings import DEFAULT_CATALOG
-from resolvers.catalog import CatalogError, load_catalog
+from resolvers.catalog.model import CatalogError, load_catalog
 
 REPO = Path(__file__).resolve().parents[2]
 

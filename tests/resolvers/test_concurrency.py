@@ -20,8 +20,9 @@ from sqlalchemy import func, select
 
 from gateway.db import Database
 from gateway.runtime import Runtime
-from resolvers import credits, users
+from resolvers import users
 from resolvers.errors import InsufficientCredits
+from resolvers.ledger import credits
 from resolvers.models import CreditEvent, CreditGrant, User
 from resolvers.users import UserRef
 from tests.conftest import unique_email

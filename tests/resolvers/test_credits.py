@@ -9,9 +9,10 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import func, select
 
 from gateway.runtime import Runtime
-from resolvers import credits, ledger, tiers
 from resolvers.errors import IdempotencyConflict, InsufficientCredits, InvalidInput, UserNotFound
-from resolvers.ledger import Actor
+from resolvers.ledger import credits, tiers
+from resolvers.ledger import entries as ledger
+from resolvers.ledger.entries import Actor
 from resolvers.models import CreditEvent, CreditGrant, User
 from resolvers.users import UserRef
 from tests.conftest import StatementCounter

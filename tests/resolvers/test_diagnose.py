@@ -6,9 +6,9 @@ from datetime import timedelta
 from typing import Any
 
 from gateway.runtime import Runtime
-from resolvers import credits
-from resolvers.diagnose import Diagnosis, Finding, Severity, diagnose
-from resolvers.ledger import Actor
+from resolvers.insights.diagnose import Diagnosis, Finding, Severity, diagnose
+from resolvers.ledger import credits
+from resolvers.ledger.entries import Actor
 from resolvers.models import CreditEvent, CreditGrant, User
 from resolvers.users import UserRef
 from tests.factories import make_user

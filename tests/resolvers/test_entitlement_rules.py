@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from gateway.settings import DEFAULT_CATALOG
-from resolvers.catalog import CatalogError, load_catalog
-from resolvers.entitlement_rules import EntitlementRule
+from resolvers.catalog.entitlements import EntitlementRule
+from resolvers.catalog.model import CatalogError, load_catalog
 from tests.resolvers.test_catalog import GOOD, write_catalog
 
 # The small test catalog with an on/off feature, a count and a metered feature.

@@ -8,7 +8,6 @@ from typing import Any
 from sqlalchemy import select
 
 from gateway.runtime import Runtime
-from resolvers import credits, holds
 from resolvers.errors import (
     HoldExpired,
     HoldNotActive,
@@ -17,7 +16,8 @@ from resolvers.errors import (
     InsufficientCredits,
     InvalidInput,
 )
-from resolvers.ledger import Actor
+from resolvers.ledger import credits, holds
+from resolvers.ledger.entries import Actor
 from resolvers.models import CreditEvent, CreditGrant, CreditHold, User
 from resolvers.users import UserRef
 from tests.factories import SUPPORT, make_user

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from gateway.runtime import Runtime
-from resolvers import credits, metrics
 from resolvers.errors import InvalidInput
-from resolvers.metrics import CurrencyAmount, EntitlementMetrics, TierCount
+from resolvers.insights import metrics
+from resolvers.insights.metrics import CurrencyAmount, EntitlementMetrics, TierCount
+from resolvers.ledger import credits
 from resolvers.users import UserRef
 from tests.conftest import StatementCounter
 from tests.factories import SUPPORT, make_user

@@ -9,16 +9,16 @@ from __future__ import annotations
 import pytest
 
 from gateway.settings import DEFAULT_CATALOG
-from resolvers.catalog import Catalog, load_catalog
-from resolvers.errors import InvalidInput
-from resolvers.models import User
-from resolvers.pricing import (
+from resolvers.catalog.model import Catalog, load_catalog
+from resolvers.catalog.pricing import (
     CtaKind,
     Pricing,
     choose_currency,
     negotiate_locale,
     pricing,
 )
+from resolvers.errors import InvalidInput
+from resolvers.models import User
 
 BASE = "https://app.example.com"
 NBSP = "\xa0"

@@ -29,12 +29,13 @@ from sqlalchemy import select
 from gateway.db import Database
 from gateway.runtime import Runtime
 from gateway.settings import Settings
-from resolvers import credits, history, holds, ledger, tiers
-from resolvers.accounts import lock_account
-from resolvers.allowances import allowance_period
-from resolvers.catalog import Catalog, load_catalog
-from resolvers.credits import Actor
+from resolvers.catalog.model import Catalog, load_catalog
 from resolvers.errors import Failure, HoldExpired, InsufficientCredits
+from resolvers.ledger import credits, history, holds, tiers
+from resolvers.ledger import entries as ledger
+from resolvers.ledger.accounts import lock_account
+from resolvers.ledger.allowances import allowance_period
+from resolvers.ledger.credits import Actor
 from resolvers.models import CreditEvent, CreditGrant, CreditHold, User
 from resolvers.users import UserRef
 from tests.conftest import Clock

@@ -30,10 +30,11 @@ from sqlalchemy import select
 from gateway.db import Database
 from gateway.runtime import Runtime
 from gateway.settings import Settings
-from resolvers import credits, payments, tiers
-from resolvers.catalog import load_catalog
+from resolvers.billing import payments
+from resolvers.catalog.model import load_catalog
 from resolvers.errors import Failure
-from resolvers.ledger import Actor
+from resolvers.ledger import credits, tiers
+from resolvers.ledger.entries import Actor
 from resolvers.models import CreditEvent, CreditGrant, Payment, User
 from resolvers.users import UserRef
 from tests.conftest import Clock

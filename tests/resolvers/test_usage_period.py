@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from resolvers.entitlements import usage_period
+from resolvers.entitlements.access import usage_period
 
 
 def subscriber(period_end: datetime | None, status: str = "active") -> SimpleNamespace:

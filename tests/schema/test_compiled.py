@@ -27,7 +27,8 @@ from gateway.app import create_app
 from gateway.compiled import execution
 from gateway.compiled.fields import FIELDS
 from gateway.compiled.plan import compile_operation
-from resolvers import credits, overrides, usage
+from resolvers.entitlements import overrides, usage
+from resolvers.ledger import credits
 from resolvers.models import Payment, User
 from resolvers.users import UserRef
 from schema import schema

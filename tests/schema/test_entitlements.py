@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 
 from gateway.runtime import Runtime
-from resolvers import allowances
+from resolvers.ledger import allowances
 from tests.factories import make_user
 from tests.resolvers.billing_rows import update_user
 from tests.schema.conftest import data_of, error_codes, user_token

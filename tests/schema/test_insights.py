@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
-from resolvers import credits
-from resolvers.ledger import Actor
+from resolvers.ledger import credits
+from resolvers.ledger.entries import Actor
 from resolvers.users import UserRef
 from tests.conftest import StatementCounter
 from tests.factories import make_user

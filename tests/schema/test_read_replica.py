@@ -13,7 +13,7 @@ from gateway import migrate
 from gateway.app import create_app
 from gateway.db import Database
 from gateway.runtime import Runtime
-from resolvers.catalog import load_catalog
+from resolvers.catalog.model import load_catalog
 from tests.conftest import in_thread
 from tests.factories import make_user
 from tests.schema.conftest import data_of

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from gateway import migrate
 from gateway.runtime import Runtime
-from resolvers import allowances, holds
+from resolvers.ledger import allowances, holds
 from resolvers.models import CreditEvent
 from resolvers.users import UserRef
 from tests.factories import SUPPORT, make_user

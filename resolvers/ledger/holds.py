@@ -16,10 +16,7 @@ from typing import Any
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from resolvers.accounts import Account, lock_account, save_account
-from resolvers.allowances import grant_plan_allowance
-from resolvers.catalog import Catalog
-from resolvers.credits import CreditChanged, burn_grants
+from resolvers.catalog.model import Catalog
 from resolvers.errors import (
     HoldExpired,
     HoldNotActive,
@@ -29,8 +26,10 @@ from resolvers.errors import (
     InvalidInput,
     UserNotFound,
 )
-from resolvers.held_credits import close_hold, next_hold_expiry, return_to_grants
-from resolvers.ledger import (
+from resolvers.ledger.accounts import Account, lock_account, save_account
+from resolvers.ledger.allowances import grant_plan_allowance
+from resolvers.ledger.credits import CreditChanged, burn_grants
+from resolvers.ledger.entries import (
     HOLDS,
     Actor,
     LedgerEvent,
@@ -42,6 +41,7 @@ from resolvers.ledger import (
     fingerprint,
     take_from,
 )
+from resolvers.ledger.held_credits import close_hold, next_hold_expiry, return_to_grants
 from resolvers.models import parse_row_id
 from resolvers.users import UserRef
 

@@ -13,8 +13,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from resolvers.allowances import BILLED_BY_STRIPE, allowance_period
-from resolvers.catalog import Catalog
+from resolvers.catalog.model import Catalog
+from resolvers.ledger.allowances import BILLED_BY_STRIPE, allowance_period
 
 # The period of a running count (a limit on what the product reports, e.g. projects).
 TOTAL = "total"

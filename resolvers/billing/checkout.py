@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import stripe
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from resolvers.catalog import Catalog
+from resolvers.catalog.model import Catalog
 from resolvers.errors import (
     InvalidInput,
     NoStripeCustomer,

@@ -18,13 +18,13 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from stripe import StripeClient
 
-from resolvers import billing_effects as effects
-from resolvers.billing_effects import EventContext, EventHandled, Handler, object_id
-from resolvers.catalog import Catalog
+from resolvers.billing import money as effects
+from resolvers.billing.money import EventContext, EventHandled, Handler, object_id
+from resolvers.billing.subscriptions import subscription_changed
+from resolvers.catalog.model import Catalog
 from resolvers.errors import InvalidInput, StripeEventFailed, StripeEventNotFound
-from resolvers.ledger import Actor
+from resolvers.ledger.entries import Actor
 from resolvers.models import StripeEvent, WebhookSignatureFailure
-from resolvers.subscriptions import subscription_changed
 
 STATUSES = ("processed", "ignored", "failed")
 MAX_ERROR_LENGTH = 2000

@@ -1,6 +1,6 @@
 """The ledger's rows: grants and the append-only events, and the rules every change keeps.
 
-The building blocks of resolvers.credits (and of Stripe's take-backs): callers hold the user
+The building blocks of resolvers.ledger.credits (and of Stripe's take-backs): callers hold the user
 row's lock, so the balance on the row, the grants' remaining amounts and the events move
 together in one transaction.
 """
@@ -17,10 +17,10 @@ from typing import Any
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from resolvers.accounts import Account, lock_account, save_account
-from resolvers.changes import record_change
 from resolvers.errors import IdempotencyConflict, InvalidInput
-from resolvers.held_credits import close_hold, next_hold_expiry, return_to_grants
+from resolvers.ledger.accounts import Account, lock_account, save_account
+from resolvers.ledger.changes import record_change
+from resolvers.ledger.held_credits import close_hold, next_hold_expiry, return_to_grants
 from resolvers.models import CreditEvent, CreditGrant, CreditHold
 
 EVENTS = CreditEvent.__table__

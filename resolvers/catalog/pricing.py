@@ -22,7 +22,7 @@ from babel.numbers import (
     get_territory_currencies,
 )
 
-from resolvers.catalog import Catalog, CreditPack, Tier
+from resolvers.catalog.model import Catalog, CreditPack, Tier
 from resolvers.errors import InvalidInput
 from resolvers.models import User
 

@@ -14,11 +14,11 @@ from typing import Any
 from sqlalchemy import JSON, Integer, String, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from resolvers.accounts import Account
-from resolvers.allowances import allowance_period
-from resolvers.changes import record_change
 from resolvers.errors import InsufficientCredits, UserNotFound
-from resolvers.ledger import Actor, LedgerEvent
+from resolvers.ledger.accounts import Account
+from resolvers.ledger.allowances import allowance_period
+from resolvers.ledger.changes import record_change
+from resolvers.ledger.entries import Actor, LedgerEvent
 from resolvers.models import UTCDateTime
 
 _TIME = UTCDateTime()

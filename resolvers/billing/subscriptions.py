@@ -11,9 +11,7 @@ from typing import Any
 
 import stripe
 
-from resolvers import tiers
-from resolvers.accounts import save_account
-from resolvers.billing_effects import (
+from resolvers.billing.money import (
     EventContext,
     EventHandled,
     as_dict,
@@ -21,9 +19,11 @@ from resolvers.billing_effects import (
     object_id,
     timestamp,
 )
-from resolvers.catalog import Tier
-from resolvers.changes import record_change
+from resolvers.catalog.model import Tier
 from resolvers.errors import Failure, StripeEventFailed
+from resolvers.ledger import tiers
+from resolvers.ledger.accounts import save_account
+from resolvers.ledger.changes import record_change
 
 # Where a subscription can go next: on a same-second tie the later status is the truer one.
 LIFECYCLE = (

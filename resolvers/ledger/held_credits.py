@@ -1,6 +1,6 @@
 """Where held credits sit: a hold row's closing, and credits going back to their grants.
 
-The building blocks of resolvers.holds and of `expire_credits`; callers hold the user lock.
+The building blocks of resolvers.ledger.holds and of `expire_credits`; callers hold the user lock.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from datetime import datetime
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from resolvers.accounts import Account
+from resolvers.ledger.accounts import Account
 from resolvers.models import CreditGrant, CreditHold
 
 GRANTS = CreditGrant.__table__

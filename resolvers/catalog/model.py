@@ -13,7 +13,7 @@ from typing import Any
 from babel import Locale, UnknownLocaleError
 from babel.numbers import list_currencies
 
-from resolvers.entitlement_rules import (
+from resolvers.catalog.entitlements import (
     ENTITLEMENT_COPY,
     EntitlementRule,
     RuleError,

@@ -14,16 +14,16 @@ from typing import Any
 from sqlalchemy import bindparam, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from resolvers.accounts import Account, lock_account
-from resolvers.catalog import CreditPack, Tier
-from resolvers.credits import CreditChanged, grant_ai_credits, revoke_payment_credits
+from resolvers.catalog.model import CreditPack, Tier
 from resolvers.errors import (
     IdempotencyConflict,
     InvalidInput,
     PaymentNotFound,
     UserNotFound,
 )
-from resolvers.ledger import Actor, LedgerEvent
+from resolvers.ledger.accounts import Account, lock_account
+from resolvers.ledger.credits import CreditChanged, grant_ai_credits, revoke_payment_credits
+from resolvers.ledger.entries import Actor, LedgerEvent
 from resolvers.models import (
     AnalyticsEvent,
     CreditEvent,

@@ -15,9 +15,9 @@ from typing import Any
 from sqlalchemy import exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from resolvers.billing import count_signature_failures
-from resolvers.catalog import Catalog, Tier
-from resolvers.metrics import UNPAID_STATUSES
+from resolvers.billing.events import count_signature_failures
+from resolvers.catalog.model import Catalog, Tier
+from resolvers.insights.metrics import UNPAID_STATUSES
 from resolvers.models import (
     CreditEvent,
     CreditGrant,

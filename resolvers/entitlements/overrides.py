@@ -7,13 +7,13 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from resolvers.catalog import Catalog
-from resolvers.changes import record_change
-from resolvers.entitlements import Entitlement, entitlement_of
+from resolvers.catalog.model import Catalog
+from resolvers.entitlements.access import Entitlement, entitlement_of
+from resolvers.entitlements.usage import MAX_QUANTITY, check_feature, find_key_use
 from resolvers.errors import IdempotencyConflict, InvalidInput, UnknownFeature, UserNotFound
-from resolvers.ledger import Actor, check_change_args, fingerprint
+from resolvers.ledger.changes import record_change
+from resolvers.ledger.entries import Actor, check_change_args, fingerprint
 from resolvers.models import EntitlementOverride, User
-from resolvers.usage import MAX_QUANTITY, check_feature, find_key_use
 from resolvers.users import UserRef, find_user
 
 

@@ -9,9 +9,8 @@ from typing import Any
 from sqlalchemy import bindparam, literal, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from resolvers.catalog import Catalog
-from resolvers.changes import record_change
-from resolvers.entitlements import Entitlement, entitlement_of, period_of
+from resolvers.catalog.model import Catalog
+from resolvers.entitlements.access import Entitlement, entitlement_of, period_of
 from resolvers.errors import (
     IdempotencyConflict,
     InvalidInput,
@@ -20,7 +19,8 @@ from resolvers.errors import (
     UnknownFeature,
     UserNotFound,
 )
-from resolvers.ledger import (
+from resolvers.ledger.changes import record_change
+from resolvers.ledger.entries import (
     MAX_IDEMPOTENCY_KEY_LENGTH,
     RESERVED_KEY_PREFIXES,
     Actor,

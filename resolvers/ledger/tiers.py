@@ -8,12 +8,12 @@ from datetime import datetime
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from resolvers.accounts import Account, lock_account, save_account
-from resolvers.allowances import grant_plan_allowance
-from resolvers.catalog import Catalog
-from resolvers.changes import record_change
+from resolvers.catalog.model import Catalog
 from resolvers.errors import IdempotencyConflict, InvalidInput, UnknownTier, UserNotFound
-from resolvers.ledger import Actor, check_change_args, expire_credits, fingerprint
+from resolvers.ledger.accounts import Account, lock_account, save_account
+from resolvers.ledger.allowances import grant_plan_allowance
+from resolvers.ledger.changes import record_change
+from resolvers.ledger.entries import Actor, check_change_args, expire_credits, fingerprint
 from resolvers.models import TierChange
 from resolvers.users import UserRef
 

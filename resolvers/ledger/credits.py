@@ -13,16 +13,16 @@ from typing import Any
 from sqlalchemy import bindparam, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from resolvers.accounts import Account, lock_account, save_account
-from resolvers.allowances import grant_plan_allowance, pending_allowance
-from resolvers.catalog import Catalog
+from resolvers.catalog.model import Catalog
 from resolvers.errors import (
     IdempotencyConflict,
     InsufficientCredits,
     InvalidInput,
     UserNotFound,
 )
-from resolvers.ledger import (
+from resolvers.ledger.accounts import Account, lock_account, save_account
+from resolvers.ledger.allowances import grant_plan_allowance, pending_allowance
+from resolvers.ledger.entries import (
     GRANTS,
     Actor,
     LedgerEvent,
@@ -39,8 +39,8 @@ from resolvers.ledger import (
     take_from,
     take_grants,
 )
+from resolvers.ledger.spends import can_spend_in_database, spend_in_database
 from resolvers.models import CreditGrant, User
-from resolvers.spends import can_spend_in_database, spend_in_database
 from resolvers.users import UserRef
 
 # The burn order: soonest expiry first (no expiry last), free before purchased, oldest first.

@@ -16,11 +16,11 @@ import stripe
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from resolvers import payments
-from resolvers.accounts import USERS, Account, lock_account, save_account
-from resolvers.catalog import Catalog, CreditPack
+from resolvers.billing import payments
+from resolvers.catalog.model import Catalog, CreditPack
 from resolvers.errors import Failure, StripeEventFailed
-from resolvers.ledger import Actor
+from resolvers.ledger.accounts import USERS, Account, lock_account, save_account
+from resolvers.ledger.entries import Actor
 from resolvers.models import Payment, parse_row_id
 from resolvers.users import UserRef, normalize_email
 

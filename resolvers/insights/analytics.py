@@ -1,6 +1,6 @@
 """CRO analytics events: recording them (some once per session) and reading them back.
 
-`credit_purchase_completed` from Stripe is recorded by resolvers.payments, once per payment;
+`credit_purchase_completed` from Stripe is recorded by resolvers.billing.payments, once per payment;
 the frontend and support may also send it here.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from resolvers.catalog import Catalog
+from resolvers.catalog.model import Catalog
 from resolvers.errors import InvalidInput
 from resolvers.models import AnalyticsEvent, User
 

@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from resolvers.accounts import Account, find_key_use, lock_account, save_account
-from resolvers.catalog import Catalog
-from resolvers.ledger import Actor, LedgerEvent, add_grant, expire_credits, fingerprint
+from resolvers.catalog.model import Catalog
+from resolvers.ledger.accounts import Account, find_key_use, lock_account, save_account
+from resolvers.ledger.entries import Actor, LedgerEvent, add_grant, expire_credits, fingerprint
 from resolvers.models import User
 from resolvers.users import UserRef
 

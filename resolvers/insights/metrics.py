@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from resolvers.catalog import Catalog
+from resolvers.catalog.model import Catalog
 from resolvers.errors import InvalidInput
 from resolvers.models import CreditEvent, Payment, User
 

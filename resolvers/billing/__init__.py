@@ -1,0 +1,1 @@
+"""Stripe: stored events and their effects, subscriptions, payments, refunds, outgoing Checkout."""

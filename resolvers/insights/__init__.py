@@ -1,0 +1,1 @@
+"""Read-only views for people: metrics rollups, CRO analytics, the support runbook's diagnosis."""

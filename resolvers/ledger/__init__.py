@@ -1,0 +1,1 @@
+"""The credit ledger: balances, grants, spends, holds, allowances, tier changes, history."""
