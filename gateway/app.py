@@ -15,7 +15,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Mount, Route
+from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp
 
 from gateway import graphiql, migrate, multiprocess
@@ -25,10 +25,13 @@ from gateway.db import is_unreachable
 from gateway.failures import EXCEPTION_HANDLERS, RETRY_AFTER_SECONDS
 from gateway.graphql.lane import GraphQLLane
 from gateway.graphql.route import Executor, GraphQLRoute
+from gateway.listener import Listener
+from gateway.live.feed import LiveFeed
+from gateway.live.socket import LiveSocket
 from gateway.logs import configure_logging
 from gateway.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from gateway.prometheus import metrics_endpoint
-from gateway.revocations import RevocationListener
+from gateway.revocations import listen_for_revocations
 from gateway.runtime import Runtime
 from gateway.settings import Settings
 from gateway.sweeps import sweep_periodically
@@ -98,19 +101,31 @@ def create_app(runtime: Runtime, *, executor: Executor = "compiled") -> Starlett
         executor,
         registered_documents=load_registered_documents(),
     )
-    revocations = None if runtime.db.is_sqlite else RevocationListener(runtime.db, authenticator)
+    feed = LiveFeed(
+        runtime.db,
+        max_subscribers=runtime.settings.subscriptions_per_process,
+        poll_seconds=runtime.settings.subscription_poll_seconds,
+    )
+    listener = None
+    if not runtime.db.is_sqlite:
+        # One LISTEN connection per process, for every channel.
+        listener = Listener(runtime.db)
+        listen_for_revocations(listener, authenticator)
+        feed.attach(listener)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         sweeper = asyncio.create_task(sweep_periodically(runtime.db, runtime.clock))
         try:
-            if revocations is not None:
-                await revocations.start()
+            if listener is not None:
+                await listener.start()
+            await feed.start()
             async with multiprocess.worker_sampling():
                 yield
         finally:
-            if revocations is not None:
-                await revocations.stop()
+            await feed.stop()
+            if listener is not None:
+                await listener.stop()
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
@@ -121,6 +136,7 @@ def create_app(runtime: Runtime, *, executor: Executor = "compiled") -> Starlett
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/graphql", graphql.handle, methods=["GET", "POST"]),
+            WebSocketRoute("/graphql", LiveSocket(runtime, authenticator, feed, schema)),
             Mount(graphiql.STATIC_PATH, graphiql.static_files(), name="graphiql-static"),
             Route("/api/billing/webhook", stripe_webhook, methods=["POST"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
@@ -134,6 +150,7 @@ def create_app(runtime: Runtime, *, executor: Executor = "compiled") -> Starlett
     )
     app.graphql_lane = partial(GraphQLLane, route=graphql, cors=bool(runtime.settings.cors_origins))
     app.state.runtime = runtime
+    app.state.live_feed = feed
     return app
 
 

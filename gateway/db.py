@@ -26,10 +26,11 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
 
+from gateway.live.notify import notify_changes
 from gateway.logs import log_entitlement_changes
 from gateway.prometheus import POOL_IN_USE, POOL_WAITING, count_changes, count_statement
 from resolvers.errors import Failure
-from resolvers.ledger.changes import take_changes
+from resolvers.ledger.changes import changed_user_ids, take_changes
 
 T = TypeVar("T")
 log = logging.getLogger("gateway.db")
@@ -121,6 +122,8 @@ class Database:
         )
         self._read_sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._write_sessions = async_sessionmaker(writer, expire_on_commit=False)
+        # Told the users each committed write changed (gateway.live: SQLite's in-process push).
+        self.on_commit: Callable[[list[int]], None] | None = None
 
     async def connect_outside_pool(self, **extra: Any) -> Any:
         """An asyncpg connection of its own, configured as the pool's are (PostgreSQL only).
@@ -164,11 +167,15 @@ class Database:
     async def _write(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             async with self._write_sessions() as session:
+                touched: list[int] = []
                 try:
                     result = await work(session)
                     if isinstance(result, Failure):
                         await session.rollback()
                     else:
+                        touched = changed_user_ids(session)
+                        if touched and not self.is_sqlite:
+                            await notify_changes(session, touched)  # delivered on commit only
                         await session.commit()
                 except DBAPIError as exc:
                     await session.rollback()
@@ -182,6 +189,8 @@ class Database:
                 if not isinstance(result, Failure):
                     log_entitlement_changes(changes)
                     count_changes([change["action"] for change in changes])
+                    if touched and self.on_commit is not None:
+                        self.on_commit(touched)
                 return result
         raise AssertionError("unreachable")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -50,6 +50,12 @@ class Settings:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     database_read_url: str | None = None
+    # GraphQL subscriptions (gateway.live): bounds per websocket and per process, how long a
+    # connection without a subscription stays open, and SQLite's cross-process poll.
+    subscriptions_per_connection: int = 10
+    subscriptions_per_process: int = 10_000
+    subscription_idle_seconds: float = 60.0
+    subscription_poll_seconds: float = 0.5
 
     @property
     def is_sqlite(self) -> bool:
@@ -126,6 +132,14 @@ class Settings:
             raise SettingsError("METRICS_TOKEN must be 16 to 256 visible ASCII characters")
 
         return cls(
+            subscriptions_per_connection=int(
+                _number(get, "SUBSCRIPTIONS_PER_CONNECTION", 10, 1, 1000, whole=True)
+            ),
+            subscriptions_per_process=int(
+                _number(get, "SUBSCRIPTIONS_PER_PROCESS", 10_000, 1, 1_000_000, whole=True)
+            ),
+            subscription_idle_seconds=_number(get, "SUBSCRIPTION_IDLE_SECONDS", 60, 1, 86_400),
+            subscription_poll_seconds=_number(get, "SUBSCRIPTION_POLL_SECONDS", 0.5, 0.05, 10),
             database_url=database_url,
             catalog_path=catalog_path,
             app_base_url=app_base_url,
@@ -170,6 +184,28 @@ def async_database_url(name: str, url: str) -> str:
             f" sqlite+aiosqlite:/// (got {shown}://…)"
         )
     return f"{driver}://{rest}"
+
+
+def _number(
+    get: Callable[[str], str | None],
+    name: str,
+    default: float,
+    low: float,
+    high: float,
+    *,
+    whole: bool = False,
+) -> float:
+    value = get(name)
+    if value is None:
+        return default
+    try:
+        number = int(value) if whole else float(value)
+    except ValueError:
+        number = None
+    if number is None or not low <= number <= high:
+        kind = "a whole number" if whole else "a number"
+        raise SettingsError(f"{name} must be {kind} from {low:g} to {high:g} (got {value[:16]!r})")
+    return number
 
 
 def _listen_address(host: str | None, port: str | None) -> tuple[str, int]:

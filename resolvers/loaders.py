@@ -12,6 +12,7 @@ from aiodataloader import DataLoader
 from sqlalchemy import BigInteger, Column, Row, Select, Table, bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from resolvers.ledger.positions import ledger_positions
 from resolvers.models import AnalyticsEvent, CreditEvent, CreditGrant, CreditHold, Payment, User
 
 K = TypeVar("K")
@@ -184,6 +185,10 @@ class Loaders:
     @property
     def active_holds(self) -> DataLoader[int, list[Any]]:
         return self._loader("active_holds", active_holds_by_user)
+
+    @property
+    def ledger_position(self) -> DataLoader[int, int | None]:
+        return self._loader("ledger_position", ledger_positions)
 
     @property
     def grant_expiry(self) -> DataLoader[int, tuple[datetime | None] | None]:

@@ -10,11 +10,14 @@ from schema.arguments import guard_arguments
 from schema.holds import HoldMutation
 from schema.mutation import Mutation
 from schema.query import Query
+from schema.subscription import Subscription
 
 
 def build_schema() -> strawberry.Schema:
     mutation = merge_types("Mutation", (Mutation, HoldMutation))
-    built = strawberry.Schema(query=Query, mutation=mutation, config=StrawberryConfig())
+    built = strawberry.Schema(
+        query=Query, mutation=mutation, subscription=Subscription, config=StrawberryConfig()
+    )
     guard_arguments(built._schema)
     return built
 

@@ -19,6 +19,20 @@ T = TypeVar("T")
 VIEWER = "viewer"
 
 
+class Wakeups(Protocol):
+    """A subscription's wake-ups: each says that its user may have changed."""
+
+    async def wait(self) -> None: ...
+
+
+class LiveChanges(Protocol):
+    """Where subscriptions wait for committed changes (gateway.live.feed.LiveFeed is one)."""
+
+    def admit(self) -> None: ...
+
+    def watch(self, user_id: int) -> AbstractAsyncContextManager[Wakeups]: ...
+
+
 class UnitOfWork(Protocol):
     """The database as the schema needs it (gateway.db.Database is one)."""
 
@@ -76,7 +90,13 @@ class Context:
     # gateway.webhooks' replay (two writes: effects, then the failure if any), passed in so
     # that GraphQL and the CLI replay through one code path without schema importing gateway.
     replay_stripe_event: Callable[[str, str | None], Awaitable[Any]] | None = None
+    # Subscriptions (websocket connections only): where to wait for changes.
+    live: LiveChanges | None = None
     _loaders: Loaders | None = field(default=None, repr=False)
+
+    def forget_loaded(self) -> None:
+        """A long-lived (websocket) context reads afresh after this: its loaders cache."""
+        self._loaders = None
 
     @property
     def loaders(self) -> Loaders:

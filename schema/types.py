@@ -258,6 +258,8 @@ class CreditBalance:
     user: Private[models.User]
     # Set for credits(at:): the balance rebuilt from the ledger as it stood then.
     past: Private[history.BalanceAt | None] = None
+    # Set by subscriptions: the ledger position read with the row, boxed ((None,): no event yet).
+    position: Private[tuple[int | None] | None] = None
 
     def _pending(self, info: Info) -> allowances.PendingAllowance | None:
         # Reads never write: a due monthly allowance shows as if granted (it is, on next write).
@@ -326,9 +328,17 @@ class CreditBalance:
         active = await info.context.loaders.active_holds.load(self.user.id)
         return [CreditHold(row=h) for h in active if h.expires_at > now]
 
-    @strawberry.field(description="With credits(at:): the last ledger event written by then.")
-    def as_of(self) -> strawberry.ID | None:
-        return _id(self.past.as_of) if self.past is not None else None
+    @strawberry.field(
+        description="The ledger position this balance reflects: the id of the user's newest "
+        "ledger event (with credits(at:): the last one written by then); null before the first. "
+        "Subscriptions carry it, so a client can tell a fresh balance from a stale one."
+    )
+    async def as_of(self, info: Info) -> strawberry.ID | None:
+        if self.past is not None:
+            return _id(self.past.as_of)
+        if self.position is not None:
+            return _id(self.position[0])
+        return _id(await info.context.loaders.ledger_position.load(self.user.id))
 
     @strawberry.field(
         description="Grants with credits left, soonest expiry first; a due monthly allowance "

@@ -195,6 +195,9 @@ class GraphQLRoute:
                 },
                 400,
             )
+        if operation == OperationType.SUBSCRIPTION:
+            message = "Subscriptions run over a websocket (graphql-transport-ws) at /graphql"
+            return json_response({"errors": [error_body(message, "BAD_REQUEST", request_id)]}, 400)
         if request.method == "GET" and operation != OperationType.QUERY:
             return json_response(
                 {"errors": [error_body("Mutations need POST", "BAD_REQUEST", request_id)]},

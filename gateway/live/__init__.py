@@ -1,0 +1,1 @@
+"""Live updates: GraphQL subscriptions pushed as changes commit, in this process and others."""
