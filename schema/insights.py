@@ -13,11 +13,11 @@ from strawberry.scalars import JSON
 
 from resolvers import models
 from resolvers.catalog import pricing
-from resolvers.insights import analytics, diagnose, metrics
+from resolvers.insights import analytics, checks, diagnose, metrics
 from schema.mirrors import mirror
 
 CtaKind = strawberry.enum(pricing.CtaKind, name="CtaKind")
-Severity = strawberry.enum(diagnose.Severity, name="Severity")
+Severity = strawberry.enum(checks.Severity, name="Severity")
 
 Cta = mirror(pricing.Cta, description="A call to action, computed for the caller's entitlements.")
 TierEntitlement = mirror(
@@ -56,7 +56,7 @@ EntitlementMetrics = mirror(
     description="collect_entitlement_metrics over the last `days` days.",
 )
 
-Finding = mirror(diagnose.Finding)
+Finding = mirror(checks.Finding)
 AccountSummary = mirror(diagnose.UserSummary, name="AccountSummary", types={"id": strawberry.ID})
 Diagnosis = mirror(
     diagnose.Diagnosis,

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers.catalog.model import Catalog
 from resolvers.errors import InvalidInput, UserNotFound
+from resolvers.kinds import SubscriptionStatus
 from resolvers.loaders import Loaders
 from resolvers.models import AnalyticsEvent, User
 from resolvers.users import UserRef, find_user
@@ -117,7 +118,7 @@ async def premium_overlay(
 def is_upgrade_prompt_eligible(user: User, catalog: Catalog, now: datetime) -> bool:
     """On the lowest tier, or trialing: either the stored trial end or Stripe's status says so."""
     trialing = (user.trial_ends_at is not None and user.trial_ends_at > now) or (
-        user.subscription_status == "trialing"
+        user.subscription_status == SubscriptionStatus.TRIALING
     )
     return user.tier == catalog.default_tier.code or trialing
 
