@@ -12,9 +12,10 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers.errors import InvalidInput
+from resolvers.kinds import KEY_ROLES
 from resolvers.models import ApiKey
 
-ROLES = ("service", "support", "dashboard", "admin")
+ROLES = KEY_ROLES
 KEY_PREFIX = "ent_"
 # PostgreSQL NOTIFY channel of revocations; the payload is the key's hash.
 KEY_REVOKED_CHANNEL = "entitlements_key_revoked"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from datetime import datetime
 from enum import Enum
 
@@ -12,8 +11,7 @@ from strawberry.scalars import JSON
 from resolvers.billing import checkout
 from resolvers.billing import events as billing
 from resolvers.models import StripeEvent
-from schema.connections import PageInfo
-from schema.context import BadUserInput
+from schema.connections import PageInfo, cursor_value, encode_cursor
 
 
 @strawberry.enum
@@ -70,25 +68,18 @@ class WebhookEventConnection:
     page_info: PageInfo
 
 
-def event_cursor(event_id: str) -> str:
-    return base64.urlsafe_b64encode(f"evt:{event_id}".encode()).decode()
+EVENT_CURSOR = "evt"
 
 
 def event_id_from_cursor(cursor: str | None) -> str | None:
-    if cursor is None:
-        return None
-    try:
-        kind, _, value = base64.urlsafe_b64decode(cursor.encode()).decode().partition(":")
-    except (ValueError, UnicodeDecodeError):
-        kind, value = "", ""
-    if kind != "evt" or not value:
-        raise BadUserInput("after is not a cursor this API gave out")
-    return value
+    return cursor_value(cursor, EVENT_CURSOR)
 
 
 def event_connection(page: billing.StripeEventPage) -> WebhookEventConnection:
     edges = [
-        WebhookEventEdge(cursor=event_cursor(row.id), node=WebhookEvent.from_row(row))
+        WebhookEventEdge(
+            cursor=encode_cursor(row.id, EVENT_CURSOR), node=WebhookEvent.from_row(row)
+        )
         for row in page.events
     ]
     return WebhookEventConnection(
@@ -122,6 +113,18 @@ class WebhookEventReplay:
         )
 
 
+@strawberry.type(
+    description="The user's Stripe subscription as the gateway last stored it (named so that"
+    " codegen tools do not take it for the GraphQL subscription root)."
+)
+class BillingSubscription:
+    id: str = strawberry.field(description="The Stripe subscription id.")
+    status: str | None
+    price_id: str | None
+    current_period_end: datetime | None
+    trial_ends_at: datetime | None
+
+
 @strawberry.type
 class CheckoutSession:
     url: str
@@ -143,6 +146,10 @@ class CheckoutSession:
 class BillingPortalSession:
     url: str
     customer_id: str
+
+    @classmethod
+    def from_opened(cls, opened: checkout.BillingPortalOpened) -> BillingPortalSession:
+        return cls(url=opened.url, customer_id=opened.customer_id)
 
 
 @strawberry.input(description="A credit pack or a tier; staff may name the user.")

@@ -47,20 +47,32 @@ def page_size(first: int | None) -> int:
     return first
 
 
-def encode_cursor(row_id: int) -> str:
-    return base64.urlsafe_b64encode(f"id:{row_id}".encode()).decode()
+def encode_cursor(row_id: int | str, kind: str = "id") -> str:
+    """An opaque cursor: `kind:value` in URL-safe base64 (ids of rows, `evt` for Stripe events)."""
+    return base64.urlsafe_b64encode(f"{kind}:{row_id}".encode()).decode()
 
 
-def decode_cursor(cursor: str | None) -> int | None:
+def cursor_value(cursor: str | None, kind: str) -> str | None:
+    """The value of a cursor of this kind that encode_cursor gave out; BAD_USER_INPUT if not."""
     if cursor is None:
         return None
     try:
-        kind, _, value = base64.urlsafe_b64decode(cursor.encode()).decode().partition(":")
-        if kind == "id" and (row_id := parse_row_id(value)) is not None:
-            return row_id
+        found, _, value = base64.urlsafe_b64decode(cursor.encode()).decode().partition(":")
     except (ValueError, UnicodeDecodeError):
-        pass
-    raise BadUserInput("after is not a cursor this API gave out")
+        found, value = "", ""
+    if found != kind or not value:
+        raise BadUserInput("after is not a cursor this API gave out")
+    return value
+
+
+def decode_cursor(cursor: str | None) -> int | None:
+    """The row id of an `id` cursor."""
+    value = cursor_value(cursor, "id")
+    if value is None:
+        return None
+    if (row_id := parse_row_id(value)) is None:
+        raise BadUserInput("after is not a cursor this API gave out")
+    return row_id
 
 
 def connection(rows: Sequence[Any], first: int, wrap: Callable[[Any], Node]) -> Connection[Node]:

@@ -11,12 +11,13 @@ from typing import Any, Protocol, TypeVar
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from resolvers.catalog.model import Catalog
+from resolvers.kinds import Role
 from resolvers.ledger.entries import Actor
 from resolvers.loaders import Loaders
 
 T = TypeVar("T")
 
-VIEWER = "viewer"
+VIEWER = Role.VIEWER
 
 
 class Wakeups(Protocol):
@@ -111,4 +112,4 @@ class Context:
     def spend_actor(self) -> Actor:
         """Who spends: the AI backend's service key is usage, every other staff key support."""
         role = self.principal.role if self.principal else None
-        return self.actor("usage" if role == "service" else "support")
+        return self.actor("usage" if role == Role.SERVICE else "support")

@@ -9,8 +9,6 @@ import strawberry
 from strawberry import Info
 
 from resolvers.entitlements import overrides, usage
-from resolvers.errors import Failure, InvalidInput
-from schema import permissions
 from schema.context import Context
 from schema.entitlements import Entitlement, EntitlementOverride
 from schema.errors import (
@@ -19,11 +17,12 @@ from schema.errors import (
     NoAccess,
     UnknownFeature,
     UserNotFound,
-    from_failure,
 )
 from schema.errors import InvalidInput as InvalidInputError
-from schema.inputs import user_ref
-from schema.types import User
+from schema.inputs import user_ref, write_for
+from schema.permissions import SPEND, SUPPORT
+from schema.results import answer
+from schema.users import User
 
 
 @strawberry.input(description="Name the user by exactly one of email or userId.")
@@ -60,6 +59,15 @@ class EntitlementUsage:
     quantity: int = strawberry.field(description="What was counted (a give-back stops at 0).")
     replayed: bool
 
+    @classmethod
+    def of(cls, recorded: usage.UsageRecorded) -> EntitlementUsage:
+        return cls(
+            user=User(row=recorded.user),
+            entitlement=Entitlement.of(recorded.entitlement),
+            quantity=recorded.event.quantity,
+            replayed=recorded.replayed,
+        )
+
 
 @strawberry.type
 class EntitlementOverrideChange:
@@ -67,6 +75,15 @@ class EntitlementOverrideChange:
     override: EntitlementOverride
     entitlement: Entitlement = strawberry.field(description="As it stands with the override.")
     replayed: bool
+
+    @classmethod
+    def of(cls, overridden: overrides.OverrideSet) -> EntitlementOverrideChange:
+        return cls(
+            user=User(row=overridden.user),
+            override=EntitlementOverride.from_row(overridden.override),
+            entitlement=Entitlement.of(overridden.entitlement),
+            replayed=overridden.replayed,
+        )
 
 
 RecordUsageResult = Annotated[
@@ -92,39 +109,31 @@ SetEntitlementOverrideResult = Annotated[
 @strawberry.type
 class EntitlementMutations:
     @strawberry.mutation(
-        permission_classes=[permissions.SPEND],
+        permission_classes=[SPEND],
         description="Check a feature's limit and count its usage in one step: all of the "
         "quantity or none. Same idempotencyKey, counted once.",
     )
     async def record_usage(self, info: Info, input: RecordUsageInput) -> RecordUsageResult:
         ctx: Context = info.context
-        ref = user_ref(input.email, input.user_id)
-        if isinstance(ref, InvalidInput):
-            return from_failure(ref)  # type: ignore[return-value]
         now = ctx.clock()
-        result = await ctx.db.write(
-            lambda session: usage.record_usage(
+        result = await write_for(
+            ctx.db,
+            user_ref(input.email, input.user_id),
+            lambda session, user: usage.record_usage(
                 session,
-                user=ref,
+                user=user,
                 feature=input.feature,
                 quantity=input.quantity,
                 actor=ctx.spend_actor(),
                 now=now,
                 catalog=ctx.catalog,
                 idempotency_key=input.idempotency_key,
-            )
+            ),
         )
-        if isinstance(result, Failure):
-            return from_failure(result)  # type: ignore[return-value]
-        return EntitlementUsage(
-            user=User(row=result.user),
-            entitlement=Entitlement.of(result.entitlement),
-            quantity=result.event.quantity,
-            replayed=result.replayed,
-        )
+        return answer(result, EntitlementUsage.of)
 
     @strawberry.mutation(
-        permission_classes=[permissions.SUPPORT],
+        permission_classes=[SUPPORT],
         description="Override the plan for one feature of one user (support): grant, revoke "
         "or set a limit, optionally until expiresAt. Audited like every change.",
     )
@@ -132,14 +141,13 @@ class EntitlementMutations:
         self, info: Info, input: SetEntitlementOverrideInput
     ) -> SetEntitlementOverrideResult:
         ctx: Context = info.context
-        ref = user_ref(input.email, input.user_id)
-        if isinstance(ref, InvalidInput):
-            return from_failure(ref)  # type: ignore[return-value]
         now = ctx.clock()
-        result = await ctx.db.write(
-            lambda session: overrides.set_entitlement_override(
+        result = await write_for(
+            ctx.db,
+            user_ref(input.email, input.user_id),
+            lambda session, user: overrides.set_entitlement_override(
                 session,
-                user=ref,
+                user=user,
                 feature=input.feature,
                 has_access=input.has_access,
                 limit=input.limit,
@@ -149,13 +157,6 @@ class EntitlementMutations:
                 catalog=ctx.catalog,
                 expires_at=input.expires_at,
                 idempotency_key=input.idempotency_key,
-            )
+            ),
         )
-        if isinstance(result, Failure):
-            return from_failure(result)  # type: ignore[return-value]
-        return EntitlementOverrideChange(
-            user=User(row=result.user),
-            override=EntitlementOverride.from_row(result.override),
-            entitlement=Entitlement.of(result.entitlement),
-            replayed=result.replayed,
-        )
+        return answer(result, EntitlementOverrideChange.of)

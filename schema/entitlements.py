@@ -29,7 +29,7 @@ class Entitlement:
     resets_at: datetime | None = strawberry.field(
         description="Metered features: when usage starts again at 0."
     )
-    source: EntitlementSource  # type: ignore[valid-type]
+    source: entitlements.Source  # shown as EntitlementSource, registered above
 
     @classmethod
     def of(cls, value: entitlements.Entitlement) -> Entitlement:

@@ -1,13 +1,43 @@
-"""Typed error values of the mutation result unions, mirrored from the domain failures."""
+"""Typed error values of the mutation result unions: one GraphQL type per domain failure.
+
+Each type names the domain failure it shows (`@shows`); `from_failure` looks the type up, so a
+failure without a type is a TypeError here and a failing completeness test in tests/schema.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from datetime import datetime
 from enum import Enum
+from typing import Any, TypeVar
 
 import strawberry
 
 from resolvers import errors as domain
+
+E = TypeVar("E", bound="type[Error]")
+Convert = Callable[[Any], Any]
+# The GraphQL error type of each domain failure class, and how its fields are read.
+SHOWN_AS: dict[type[domain.Failure], tuple[type[Error], dict[str, Convert]]] = {}
+
+
+def shows(failure: type[domain.Failure], **converted: Convert) -> Callable[[E], E]:
+    """Register a GraphQL error type as the view of `failure`.
+
+    Fields are the failure's attributes of the same name; `converted` reads the others
+    (renamed ones, ids that GraphQL shows as ID, statuses shown as enums).
+    """
+
+    def register(error_type: E) -> E:
+        SHOWN_AS[failure] = (error_type, converted)
+        return error_type
+
+    return register
+
+
+def _id(value: int | None) -> strawberry.ID | None:
+    return None if value is None else strawberry.ID(str(value))
 
 
 @strawberry.interface(description="An expected failure of a mutation, returned as a value.")
@@ -16,29 +46,34 @@ class Error:
     code: str
 
 
+@shows(domain.UserNotFound, user_id=lambda f: _id(f.user_id))
 @strawberry.type
 class UserNotFound(Error):
     email: str | None
     user_id: strawberry.ID | None
 
 
+@shows(domain.InsufficientCredits)
 @strawberry.type
 class InsufficientCredits(Error):
     available: int
     requested: int
 
 
+@shows(domain.UnknownTier, known_tiers=lambda f: list(f.known))
 @strawberry.type
 class UnknownTier(Error):
     tier: str
     known_tiers: list[str]
 
 
+@shows(domain.InvalidInput)
 @strawberry.type
 class InvalidInput(Error):
     field: str
 
 
+@shows(domain.IdempotencyConflict)
 @strawberry.type
 class IdempotencyConflict(Error):
     idempotency_key: str
@@ -52,65 +87,79 @@ class HoldStatus(Enum):
     EXPIRED = "expired"
 
 
+@shows(domain.HoldNotFound)
 @strawberry.type
 class HoldNotFound(Error):
     hold_id: str
 
 
+@shows(
+    domain.HoldNotActive, hold_id=lambda f: _id(f.hold_id), status=lambda f: HoldStatus(f.status)
+)
 @strawberry.type
 class HoldNotActive(Error):
     hold_id: strawberry.ID
     status: HoldStatus
 
 
+@shows(domain.HoldExpired, hold_id=lambda f: _id(f.hold_id))
 @strawberry.type
 class HoldExpired(Error):
     hold_id: strawberry.ID
     expires_at: datetime
 
 
+@shows(domain.PaymentsNotConfigured)
 @strawberry.type
 class PaymentsNotConfigured(Error):
     pass
 
 
+@shows(domain.PaymentProviderError)
 @strawberry.type
 class PaymentProviderError(Error):
     provider_message: str
 
 
+@shows(domain.NoStripeCustomer, user_id=lambda f: _id(f.user_id))
 @strawberry.type
 class NoStripeCustomer(Error):
     user_id: strawberry.ID
 
 
+@shows(domain.PaymentNotFound)
 @strawberry.type
 class PaymentNotFound(Error):
     ref: str
 
 
+@shows(domain.StripeEventNotFound)
 @strawberry.type
 class WebhookEventNotFound(Error):
     event_id: str
 
 
+@shows(domain.StripeEventFailed)
 @strawberry.type
 class WebhookEventFailed(Error):
     event_id: str
     reason: str
 
 
+@shows(domain.UnknownFeature, known_features=lambda f: list(f.known))
 @strawberry.type
 class UnknownFeature(Error):
     feature: str
     known_features: list[str]
 
 
+@shows(domain.NoAccess)
 @strawberry.type
 class NoAccess(Error):
     feature: str
 
 
+@shows(domain.LimitExceeded)
 @strawberry.type
 class LimitExceeded(Error):
     feature: str
@@ -121,64 +170,14 @@ class LimitExceeded(Error):
 
 def from_failure(failure: domain.Failure) -> Error:
     """The GraphQL value of a domain failure."""
-    message, code = failure.message, failure.code
-    match failure:
-        case domain.UserNotFound(email=email, user_id=user_id):
-            uid = strawberry.ID(str(user_id)) if user_id is not None else None
-            return UserNotFound(message=message, code=code, email=email, user_id=uid)
-        case domain.InsufficientCredits(available=available, requested=requested):
-            return InsufficientCredits(
-                message=message, code=code, available=available, requested=requested
-            )
-        case domain.UnknownTier(tier=tier, known=known):
-            return UnknownTier(message=message, code=code, tier=tier, known_tiers=list(known))
-        case domain.InvalidInput(field=field):
-            return InvalidInput(message=message, code=code, field=field)
-        case domain.IdempotencyConflict(idempotency_key=key):
-            return IdempotencyConflict(message=message, code=code, idempotency_key=key)
-        case domain.HoldNotFound(hold_id=hold_id):
-            return HoldNotFound(message=message, code=code, hold_id=hold_id)
-        case domain.HoldNotActive(hold_id=hold_id, status=status):
-            return HoldNotActive(
-                message=message,
-                code=code,
-                hold_id=strawberry.ID(str(hold_id)),
-                status=HoldStatus(status),
-            )
-        case domain.HoldExpired(hold_id=hold_id, expires_at=expires_at):
-            return HoldExpired(
-                message=message,
-                code=code,
-                hold_id=strawberry.ID(str(hold_id)),
-                expires_at=expires_at,
-            )
-        case domain.PaymentsNotConfigured():
-            return PaymentsNotConfigured(message=message, code=code)
-        case domain.PaymentProviderError(provider_message=provider_message):
-            return PaymentProviderError(
-                message=message, code=code, provider_message=provider_message
-            )
-        case domain.NoStripeCustomer(user_id=user_id):
-            return NoStripeCustomer(message=message, code=code, user_id=strawberry.ID(str(user_id)))
-        case domain.PaymentNotFound(ref=ref):
-            return PaymentNotFound(message=message, code=code, ref=ref)
-        case domain.StripeEventNotFound(event_id=event_id):
-            return WebhookEventNotFound(message=message, code=code, event_id=event_id)
-        case domain.StripeEventFailed(event_id=event_id, reason=reason):
-            return WebhookEventFailed(message=message, code=code, event_id=event_id, reason=reason)
-        case domain.UnknownFeature(feature=feature, known=known):
-            return UnknownFeature(
-                message=message, code=code, feature=feature, known_features=list(known)
-            )
-        case domain.NoAccess(feature=feature):
-            return NoAccess(message=message, code=code, feature=feature)
-        case domain.LimitExceeded(feature=feature, limit=limit, usage=usage, requested=requested):
-            return LimitExceeded(
-                message=message,
-                code=code,
-                feature=feature,
-                limit=limit,
-                usage=usage,
-                requested=requested,
-            )
-    raise TypeError(f"no GraphQL error type for {type(failure).__name__}")
+    shown = SHOWN_AS.get(type(failure))
+    if shown is None:
+        raise TypeError(f"no GraphQL error type for {type(failure).__name__}")
+    error_type, converted = shown
+    values = {
+        field.name: converted[field.name](failure)
+        if field.name in converted
+        else getattr(failure, field.name)
+        for field in dataclasses.fields(error_type)
+    }
+    return error_type(**values)

@@ -8,9 +8,7 @@ from typing import Annotated, Any
 import strawberry
 from strawberry import Info, Private
 
-from resolvers.errors import Failure, InvalidInput
 from resolvers.ledger import holds
-from schema import permissions
 from schema.errors import (
     HoldNotActive,
     HoldNotFound,
@@ -18,12 +16,13 @@ from schema.errors import (
     IdempotencyConflict,
     InsufficientCredits,
     UserNotFound,
-    from_failure,
 )
 from schema.errors import InvalidInput as InvalidInputError
-from schema.inputs import user_ref
-from schema.mutation import CreditChangeResult, credit_result
-from schema.types import User
+from schema.inputs import user_ref, write_for
+from schema.mutation import CreditChange, CreditChangeResult
+from schema.permissions import SPEND
+from schema.results import answer
+from schema.users import User
 
 
 @strawberry.type(description="Credits reserved for a call priced after it ends.")
@@ -31,6 +30,10 @@ class CreditHold:
     row: Private[Any]  # a resolvers.ledger.holds.Hold or a credit_holds row
     # Set when the hold is shown as it stood at a past moment (credits(at:)).
     as_of: Private[datetime | None] = None
+
+    @classmethod
+    def of(cls, changed: holds.HoldChanged) -> CreditHold:
+        return cls(row=changed.hold)
 
     @strawberry.field
     def id(self) -> strawberry.ID:
@@ -107,29 +110,22 @@ ReleaseHoldResult = Annotated[
 ]
 
 
-def _hold_result(result: holds.HoldChanged | Failure) -> Any:
-    if isinstance(result, Failure):
-        return from_failure(result)
-    return CreditHold(row=result.hold)
-
-
 @strawberry.type
 class HoldMutation:
     @strawberry.mutation(
-        permission_classes=[permissions.SPEND],
+        permission_classes=[SPEND],
         description="Hold credits for a call whose cost is known only after it; settle or "
         "release it, or it expires by itself. Same idempotencyKey, same hold.",
     )
     async def reserve_credits(self, info: Info, input: ReserveCreditsInput) -> ReserveCreditsResult:
         ctx = info.context
-        ref = user_ref(input.email, input.user_id)
-        if isinstance(ref, InvalidInput):
-            return from_failure(ref)  # type: ignore[return-value]
         now = ctx.clock()
-        result = await ctx.db.write(
-            lambda session: holds.reserve_credits(
+        result = await write_for(
+            ctx.db,
+            user_ref(input.email, input.user_id),
+            lambda session, user: holds.reserve_credits(
                 session,
-                user=ref,
+                user=user,
                 amount=input.amount,
                 reason=input.reason,
                 actor=ctx.spend_actor(),
@@ -137,12 +133,12 @@ class HoldMutation:
                 catalog=ctx.catalog,
                 ttl_seconds=input.ttl_seconds,
                 idempotency_key=input.idempotency_key,
-            )
+            ),
         )
-        return _hold_result(result)  # type: ignore[no-any-return]
+        return answer(result, CreditHold.of)
 
     @strawberry.mutation(
-        permission_classes=[permissions.SPEND],
+        permission_classes=[SPEND],
         description="Spend the actual cost of an active hold; the rest goes back.",
     )
     async def settle_hold(self, info: Info, input: SettleHoldInput) -> CreditChangeResult:
@@ -159,10 +155,10 @@ class HoldMutation:
                 idempotency_key=input.idempotency_key,
             )
         )
-        return credit_result(result)
+        return answer(result, CreditChange.of)
 
     @strawberry.mutation(
-        permission_classes=[permissions.SPEND],
+        permission_classes=[SPEND],
         description="Give an active hold's credits back, all of them.",
     )
     async def release_hold(self, info: Info, input: ReleaseHoldInput) -> ReleaseHoldResult:
@@ -177,4 +173,4 @@ class HoldMutation:
                 idempotency_key=input.idempotency_key,
             )
         )
-        return _hold_result(result)  # type: ignore[no-any-return]
+        return answer(result, CreditHold.of)

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import TypeVar
 
 import strawberry
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers.errors import InvalidInput
 from resolvers.models import parse_row_id
 from resolvers.users import UserRef, check_email
+from schema.context import UnitOfWork
+
+T = TypeVar("T")
 
 
 @strawberry.input(description="Name the user by exactly one of email or userId.")
@@ -57,3 +63,14 @@ def user_ref(email: str | None, user_id: strawberry.ID | None) -> UserRef | Inva
     if failure := check_email(email.strip().lower()):
         return failure
     return UserRef(email=email)
+
+
+async def write_for(
+    db: UnitOfWork,
+    ref: UserRef | InvalidInput,
+    work: Callable[[AsyncSession, UserRef], Awaitable[T]],
+) -> T | InvalidInput:
+    """`work` on the named user in one transaction; a badly named user is the answer instead."""
+    if isinstance(ref, InvalidInput):
+        return ref
+    return await db.write(lambda session: work(session, ref))

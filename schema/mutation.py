@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 import strawberry
-from sqlalchemy.ext.asyncio import AsyncSession
 from strawberry import Info
 from strawberry.scalars import JSON
 
@@ -14,15 +13,16 @@ from resolvers.billing import checkout
 from resolvers.errors import Failure, InvalidInput
 from resolvers.insights import analytics
 from resolvers.ledger import credits, tiers
-from resolvers.users import UserRef, find_user
-from schema import permissions
+from resolvers.users import UserRef
 from schema.billing import (
     BillingPortalSession,
     CheckoutSession,
     StartCheckoutInput,
     WebhookEventReplay,
 )
+from schema.changes import TierChange
 from schema.context import VIEWER, Context
+from schema.credits import CreditEvent
 from schema.entitlement_mutations import EntitlementMutations
 from schema.errors import (
     HoldExpired,
@@ -37,7 +37,6 @@ from schema.errors import (
     UserNotFound,
     WebhookEventFailed,
     WebhookEventNotFound,
-    from_failure,
 )
 from schema.errors import InvalidInput as InvalidInputError
 from schema.inputs import (
@@ -46,9 +45,12 @@ from schema.inputs import (
     SetTierInput,
     UpsertUserInput,
     user_ref,
+    write_for,
 )
 from schema.insights import TrackedEvent
-from schema.types import CreditEvent, TierChange, User
+from schema.permissions import CHECKOUT, PORTAL, SERVICE, SPEND, SUPPORT, TRACK
+from schema.results import answer
+from schema.users import User
 
 
 @strawberry.type
@@ -56,6 +58,14 @@ class CreditChange:
     user: User
     event: CreditEvent
     replayed: bool
+
+    @classmethod
+    def of(cls, changed: credits.CreditChanged) -> CreditChange:
+        return cls(
+            user=User(row=changed.user),
+            event=CreditEvent.from_row(changed.event),
+            replayed=changed.replayed,
+        )
 
 
 @strawberry.type
@@ -66,11 +76,20 @@ class TierUpdate:
     )
     replayed: bool
 
+    @classmethod
+    def of(cls, updated: tiers.TierSet) -> TierUpdate:
+        change = TierChange.from_row(updated.change) if updated.change else None
+        return cls(user=User(row=updated.user), change=change, replayed=updated.replayed)
+
 
 @strawberry.type
 class UserUpsert:
     user: User
     created: bool
+
+    @classmethod
+    def of(cls, upserted: users.UserUpserted) -> UserUpsert:
+        return cls(user=User(row=upserted.user), created=upserted.created)
 
 
 CreditChangeResult = Annotated[
@@ -91,16 +110,6 @@ SetTierResult = Annotated[
 UpsertUserResult = Annotated[
     UserUpsert | InvalidInputError | UnknownTier, strawberry.union("UpsertUserResult")
 ]
-
-
-def credit_result(result: credits.CreditChanged | Failure) -> CreditChangeResult:
-    if isinstance(result, Failure):
-        return from_failure(result)  # type: ignore[return-value]
-    return CreditChange(
-        user=User(row=result.user),
-        event=CreditEvent.from_row(result.event),
-        replayed=result.replayed,
-    )
 
 
 @strawberry.input
@@ -146,19 +155,18 @@ TrackEventResult = Annotated[
 @strawberry.type
 class Mutation(EntitlementMutations):
     @strawberry.mutation(
-        permission_classes=[permissions.SUPPORT],
+        permission_classes=[SUPPORT],
         description="Give a user credits (support). Same idempotencyKey, same result.",
     )
     async def grant_credits(self, info: Info, input: GrantCreditsInput) -> CreditChangeResult:
-        ctx = info.context
-        ref = user_ref(input.email, input.user_id)
-        if isinstance(ref, InvalidInput):
-            return from_failure(ref)  # type: ignore[return-value]
+        ctx: Context = info.context
         now = ctx.clock()
-        result = await ctx.db.write(
-            lambda session: credits.grant_ai_credits(
+        result = await write_for(
+            ctx.db,
+            user_ref(input.email, input.user_id),
+            lambda session, user: credits.grant_ai_credits(
                 session,
-                user=ref,
+                user=user,
                 amount=input.amount,
                 reason=input.reason,
                 actor=ctx.actor("support"),
@@ -166,66 +174,59 @@ class Mutation(EntitlementMutations):
                 expires_at=input.expires_at,
                 idempotency_key=input.idempotency_key,
                 catalog=ctx.catalog,
-            )
+            ),
         )
-        return credit_result(result)
+        return answer(result, CreditChange.of)
 
     @strawberry.mutation(
-        permission_classes=[permissions.SPEND],
+        permission_classes=[SPEND],
         description="Spend a user's credits, all or nothing. Same idempotencyKey, spent once.",
     )
     async def consume_credits(self, info: Info, input: ConsumeCreditsInput) -> CreditChangeResult:
-        ctx = info.context
-        ref = user_ref(input.email, input.user_id)
-        if isinstance(ref, InvalidInput):
-            return from_failure(ref)  # type: ignore[return-value]
+        ctx: Context = info.context
         now = ctx.clock()
-        result = await ctx.db.write(
-            lambda session: credits.consume_credits(
+        result = await write_for(
+            ctx.db,
+            user_ref(input.email, input.user_id),
+            lambda session, user: credits.consume_credits(
                 session,
-                user=ref,
+                user=user,
                 amount=input.amount,
                 reason=input.reason,
                 actor=ctx.spend_actor(),
                 now=now,
                 catalog=ctx.catalog,
                 idempotency_key=input.idempotency_key,
-            )
+            ),
         )
-        return credit_result(result)
+        return answer(result, CreditChange.of)
 
-    @strawberry.mutation(
-        permission_classes=[permissions.SUPPORT], description="Reset a user's tier (support)."
-    )
+    @strawberry.mutation(permission_classes=[SUPPORT], description="Reset a user's tier (support).")
     async def set_tier(self, info: Info, input: SetTierInput) -> SetTierResult:
-        ctx = info.context
-        ref = user_ref(input.email, input.user_id)
-        if isinstance(ref, InvalidInput):
-            return from_failure(ref)  # type: ignore[return-value]
+        ctx: Context = info.context
         now = ctx.clock()
-        result = await ctx.db.write(
-            lambda session: tiers.set_tier(
+        result = await write_for(
+            ctx.db,
+            user_ref(input.email, input.user_id),
+            lambda session, user: tiers.set_tier(
                 session,
-                user=ref,
+                user=user,
                 tier=input.tier,
                 reason=input.reason,
                 actor=ctx.actor("support"),
                 now=now,
                 catalog=ctx.catalog,
                 idempotency_key=input.idempotency_key,
-            )
+            ),
         )
-        if isinstance(result, Failure):
-            return from_failure(result)  # type: ignore[return-value]
-        change = TierChange.from_row(result.change) if result.change else None
-        return TierUpdate(user=User(row=result.user), change=change, replayed=result.replayed)
+        return answer(result, TierUpdate.of)
 
     @strawberry.mutation(
-        permission_classes=[permissions.SERVICE],
+        permission_classes=[SERVICE],
         description="Tell the gateway about a user of the main app (creates or updates).",
     )
     async def upsert_user(self, info: Info, input: UpsertUserInput) -> UpsertUserResult:
-        ctx = info.context
+        ctx: Context = info.context
         now = ctx.clock()
         result = await ctx.db.write(
             lambda session: users.upsert_user(
@@ -237,12 +238,10 @@ class Mutation(EntitlementMutations):
                 locale=input.locale,
             )
         )
-        if isinstance(result, Failure):
-            return from_failure(result)  # type: ignore[return-value]
-        return UserUpsert(user=User(row=result.user), created=result.created)
+        return answer(result, UserUpsert.of)
 
     @strawberry.mutation(
-        permission_classes=[permissions.TRACK],
+        permission_classes=[TRACK],
         description="Record a CRO event (cta_upgrade_click, premium_overlay_impression, "
         "credit_purchase_completed or a configured name); the overlay once per session.",
     )
@@ -255,46 +254,34 @@ class Mutation(EntitlementMutations):
             # Support records what an emitter missed (runbook section 4) for the customer.
             ref = user_ref(input.email, input.user_id)
         if isinstance(ref, InvalidInput):
-            return from_failure(ref)  # type: ignore[return-value]
-        now = ctx.clock()
-
-        async def work(session: AsyncSession) -> analytics.EventTracked | Failure:
-            user_id = None
-            if ref is not None:
-                row = await find_user(session, ref)
-                if row is None:
-                    return ref.not_found()
-                user_id = row.id
-            return await analytics.track_event(
+            return answer(ref, TrackedEvent.of)
+        user, now = ref, ctx.clock()
+        result = await ctx.db.write(
+            lambda session: analytics.track_event(
                 session,
                 name=input.name,
                 session_id=input.session_id,
                 properties=input.properties,
-                user_id=user_id,
+                user=user,
                 allowed_names=ctx.analytics_events,
                 now=now,
                 request_id=ctx.request_id,
             )
-
-        result = await ctx.db.write(work)
-        if isinstance(result, Failure):
-            return from_failure(result)  # type: ignore[return-value]
-        return TrackedEvent(event=result.event, recorded=result.recorded)  # type: ignore[arg-type]
+        )
+        return answer(result, TrackedEvent.of)
 
     @strawberry.mutation(
-        permission_classes=[permissions.SUPPORT],
+        permission_classes=[SUPPORT],
         description="Run a stored Stripe event again through the same handler (idempotent).",
     )
     async def replay_webhook_event(self, info: Info, id: strawberry.ID) -> ReplayWebhookEventResult:
         ctx: Context = info.context
         assert ctx.replay_stripe_event is not None, "the gateway provides the replay"
         result = await ctx.replay_stripe_event(str(id), ctx.request_id)
-        if isinstance(result, Failure):
-            return from_failure(result)  # type: ignore[return-value]
-        return WebhookEventReplay.from_outcome(result)
+        return answer(result, WebhookEventReplay.from_outcome)
 
     @strawberry.mutation(
-        permission_classes=[permissions.CHECKOUT],
+        permission_classes=[CHECKOUT],
         description="A Stripe Checkout URL for a credit pack or a tier (the viewer's own; "
         "support may name the user).",
     )
@@ -302,11 +289,11 @@ class Mutation(EntitlementMutations):
         ctx: Context = info.context
         ref = _own_or_named_user(ctx, input.email, input.user_id)
         if isinstance(ref, InvalidInput):
-            return from_failure(ref)  # type: ignore[return-value]
+            return answer(ref, CheckoutSession.from_started)
         now = ctx.clock()
         # Stripe is called with no transaction open; the new customer id is stored after.
         async with ctx.db.read() as session:
-            result = await checkout.start_checkout(
+            result: checkout.CheckoutStarted | Failure = await checkout.start_checkout(
                 session,
                 user=ref,
                 catalog=ctx.catalog,
@@ -323,12 +310,10 @@ class Mutation(EntitlementMutations):
             result = await ctx.db.write(
                 lambda session: checkout.remember_stripe_customer(session, started=started, now=now)
             )
-        if isinstance(result, Failure):
-            return from_failure(result)  # type: ignore[return-value]
-        return CheckoutSession.from_started(result)
+        return answer(result, CheckoutSession.from_started)
 
     @strawberry.mutation(
-        permission_classes=[permissions.PORTAL],
+        permission_classes=[PORTAL],
         description="A Stripe Billing Portal URL for the viewer's subscription and invoices "
         "(support names the user).",
     )
@@ -342,7 +327,7 @@ class Mutation(EntitlementMutations):
         ctx: Context = info.context
         ref = _own_or_named_user(ctx, email, user_id)
         if isinstance(ref, InvalidInput):
-            return from_failure(ref)  # type: ignore[return-value]
+            return answer(ref, BillingPortalSession.from_opened)
         async with ctx.db.read() as session:
             result = await checkout.open_billing_portal(
                 session,
@@ -351,9 +336,7 @@ class Mutation(EntitlementMutations):
                 app_base_url=ctx.app_base_url,
                 return_url=return_url,
             )
-        if isinstance(result, Failure):
-            return from_failure(result)  # type: ignore[return-value]
-        return BillingPortalSession(url=result.url, customer_id=result.customer_id)
+        return answer(result, BillingPortalSession.from_opened)
 
 
 def _own_or_named_user(

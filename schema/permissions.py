@@ -7,12 +7,13 @@ from typing import Any
 from strawberry import Info
 from strawberry.permission import BasePermission
 
-from schema.context import VIEWER, forbidden, unauthenticated
+from resolvers.kinds import Role
+from schema.context import forbidden, unauthenticated
 
 
 def allow(*roles: str) -> type[BasePermission]:
     """A permission for these roles (admin is always allowed)."""
-    allowed = frozenset(roles) | {"admin"}
+    allowed = frozenset(roles) | {Role.ADMIN}
 
     class Allow(BasePermission):
         # Read by the compiled executor (gateway.compiled), which checks the same roles.
@@ -31,15 +32,15 @@ def allow(*roles: str) -> type[BasePermission]:
 
 
 def authenticated() -> type[BasePermission]:
-    return allow(VIEWER, "service", "support", "dashboard")
+    return allow(Role.VIEWER, Role.SERVICE, Role.SUPPORT, Role.DASHBOARD)
 
 
-STAFF_READ = allow("service", "support", "dashboard")
-SUPPORT = allow("support")
-SPEND = allow("service", "support")
-SERVICE = allow("service", "support")
-DASHBOARD = allow("support", "dashboard")
+STAFF_READ = allow(Role.SERVICE, Role.SUPPORT, Role.DASHBOARD)
+SUPPORT = allow(Role.SUPPORT)
+SPEND = allow(Role.SERVICE, Role.SUPPORT)
+SERVICE = allow(Role.SERVICE, Role.SUPPORT)
+DASHBOARD = allow(Role.SUPPORT, Role.DASHBOARD)
 ANY_CALLER = authenticated()
-TRACK = allow(VIEWER, "service", "support")
-CHECKOUT = allow(VIEWER, "support")
-PORTAL = allow(VIEWER, "support")
+TRACK = allow(Role.VIEWER, Role.SERVICE, Role.SUPPORT)
+CHECKOUT = allow(Role.VIEWER, Role.SUPPORT)
+PORTAL = allow(Role.VIEWER, Role.SUPPORT)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import strawberry
 from strawberry import Info
 
@@ -12,22 +14,24 @@ from resolvers.catalog import pricing
 from resolvers.errors import InvalidInput
 from resolvers.insights import analytics, diagnose, metrics
 from resolvers.ledger import changes
-from resolvers.models import CreditEvent as CreditEventRow
-from resolvers.models import EntitlementOverride as EntitlementOverrideRow
 from resolvers.models import parse_row_id
 from resolvers.users import normalize_email
-from schema import permissions
 from schema.billing import (
     WebhookEventConnection,
     WebhookEventStatus,
     event_connection,
     event_id_from_cursor,
 )
+from schema.changes import EntitlementChange, entitlement_change
 from schema.connections import Connection, connection, decode_cursor, page_size
 from schema.context import VIEWER, BadUserInput, Context
-from schema.entitlements import EntitlementOverride
 from schema.insights import AnalyticsEvent, Diagnosis, EntitlementMetrics, Pricing
-from schema.types import CreditEvent, EntitlementChange, Payment, Plan, TierChange, User
+from schema.payments import Payment
+from schema.permissions import ANY_CALLER, DASHBOARD, STAFF_READ, SUPPORT
+from schema.plans import Plan
+from schema.users import User
+
+T = TypeVar("T")
 
 MAX_SEARCH_LENGTH = 320
 
@@ -35,7 +39,7 @@ MAX_SEARCH_LENGTH = 320
 @strawberry.type
 class Query:
     @strawberry.field(
-        permission_classes=[permissions.ANY_CALLER],
+        permission_classes=[ANY_CALLER],
         description="The caller's own account (end-user token); null for API keys.",
     )
     async def viewer(self, info: Info) -> User | None:
@@ -47,7 +51,7 @@ class Query:
         return User(row=row) if row is not None else None
 
     @strawberry.field(
-        permission_classes=[permissions.STAFF_READ],
+        permission_classes=[STAFF_READ],
         description="One user by email or id (staff keys).",
     )
     async def user(
@@ -65,7 +69,7 @@ class Query:
         return User(row=row) if row is not None else None
 
     @strawberry.field(
-        permission_classes=[permissions.STAFF_READ],
+        permission_classes=[STAFF_READ],
         description="Users by id; filter by tier, search by email prefix.",
     )
     async def users(
@@ -99,22 +103,23 @@ class Query:
         return [Plan(tier=tier, locale=chosen) for tier in catalog.tiers]
 
     @strawberry.field(
-        permission_classes=[permissions.SUPPORT],
+        permission_classes=[SUPPORT],
         description="Ledger events and tier changes written under one X-Request-ID, oldest first.",
     )
     async def entitlement_changes(self, info: Info, request_id: str) -> list[EntitlementChange]:
         async with info.context.db.read() as session:
             rows = await changes.changes_by_request_id(session, request_id)
-        return [_change(r) for r in rows]
+        return [entitlement_change(r) for r in rows]
 
     @strawberry.field(
         description="Tier cards and credit packs with CTAs for the caller (anyone may ask). "
         "Locale from the argument, else the viewer's stored locale, else Accept-Language, "
-        "else en. A currency the catalog does not sell is BAD_USER_INPUT."
+        "else en. A currency the catalog does not sell is BAD_USER_INPUT.",
+        graphql_type=Pricing,
     )
     async def pricing(
         self, info: Info, locale: str | None = None, currency: str | None = None
-    ) -> Pricing:
+    ) -> pricing.Pricing:
         ctx: Context = info.context
         viewer = None
         principal = ctx.principal
@@ -133,10 +138,10 @@ class Query:
             user=viewer,
             app_base_url=ctx.app_base_url,
         )
-        return _or_bad_input(page)  # type: ignore[return-value]
+        return _or_bad_input(page)
 
     @strawberry.field(
-        permission_classes=[permissions.DASHBOARD],
+        permission_classes=[DASHBOARD],
         description="The runbook's CRO query: these events (default cta_upgrade_click and "
         "premium_overlay_impression), newest first.",
     )
@@ -147,33 +152,35 @@ class Query:
             rows = await analytics.recent_analytics_events(
                 session, names=names, last=20 if last is None else last
             )
-        return list(_or_bad_input(rows))  # type: ignore[arg-type]
+        return [AnalyticsEvent.from_row(row) for row in _or_bad_input(rows)]
 
     @strawberry.field(
-        permission_classes=[permissions.DASHBOARD],
+        permission_classes=[DASHBOARD],
         description="collect_entitlement_metrics: plans, trials, payments, credits (3 statements).",
+        graphql_type=EntitlementMetrics,
     )
-    async def metrics(self, info: Info, days: int | None = 7) -> EntitlementMetrics:
+    async def metrics(self, info: Info, days: int | None = 7) -> metrics.EntitlementMetrics:
         ctx: Context = info.context
         async with ctx.db.read() as session:
             result = await metrics.collect_entitlement_metrics(
                 session, now=ctx.clock(), days=7 if days is None else days, catalog=ctx.catalog
             )
-        return _or_bad_input(result)  # type: ignore[return-value]
+        return _or_bad_input(result)
 
     @strawberry.field(
-        permission_classes=[permissions.SUPPORT],
+        permission_classes=[SUPPORT],
         description="The runbook's checks on one account, each finding with its escalation path.",
+        graphql_type=Diagnosis,
     )
-    async def diagnose(self, info: Info, email: str) -> Diagnosis:
+    async def diagnose(self, info: Info, email: str) -> diagnose.Diagnosis:
         ctx: Context = info.context
         async with ctx.db.read() as session:
-            return await diagnose.diagnose(  # type: ignore[return-value]
+            return await diagnose.diagnose(
                 session, email=email, catalog=ctx.catalog, now=ctx.clock()
             )
 
     @strawberry.field(
-        permission_classes=[permissions.DASHBOARD],
+        permission_classes=[DASHBOARD],
         description="Stored Stripe events, newest received first; filter by status.",
     )
     async def webhook_events(
@@ -190,10 +197,10 @@ class Query:
                 limit=page_size(first),
                 after=event_id_from_cursor(after),
             )
-        return event_connection(_or_bad_input(page))  # type: ignore[arg-type]
+        return event_connection(_or_bad_input(page))
 
     @strawberry.field(
-        permission_classes=[permissions.DASHBOARD],
+        permission_classes=[DASHBOARD],
         description="Payments of every user, newest first.",
     )
     async def payments(
@@ -207,7 +214,7 @@ class Query:
         return connection(rows, size, Payment.from_row)
 
     @strawberry.field(
-        permission_classes=[permissions.SUPPORT],
+        permission_classes=[SUPPORT],
         description="A payment by its id or any Stripe id it carries (cs_, in_, pi_, ch_): "
         "the runbook's way from a payment to its grant and ledger events.",
     )
@@ -219,16 +226,8 @@ class Query:
         return None
 
 
-def _or_bad_input(value: object) -> object:
+def _or_bad_input(value: T | InvalidInput) -> T:
     """Arguments outside a mutation that a resolver refused: a BAD_USER_INPUT error."""
     if isinstance(value, InvalidInput):
         raise BadUserInput(value.message)
     return value
-
-
-def _change(row: object) -> EntitlementChange:
-    if isinstance(row, CreditEventRow):
-        return CreditEvent.from_row(row)
-    if isinstance(row, EntitlementOverrideRow):
-        return EntitlementOverride.from_row(row)
-    return TierChange.from_row(row)  # type: ignore[arg-type]

@@ -21,8 +21,8 @@ from resolvers.loaders import users_by_email
 from resolvers.models import parse_row_id
 from resolvers.users import normalize_email
 from schema.context import VIEWER, BadUserInput, Context, Wakeups, forbidden, unauthenticated
+from schema.credits import CreditBalance
 from schema.entitlements import Entitlement
-from schema.types import CreditBalance
 
 log = logging.getLogger("schema.subscription")
 

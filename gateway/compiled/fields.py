@@ -1,4 +1,4 @@
-"""The compiled fields of the object types: what each reads from its row, as schema/types.py does.
+"""The compiled fields of the object types: what each reads from its row, as the schema/ types do.
 
 Every entry must answer exactly what the Strawberry resolver of the same field answers; the
 differential tests run both on the same data and compare.

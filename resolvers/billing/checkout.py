@@ -27,13 +27,13 @@ from resolvers.errors import (
     UnknownTier,
     UserNotFound,
 )
+from resolvers.kinds import is_paying
 from resolvers.models import User
 from resolvers.users import UserRef, find_user
 
 SUCCESS_PATH = "/billing/success?session_id={CHECKOUT_SESSION_ID}"
 CANCEL_PATH = "/billing/cancel"
 PORTAL_RETURN_PATH = "/billing"
-SUBSCRIBED = ("trialing", "active", "past_due")
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ async def start_checkout(
     if row is None:
         return user.not_found()
     if item.mode == "subscription" and row.stripe_subscription_id:
-        if row.subscription_status in SUBSCRIBED:
+        if is_paying(row.subscription_status):
             return InvalidInput(
                 field="tier", reason="already subscribed: change plans in the billing portal"
             )

@@ -21,22 +21,13 @@ from resolvers.billing.money import (
 )
 from resolvers.catalog.model import Tier
 from resolvers.errors import Failure, StripeEventFailed
+from resolvers.kinds import SubscriptionStatus, is_paying
 from resolvers.ledger import tiers
 from resolvers.ledger.accounts import save_account
 from resolvers.ledger.changes import record_change
 
 # Where a subscription can go next: on a same-second tie the later status is the truer one.
-LIFECYCLE = (
-    "incomplete",
-    "trialing",
-    "active",
-    "past_due",
-    "paused",
-    "unpaid",
-    "incomplete_expired",
-    "canceled",
-)
-PAYING = ("trialing", "active", "past_due")  # the subscription's tier applies
+LIFECYCLE = tuple(SubscriptionStatus)
 
 
 async def subscription_changed(ctx: EventContext) -> EventHandled | StripeEventFailed:
@@ -51,11 +42,15 @@ async def subscription_changed(ctx: EventContext) -> EventHandled | StripeEventF
     )
     if isinstance(user, StripeEventFailed):
         return user
-    status = "canceled" if ctx.event["type"].endswith(".deleted") else str(sub.get("status"))
+    status = (
+        SubscriptionStatus.CANCELED
+        if ctx.event["type"].endswith(".deleted")
+        else str(sub.get("status"))
+    )
     last = user.subscription_event_at
     if last is not None and ctx.created < last:
         return ctx.ignore(f"older than the subscription state applied (from {last.isoformat()})")
-    if user.stripe_subscription_id not in (None, sub.get("id")) and status not in PAYING:
+    if user.stripe_subscription_id not in (None, sub.get("id")) and not is_paying(status):
         return ctx.ignore(f"{sub.get('id')} is not the user's current subscription")
     if last is not None and ctx.created == last:
         # Stripe's `created` has whole seconds: a tie cannot be ordered by time.
@@ -73,11 +68,13 @@ async def subscription_changed(ctx: EventContext) -> EventHandled | StripeEventF
             )
     price_id = _subscription_price(sub)
     tier: Tier | None = None
-    if status in PAYING:
+    if is_paying(status):
         tier = ctx.catalog.tier_for_price(price_id or "")
         if tier is None:
             return ctx.fail(f"price {price_id} of {sub.get('id')} is not a tier of the catalog")
-    elif status != "incomplete":  # incomplete: the first payment is pending, nothing changes
+    elif (
+        status != SubscriptionStatus.INCOMPLETE
+    ):  # incomplete: the first payment is pending, nothing changes
         tier = ctx.catalog.default_tier
     # Written before set_tier: its allowance check must see the user as billed by Stripe.
     user.stripe_subscription_id = sub.get("id")

@@ -14,7 +14,8 @@ from enum import StrEnum
 from typing import Any
 
 from resolvers.catalog.model import Catalog
-from resolvers.ledger.allowances import BILLED_BY_STRIPE, allowance_period
+from resolvers.kinds import is_paying
+from resolvers.ledger.allowances import allowance_period
 
 # The period of a running count (a limit on what the product reports, e.g. projects).
 TOTAL = "total"
@@ -63,9 +64,7 @@ def usage_period(user: Any, now: datetime) -> tuple[datetime, datetime]:
     """The period metered usage counts in: the Stripe billing period for subscribers, else the
     calendar month (UTC)."""
     end = user.subscription_period_end
-    if end is None or not (
-        user.stripe_subscription_id and user.subscription_status in BILLED_BY_STRIPE
-    ):
+    if end is None or not (user.stripe_subscription_id and is_paying(user.subscription_status)):
         return allowance_period(now)
     # Stripe bills monthly from the anchor of the known period end; stepping whole months from
     # it still finds the right period when the renewal's webhook is late.

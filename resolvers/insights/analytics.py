@@ -17,8 +17,11 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers.catalog.model import Catalog
-from resolvers.errors import InvalidInput
+from resolvers.errors import InvalidInput, UserNotFound
+from resolvers.kinds import SubscriptionStatus
+from resolvers.loaders import Loaders
 from resolvers.models import AnalyticsEvent, User
+from resolvers.users import UserRef, find_user
 
 CTA_UPGRADE_CLICK = "cta_upgrade_click"
 PREMIUM_OVERLAY_IMPRESSION = "premium_overlay_impression"
@@ -62,15 +65,22 @@ async def track_event(
     name: str,
     session_id: str | None,
     properties: Mapping[str, Any] | None,
-    user_id: int | None,
+    user: UserRef | None,
     allowed_names: Collection[str],
     now: datetime,
     request_id: str | None,
-) -> EventTracked | InvalidInput:
+) -> EventTracked | InvalidInput | UserNotFound:
     """Record a CRO event from the frontend; `premium_overlay_impression` once per session.
 
-    `allowed_names` is the configured allow-list of event names beyond the CRO ones.
+    `user` is the customer the event is about, if named; `allowed_names` is the configured
+    allow-list of event names beyond the CRO ones.
     """
+    user_id = None
+    if user is not None:
+        row = await find_user(session, user)
+        if row is None:
+            return user.not_found()
+        user_id = row.id
     if not _EVENT_NAME.match(name) or (name not in CRO_EVENTS and name not in allowed_names):
         return InvalidInput(field="name", reason=f"unknown event {name[:64]!r}")
     if failure := check_session_id(session_id, required=name in ONCE_PER_SESSION):
@@ -95,30 +105,20 @@ async def track_event(
 
 
 async def premium_overlay(
-    session: AsyncSession,
-    *,
-    user: User,
-    session_id: str,
-    catalog: Catalog,
-    now: datetime,
+    user: User, *, session_id: str, loaders: Loaders, catalog: Catalog, now: datetime
 ) -> PremiumOverlay | InvalidInput:
     """Whether the frontend should show the premium overlay in this session."""
     if failure := check_session_id(session_id, required=True):
         return failure
-    shown = (
-        await session.execute(
-            select(AnalyticsEvent.id)
-            .where(AnalyticsEvent.dedupe_key == overlay_dedupe_key(session_id))
-            .limit(1)
-        )
-    ).scalar_one_or_none() is not None
+    # Batched: in a list of users every one asks about the same session.
+    shown = await loaders.overlay_shown.load(overlay_dedupe_key(session_id))
     return PremiumOverlay(eligible=is_upgrade_prompt_eligible(user, catalog, now), shown=shown)
 
 
 def is_upgrade_prompt_eligible(user: User, catalog: Catalog, now: datetime) -> bool:
     """On the lowest tier, or trialing: either the stored trial end or Stripe's status says so."""
     trialing = (user.trial_ends_at is not None and user.trial_ends_at > now) or (
-        user.subscription_status == "trialing"
+        user.subscription_status == SubscriptionStatus.TRIALING
     )
     return user.tier == catalog.default_tier.code or trialing
 

@@ -1,15 +1,12 @@
-"""`diagnose`: the support runbook's checks on one customer, each finding with its escalation path.
+"""`diagnose`: the support runbook's checks run on one customer, as a report of findings.
 
-Read-only. Escalation paths are worded as in the runbook's quick-reference table, section 4
-(Stripe reconciliation) and section 5 (escalation criteria).
+Read-only. What each check means and who it escalates to is in resolvers/insights/checks.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import exists, func, or_, select
@@ -17,7 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers.billing.events import count_signature_failures
 from resolvers.catalog.model import Catalog, Tier
+from resolvers.insights.checks import CHECKS, Finding, Severity, finding
 from resolvers.insights.metrics import UNPAID_STATUSES
+from resolvers.kinds import StripeEventStatus, SubscriptionStatus, is_paying
 from resolvers.models import (
     CreditEvent,
     CreditGrant,
@@ -29,122 +28,16 @@ from resolvers.models import (
 from resolvers.users import normalize_email
 
 # Stripe subscription states in which the subscription's price decides the tier.
-ACTIVE_SUBSCRIPTION = ("active", "trialing", "past_due")
-ENDED_SUBSCRIPTION = ("canceled", "unpaid", "incomplete_expired")
+ENDED_SUBSCRIPTION = (
+    SubscriptionStatus.CANCELED,
+    SubscriptionStatus.UNPAID,
+    SubscriptionStatus.INCOMPLETE_EXPIRED,
+)
 SIGNATURE_FAILURE_WINDOW = timedelta(hours=24)
 SIGNATURE_FAILURE_THRESHOLD = 3
 # A finding's evidence lists at most this many rows; its count says how many there were.
 EVIDENCE_ROWS = 10
 PAYMENTS_CHECKED = 500
-
-
-class Severity(StrEnum):
-    INFO = "info"
-    WARNING = "warning"
-    ERROR = "error"
-
-
-@dataclass(frozen=True)
-class Check:
-    code: str
-    severity: Severity
-    escalation: str | None  # who takes over when the remediation does not fix it
-    remediation: str
-
-
-_BILLING_RETRIES = "Billing engineering after 2 failed retries"
-_REPLAY = "Replay the customer's latest subscription webhook (runbook section 4)."
-_LEDGER = "Do not adjust by hand; attach the ledger (entitlements user show --json) to the ticket."
-# The runbook's tables as data: what each check means for support, in the runbook's words.
-CHECKS = (
-    Check("user_not_found", Severity.ERROR, None, "Ask for the login email (runbook section 1)."),
-    Check("unknown_tier", Severity.ERROR, _BILLING_RETRIES, "Reset the tier (adjust --set-tier)."),
-    Check("tier_mismatch", Severity.ERROR, _BILLING_RETRIES, _REPLAY),
-    Check(
-        "unknown_subscription_price",
-        Severity.ERROR,
-        _BILLING_RETRIES,
-        "Add the Stripe price to the catalog, or move the subscription to a catalog price.",
-    ),
-    Check(
-        "missing_stripe_customer",
-        Severity.WARNING,
-        _BILLING_RETRIES,
-        "Find the customer in Stripe by email and replay their subscription webhook; if there"
-        " is none, the tier was set by hand: confirm it was meant as a gift.",
-    ),
-    Check(
-        "payment_without_grant",
-        Severity.ERROR,
-        "Backend engineering if grant event is absent",
-        "Replay the payment's webhook event and watch for grant_ai_credits (runbook section 4).",
-    ),
-    Check(
-        "payment_without_entitlement_change",
-        Severity.ERROR,
-        "Billing engineering",
-        "Replay the payment's webhook event; escalate if no entitlement_change appears.",
-    ),
-    Check(
-        "refund_credits_unrecovered",
-        Severity.WARNING,
-        "Billing engineering",
-        "The customer spent the credits before the refund; decide with billing what to do.",
-    ),
-    Check("negative_balance", Severity.ERROR, "Data platform team", _LEDGER),
-    Check("balance_mismatch", Severity.ERROR, "Data platform team", _LEDGER),
-    Check(
-        "webhook_failed",
-        Severity.WARNING,
-        _BILLING_RETRIES,
-        "Replay the event (entitlements webhooks replay) and look for"
-        ' "action":"subscription_updated" in the logs.',
-    ),
-    Check(
-        "webhook_failing_repeatedly",
-        Severity.ERROR,
-        "Billing engineering rotation",
-        "The event failed twice (runbook section 4): escalate with its last_error.",
-    ),
-    Check(
-        "repeated_signature_failures",
-        Severity.ERROR,
-        "Stripe support",
-        "Check STRIPE_WEBHOOK_SECRET against the endpoint's signing secret (a rotation lists"
-        " both); if they match, open a Stripe support ticket.",
-    ),
-    Check(
-        "missing_correlation_id",
-        Severity.WARNING,
-        "notify DevOps",
-        "These changes cannot be traced in the logs; the actor on each ledger event says who.",
-    ),
-)
-_CHECKS = {check.code: check for check in CHECKS}
-
-
-@dataclass(frozen=True)
-class Finding:
-    code: str  # a Check's code
-    severity: Severity
-    summary: str
-    evidence: dict[str, Any]  # JSON-ready: ids, amounts, ISO times
-    escalation: str | None
-    remediation: str
-
-
-def finding(
-    code: str, summary: str, evidence: dict[str, Any], severity: Severity | None = None
-) -> Finding:
-    check = _CHECKS[code]
-    return Finding(
-        code=code,
-        severity=severity or check.severity,
-        summary=summary,
-        evidence=evidence,
-        escalation=check.escalation,
-        remediation=check.remediation,
-    )
 
 
 @dataclass(frozen=True)
@@ -186,13 +79,8 @@ async def diagnose(
     email: str,
     catalog: Catalog,
     now: datetime,
-    stripe_subscription: Mapping[str, Any] | None = None,
 ) -> Diagnosis:
-    """Run every check on the customer with this email.
-
-    `stripe_subscription` is the customer's latest subscription as Stripe's API returns it,
-    when the caller could fetch one; without it, the state stored from webhooks stands in.
-    """
+    """Run every check on the customer with this email, on the Stripe state stored from webhooks."""
     email = normalize_email(email)
     user = (await session.execute(select(User).where(User.email == email))).scalar_one_or_none()
     summary = None
@@ -201,7 +89,7 @@ async def diagnose(
         findings.append(finding("user_not_found", f"No user with email {email}", {"email": email}))
     else:
         summary = await _summarize(session, user, now)
-        findings += _tier_findings(user, catalog, stripe_subscription)
+        findings += _tier_findings(user, catalog)
         findings += _balance_findings(summary, user, now)
         findings += await _payment_findings(session, user)
         findings += await _webhook_findings(session, user)
@@ -211,7 +99,7 @@ async def diagnose(
         email=email,
         user=summary,
         findings=tuple(findings),
-        checks=tuple(_CHECKS),
+        checks=tuple(check.code for check in CHECKS),
         checked_at=now,
     )
 
@@ -242,9 +130,7 @@ async def _summarize(session: AsyncSession, user: User, now: datetime) -> UserSu
     )
 
 
-def _tier_findings(
-    user: User, catalog: Catalog, stripe_subscription: Mapping[str, Any] | None
-) -> list[Finding]:
+def _tier_findings(user: User, catalog: Catalog) -> list[Finding]:
     tier = catalog.tier(user.tier)
     if tier is None:
         evidence = {"tier": user.tier, "catalog_tiers": list(catalog.tier_codes)}
@@ -258,9 +144,10 @@ def _tier_findings(
                 {"tier": tier.code, "stripe_customer_id": None},
             )
         )
-    source, status, price_ids = _subscription_state(user, stripe_subscription)
-    evidence = {"source": source, "status": status, "price_ids": price_ids, "tier": user.tier}
-    if status in ACTIVE_SUBSCRIPTION:
+    status = user.subscription_status
+    price_ids = [user.subscription_price_id] if user.subscription_price_id else []
+    evidence = {"source": "stored", "status": status, "price_ids": price_ids, "tier": user.tier}
+    if is_paying(status):
         priced = [catalog.tier_for_price(price_id) for price_id in price_ids]
         if None in priced or not priced:
             summary = "The active subscription's price is not in the catalog"
@@ -282,19 +169,6 @@ def _tier_mismatch(
         f" {expected.code}"
     )
     return finding("tier_mismatch", summary, {**evidence, "expected_tier": expected.code}, severity)
-
-
-def _subscription_state(
-    user: User, stripe_subscription: Mapping[str, Any] | None
-) -> tuple[str, str | None, list[str]]:
-    """(where it came from, status, price ids): Stripe's own object beats what we stored."""
-    if stripe_subscription is None:
-        stored = [user.subscription_price_id] if user.subscription_price_id else []
-        return "stored", user.subscription_status, stored
-    # Stripe objects are dicts whose `.items` is dict.items: read the line items by key.
-    lines = (stripe_subscription.get("items") or {}).get("data") or []
-    price_ids = [line["price"]["id"] for line in lines if (line.get("price") or {}).get("id")]
-    return "stripe", stripe_subscription.get("status"), price_ids
 
 
 def _balance_findings(summary: UserSummary, user: User, now: datetime) -> list[Finding]:
@@ -389,7 +263,7 @@ async def _webhook_findings(session: AsyncSession, user: User) -> list[Finding]:
             select(StripeEvent)
             .where(
                 StripeEvent.stripe_customer_id == user.stripe_customer_id,
-                StripeEvent.status == "failed",
+                StripeEvent.status == StripeEventStatus.FAILED,
             )
             .order_by(StripeEvent.received_at.desc())
         )

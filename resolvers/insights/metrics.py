@@ -15,12 +15,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers.catalog.model import Catalog
 from resolvers.errors import InvalidInput
+from resolvers.kinds import LedgerKind, PaymentStatus
 from resolvers.models import CreditEvent, Payment, User
 
 DEFAULT_DAYS = 7
 MAX_DAYS = 366
 # Payments in these states never took money, so they are not payment volume.
-UNPAID_STATUSES = ("failed", "pending", "canceled")
+UNPAID_STATUSES = (PaymentStatus.FAILED, PaymentStatus.PENDING, PaymentStatus.CANCELED)
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,7 @@ async def _payment_metrics(
                 func.coalesce(func.sum(Payment.amount), 0),
                 _count_if(Payment.amount_refunded > 0),
                 func.coalesce(func.sum(Payment.amount_refunded), 0),
-                _count_if(Payment.status == "disputed"),
+                _count_if(Payment.status == PaymentStatus.DISPUTED),
                 _count_if(Payment.kind == "credit_pack"),
                 _count_if(Payment.kind == "subscription"),
             )
@@ -197,10 +198,10 @@ async def _credit_metrics(
     granted, consumed, expired, revoked = (
         await session.execute(
             select(
-                _sum_if(CreditEvent.kind == "grant", CreditEvent.amount),
-                _sum_if(CreditEvent.kind == "consume", -CreditEvent.amount),
-                _sum_if(CreditEvent.kind == "expire", -CreditEvent.amount),
-                _sum_if(CreditEvent.kind == "revoke", -CreditEvent.amount),
+                _sum_if(CreditEvent.kind == LedgerKind.GRANT, CreditEvent.amount),
+                _sum_if(CreditEvent.kind == LedgerKind.CONSUME, -CreditEvent.amount),
+                _sum_if(CreditEvent.kind == LedgerKind.EXPIRE, -CreditEvent.amount),
+                _sum_if(CreditEvent.kind == LedgerKind.REVOKE, -CreditEvent.amount),
             ).where(CreditEvent.created_at > since, CreditEvent.created_at <= until)
         )
     ).one()

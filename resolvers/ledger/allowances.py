@@ -9,13 +9,11 @@ from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers.catalog.model import Catalog
+from resolvers.kinds import is_paying
 from resolvers.ledger.accounts import Account, find_key_use, lock_account, save_account
 from resolvers.ledger.entries import Actor, LedgerEvent, add_grant, expire_credits, fingerprint
 from resolvers.models import User
 from resolvers.users import UserRef
-
-# Subscriptions in these states get their allowance from Stripe invoices, not the calendar.
-BILLED_BY_STRIPE = ("active", "trialing", "past_due")
 
 
 def allowance_period(now: datetime) -> tuple[datetime, datetime]:
@@ -88,7 +86,7 @@ def pending_allowance(
     tier = catalog.tier(user.tier)
     if tier is None or tier.monthly_credits <= 0:
         return None
-    if user.stripe_subscription_id and user.subscription_status in BILLED_BY_STRIPE:
+    if user.stripe_subscription_id and is_paying(user.subscription_status):
         return None
     return PendingAllowance(
         tier=tier.code, amount=tier.monthly_credits, period_start=start, expires_at=end

@@ -136,14 +136,3 @@ async def _record(
     conn = await session.connection()
     change_id = (await conn.execute(_INSERT, values)).scalar_one()
     return TierMoved(id=change_id, **values)
-
-
-async def tier_history(session: AsyncSession, user_id: int, *, limit: int = 50) -> list[TierChange]:
-    """The user's tier changes, newest first."""
-    stmt = (
-        select(TierChange)
-        .where(TierChange.user_id == user_id)
-        .order_by(TierChange.id.desc())
-        .limit(limit)
-    )
-    return list((await session.execute(stmt)).scalars())

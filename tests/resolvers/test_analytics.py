@@ -14,7 +14,9 @@ from gateway.runtime import Runtime
 from resolvers.errors import InvalidInput
 from resolvers.insights import analytics
 from resolvers.insights.analytics import EventTracked, PremiumOverlay
+from resolvers.loaders import Loaders
 from resolvers.models import AnalyticsEvent, User
+from resolvers.users import UserRef
 from tests.factories import make_user
 from tests.resolvers.billing_rows import add_analytics_event, update_user
 
@@ -35,7 +37,7 @@ async def track(
             name=name,
             session_id=session_id,
             properties=properties,
-            user_id=user_id,
+            user=None if user_id is None else UserRef(user_id=user_id),
             allowed_names=EXTRA_EVENTS,
             now=runtime.clock(),
             request_id="req-cro",
@@ -54,9 +56,13 @@ async def event_count(runtime: Runtime, name: str | None = None) -> int:
 async def overlay(runtime: Runtime, user: User, session_id: str) -> PremiumOverlay | InvalidInput:
     async with runtime.db.read() as session:
         fresh = await session.get(User, user.id)
-        return await analytics.premium_overlay(
-            session, user=fresh, session_id=session_id, catalog=runtime.catalog, now=runtime.clock()
-        )
+    return await analytics.premium_overlay(
+        fresh,
+        session_id=session_id,
+        loaders=Loaders(runtime.db.connect),
+        catalog=runtime.catalog,
+        now=runtime.clock(),
+    )
 
 
 async def test_upgrade_click_is_recorded_every_time_with_its_context(runtime: Runtime) -> None:
