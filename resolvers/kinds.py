@@ -19,7 +19,7 @@ class Role(StrEnum):
 
 
 # The roles an API key can have (an end user is a viewer through a JWT, never a key).
-KEY_ROLES = tuple(role for role in Role if role is not Role.VIEWER)
+KEY_ROLES = tuple(role.value for role in Role if role is not Role.VIEWER)
 
 
 class StripeEventStatus(StrEnum):
