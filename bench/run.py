@@ -1,13 +1,13 @@
-"""`python -m tests.perf`: the gateway against the baseline (and PostGraphile), side by side.
+"""`python -m bench`: the gateway against the baseline (and PostGraphile), side by side.
 
-  python -m tests.perf                      # defaults: 10k users, 500k events, 20k payments
-  python -m tests.perf --quick              # smoke run: small data, 3 s per load
-  python -m tests.perf --databases postgresql --scenarios viewer,consume --seconds 20
-  python -m tests.perf --profile            # also py-spy the gateway under each load
+  python -m bench                      # defaults: 10k users, 500k events, 20k payments
+  python -m bench --quick              # smoke run: small data, 3 s per load
+  python -m bench --databases postgresql --scenarios viewer,consume --seconds 20
+  python -m bench --profile            # also py-spy the gateway under each load
 
 Steps: generate the data set; create PostgreSQL database `entitlements_bench` and a SQLite file,
 migrate both with `entitlements db upgrade`, bulk-load them, make API keys and JWTs; then per
-database start the gateway (`entitlements serve`), the baseline (tests/perf/baseline.py) and, on
+database start the gateway (`entitlements serve`), the baseline (bench/baseline.py) and, on
 PostgreSQL, PostGraphile; count SQL statements per request; drive each scenario against each
 target from a separate load process (a short warm-up, then the measured run); check the ledger;
 print the table and write bench-results/<timestamp>.json. Servers are stopped and the bench
@@ -39,10 +39,8 @@ from urllib.parse import urlsplit
 import asyncpg
 import httpx
 
-from gateway.settings import DEFAULT_CATALOG
-from resolvers.catalog.model import Catalog, load_catalog
-from tests.perf import chart, counting, drivers, gcwatch, pgbench, profiling, report, seed, verify
-from tests.perf.scenarios import (
+from bench import chart, counting, drivers, gcwatch, pgbench, profiling, report, seed, verify
+from bench.scenarios import (
     BASELINE,
     GATEWAY,
     INTROSPECTION,
@@ -58,7 +56,7 @@ from tests.perf.scenarios import (
     spec_for,
     write_webhook_pool,
 )
-from tests.perf.servers import (
+from bench.servers import (
     BIN,
     REPO,
     Server,
@@ -71,7 +69,9 @@ from tests.perf.servers import (
     start_plain_strawberry,
     start_postgraphile,
 )
-from tests.perf.spec import LoadResult, RequestSpec, expand
+from bench.spec import LoadResult, RequestSpec, expand
+from gateway.settings import DEFAULT_CATALOG
+from resolvers.catalog.model import Catalog, load_catalog
 
 DEFAULT_PG = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 QUICK = {"users": 1_000, "events": 20_000, "payments": 1_000, "seconds": 3.0, "warmup": 1.0}
@@ -92,7 +92,7 @@ def say(message: str) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m tests.perf",
+        prog="python -m bench",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -656,7 +656,7 @@ class Bench:
             f" {args.seconds:g}s per scenario and target; {args.workers} worker(s) per server"
         )
         if self.driver != "wrk":
-            say("wrk not found: using tests.perf.load (asyncio) as the load generator")
+            say("wrk not found: using bench.load (asyncio) as the load generator")
         self.prepare()
         for database in args.databases:
             self.bench_database(database)
@@ -750,7 +750,7 @@ def _exclusive(database: str) -> IO[str]:
     except BlockingIOError:
         handle.close()
         raise SystemExit(
-            f"another `python -m tests.perf` is using database {database};"
+            f"another `python -m bench` is using database {database};"
             " wait for it, or give this run its own --pg-db"
         ) from None
     return handle  # the lock lasts as long as the file stays open

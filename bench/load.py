@@ -1,9 +1,9 @@
-"""The load generator used when wrk is missing: `python -m tests.perf.load --spec F --port P …`.
+"""The load generator used when wrk is missing: `python -m bench.load --spec F --port P …`.
 
 Closed loop: `connections` keep-alive HTTP/1.1 connections, each sending its next request as
 soon as the previous answer is in, for `seconds`. Raw asyncio streams (on uvloop when present)
 rather than httpx: a client that costs several times the server's CPU per request would measure
-itself on this 2-core machine. Prints one JSON line (tests.perf.spec.LoadResult).
+itself on this 2-core machine. Prints one JSON line (bench.spec.LoadResult).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.perf.spec import LoadResult, RequestSpec, expand, is_error
+from bench.spec import LoadResult, RequestSpec, expand, is_error
 
 READ_LIMIT = 64 * 1024 * 1024
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.perf.scenarios import (
+from bench.scenarios import (
     BASELINE,
     GATEWAY,
     PGBENCH,
@@ -18,7 +18,7 @@ from tests.perf.scenarios import (
     STRAWBERRY,
     WRITES,
 )
-from tests.perf.spec import LoadResult
+from bench.spec import LoadResult
 
 DB_LABEL = {"postgresql": "PostgreSQL", "sqlite": "SQLite"}
 

@@ -1,4 +1,4 @@
-"""What one load run sends: a request template both load drivers (wrk, tests.perf.load) expand.
+"""What one load run sends: a request template both load drivers (wrk, bench.load) expand.
 
 Per request, `__UID__` becomes a random user id in 1..users, `__KEY__` a key unique to the run,
 `__TOKEN__` (in a header) that user's JWT from `tokens_file`; with `pool_file`, each request

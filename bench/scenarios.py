@@ -13,12 +13,12 @@ from typing import Any
 
 import stripe
 
+from bench.seed import EMAIL_DOMAIN
+from bench.spec import RequestSpec
 from resolvers.ledger.allowances import allowance_period
-from tests.perf.seed import EMAIL_DOMAIN
-from tests.perf.spec import RequestSpec
 
 GATEWAY, BASELINE, POSTGRAPHILE = "gateway", "baseline", "postgraphile"
-PGBENCH = "pgbench"  # not a server: pgbench's ceiling for a spend's SQL (tests/perf/pgbench.py)
+PGBENCH = "pgbench"  # not a server: pgbench's ceiling for a spend's SQL (bench/pgbench.py)
 # The viewer read's other references (PostgreSQL): PostGraphile looking the user up by email
 # (the unique index, as support's `user(email:)`), and plain Strawberry on asyncpg.
 POSTGRAPHILE_EMAIL, STRAWBERRY = "postgraphile-email", "strawberry"
