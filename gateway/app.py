@@ -21,13 +21,19 @@ from starlette.types import ASGIApp
 from gateway import graphiql, migrate, multiprocess
 from gateway.auth import Authenticator
 from gateway.clock import install_test_clock
-from gateway.db import is_unreachable
+from gateway.db import Meter, install_meter, is_unreachable
 from gateway.failures import EXCEPTION_HANDLERS, RETRY_AFTER_SECONDS
 from gateway.graphql.lane import GraphQLLane
 from gateway.graphql.route import Executor, GraphQLRoute
 from gateway.logs import configure_logging
 from gateway.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from gateway.prometheus import metrics_endpoint
+from gateway.prometheus import (
+    POOL_IN_USE,
+    POOL_WAITING,
+    count_changes,
+    count_statement,
+    metrics_endpoint,
+)
 from gateway.revocations import RevocationListener
 from gateway.runtime import Runtime
 from gateway.settings import Settings
@@ -88,7 +94,14 @@ class Gateway(Starlette):
         return cls(RequestContextMiddleware(stack), *args, **kwargs)
 
 
+# The database's figures for /metrics, wired here: gateway.db cannot import gateway.prometheus.
+DATABASE_METER = Meter(
+    statement=count_statement, in_use=POOL_IN_USE, waiting=POOL_WAITING, changes=count_changes
+)
+
+
 def create_app(runtime: Runtime, *, executor: Executor = "compiled") -> Starlette:
+    install_meter(DATABASE_METER)
     authenticator = Authenticator(runtime.settings, runtime.db, runtime.catalog, runtime.clock)
     graphql = GraphQLRoute(
         schema,
