@@ -31,6 +31,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
@@ -47,6 +48,7 @@ from bench.scenarios import (
     PGBENCH,
     POSTGRAPHILE,
     POSTGRAPHILE_EMAIL,
+    RESERVE_SETTLE,
     SCENARIOS,
     STRAWBERRY,
     TARGETS,
@@ -69,7 +71,7 @@ from bench.servers import (
     start_plain_strawberry,
     start_postgraphile,
 )
-from bench.spec import LoadResult, RequestSpec, expand
+from bench.spec import LoadResult, RequestSpec, expand, expand_then
 from gateway.settings import DEFAULT_CATALOG
 from resolvers.catalog.model import Catalog, load_catalog
 
@@ -370,6 +372,8 @@ class Bench:
                 self.check_ledger(database, "after consumeCredits")
                 if database == "postgresql":
                     self.measure_ceiling()
+            if scenario == RESERVE_SETTLE:
+                self.check_ledger(database, "after reserveCredits and settleHold")
         self.check_ledger(database, "at the end")
         for server in {id(s): s for s in targets.values()}.values():
             self.servers.stop(server)
@@ -392,11 +396,14 @@ class Bench:
         response = httpx.post(gateway.base + "/api/billing/webhook", content=b"{}", timeout=30)
         return response.status_code not in (404, 405)
 
+    def _counted_uid(self, n: int) -> int:
+        return 1 + (n * 7919) % self.args.users
+
     def request_maker(
         self, spec: RequestSpec, scenario: str, label: str
     ) -> Callable[[int], counting.Request]:
         def make(n: int) -> counting.Request:
-            uid = 1 + (n * 7919) % self.args.users
+            uid = self._counted_uid(n)
             pooled = None
             if scenario == "webhook":
                 pooled = signed_webhook(self.webhook_secret, self.prices, f"{label}{self.tag}", n)
@@ -404,6 +411,9 @@ class Bench:
             return expand(spec, uid, n, token=token, pooled=pooled)
 
         return make
+
+    def _then(self, spec: RequestSpec, n: int, answer: bytes) -> counting.Request | None:
+        return expand_then(spec, self._counted_uid(n), n, answer)
 
     def count_statements(
         self,
@@ -415,6 +425,7 @@ class Bench:
     ) -> None:
         prefix = f"count-{self.tag}-{database}"
         gateway_requests = {}
+        gateway_then: dict[str, Callable[[int, bytes], counting.Request | None]] = {}
         baseline_requests = {}
         for scenario in scenarios:
             spec = spec_for(scenario, GATEWAY, creds, mquery)
@@ -423,13 +434,15 @@ class Bench:
                 # by recordUsage would be counted as conflicts.
                 spec = spec.with_key_prefix(f"{prefix}-{scenario}-gw")
                 gateway_requests[scenario] = self.request_maker(spec, scenario, "countgw")
+                if spec.two_step:
+                    gateway_then[scenario] = partial(self._then, spec)
             spec = spec_for(scenario, BASELINE, creds, mquery)
             if spec is not None:
                 spec = spec.with_key_prefix(prefix + "-bl")
                 baseline_requests[scenario] = self.request_maker(spec, scenario, "countbl")(0)
         env = gateway_env(self.urls[database], self.jwt_secret, self.webhook_secret)
         try:
-            counts = asyncio.run(counting.count_gateway(env, gateway_requests))
+            counts = asyncio.run(counting.count_gateway(env, gateway_requests, gateway_then))
         except Exception as exc:  # counting is a side figure: report it, keep benchmarking
             counts = {}
             self._note(f"{database}: statement counting failed: {type(exc).__name__}: {exc}")
@@ -479,6 +492,8 @@ class Bench:
             pooled = Path(run_spec.pool_file).read_text().count("\n")
             if result.requests > pooled:
                 row.notes.append(f"pre-signed pool of {pooled} exhausted: later events repeat")
+        if spec.two_step:
+            row.notes.append("per iteration of 2 requests, by the Python load generator")
         if result.errors and result.sample:
             row.notes.append(f"first error: {result.sample[:300]}")
         self.rows.append(row)
@@ -487,8 +502,8 @@ class Bench:
             f"  p50 {result.p50_ms:7.1f} ms  p99 {result.p99_ms:7.1f} ms  errors {result.errors}"
             + (f"  ({row.notes[-1]})" if row.notes else "")
         )
-        if scenario == "consume":
-            self.check_exactly_once(database, target, prefix, warm, result)
+        if scenario in ("consume", RESERVE_SETTLE):
+            self.check_exactly_once(database, scenario, target, prefix, warm, result)
         if args.profile and target == GATEWAY:
             self.profile(database, scenario, server, spec, prefix)
 
@@ -521,7 +536,7 @@ class Bench:
 
     def _load(self, spec: RequestSpec, server: Server, seconds: float, name: str) -> LoadResult:
         return drivers.run_load(
-            self.driver,
+            "python" if spec.two_step else self.driver,  # wrk's Lua cannot chain requests
             spec,
             server.port,
             seconds,
@@ -555,27 +570,31 @@ class Bench:
     def check_exactly_once(
         self,
         database: str,
+        scenario: str,
         target: str,
         prefix: str,
         warm: LoadResult | None,
         result: LoadResult,
     ) -> None:
-        """One ledger event per successful spend; a few more only for requests cut off in flight."""
+        """One ledger event per successful spend (a hold and its settlement: two per pair); a
+        few more only for iterations cut off in flight when the load stopped."""
         if database == "postgresql":
             written = asyncio.run(verify.keyed_events_postgres(self.pg_dsn, prefix))
         else:
             written = verify.keyed_events_sqlite(self.sqlite_path, prefix)
+        per_answer = 2 if scenario == RESERVE_SETTLE else 1
         answered = result.ok + (warm.ok if warm else 0)
         runs = 2 if warm else 1
-        in_flight = written - answered
-        ok = 0 <= in_flight <= runs * self.args.connections
+        in_flight = written - per_answer * answered
+        ok = 0 <= in_flight <= runs * self.args.connections * per_answer
+        answers = "settled pairs" if per_answer == 2 else "CreditChange answers"
         line = (
-            f"{database} consume {target}: {written:,} ledger events for {answered:,}"
-            f" CreditChange answers ({in_flight:+d} cut off in flight when the load stopped):"
+            f"{database} {scenario} {target}: {written:,} ledger events for {answered:,}"
+            f" {answers} ({in_flight:+d} cut off in flight when the load stopped):"
             f" exactly-once {'OK' if ok else 'FAILED'}"
         )
         self.checks.append(
-            {"database": database, "when": f"consume {target}", "ok": ok, "line": line}
+            {"database": database, "when": f"{scenario} {target}", "ok": ok, "line": line}
         )
         say(line)
 
