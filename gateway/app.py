@@ -194,7 +194,7 @@ def tune_garbage_collector() -> None:
     Full collections then almost never run on their own, so cyclic garbage that reached the
     oldest generation stays. The one large source of it, evicted parsed documents, is collected
     by the document cache (gateway.graphql.documents) as it evicts; steady traffic evicts
-    nothing and keeps the speed-up (tests/perf/attack.py shows both).
+    nothing and keeps the speed-up (bench/attack.py shows both).
     """
     gc.collect()
     gc.freeze()
