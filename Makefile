@@ -21,7 +21,7 @@ schema: $(VENV)/.installed
 	$(BIN)/entitlements schema export > schema.graphql
 
 bench: $(VENV)/.installed
-	$(BIN)/python -m tests.perf
+	$(BIN)/python -m bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -21,7 +21,7 @@ from starlette.types import ASGIApp
 from gateway import graphiql, migrate, multiprocess
 from gateway.auth import Authenticator
 from gateway.clock import install_test_clock
-from gateway.db import is_unreachable
+from gateway.db import Meter, install_meter, is_unreachable
 from gateway.failures import EXCEPTION_HANDLERS, RETRY_AFTER_SECONDS
 from gateway.graphql.lane import GraphQLLane
 from gateway.graphql.route import Executor, GraphQLRoute
@@ -30,7 +30,13 @@ from gateway.live.feed import LiveFeed
 from gateway.live.socket import LiveSocket
 from gateway.logs import configure_logging
 from gateway.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from gateway.prometheus import metrics_endpoint
+from gateway.prometheus import (
+    POOL_IN_USE,
+    POOL_WAITING,
+    count_changes,
+    count_statement,
+    metrics_endpoint,
+)
 from gateway.revocations import listen_for_revocations
 from gateway.runtime import Runtime
 from gateway.settings import Settings
@@ -91,7 +97,14 @@ class Gateway(Starlette):
         return cls(RequestContextMiddleware(stack), *args, **kwargs)
 
 
+# The database's figures for /metrics, wired here: gateway.db cannot import gateway.prometheus.
+DATABASE_METER = Meter(
+    statement=count_statement, in_use=POOL_IN_USE, waiting=POOL_WAITING, changes=count_changes
+)
+
+
 def create_app(runtime: Runtime, *, executor: Executor = "compiled") -> Starlette:
+    install_meter(DATABASE_METER)
     authenticator = Authenticator(runtime.settings, runtime.db, runtime.catalog, runtime.clock)
     graphql = GraphQLRoute(
         schema,
@@ -198,7 +211,7 @@ def tune_garbage_collector() -> None:
     Full collections then almost never run on their own, so cyclic garbage that reached the
     oldest generation stays. The one large source of it, evicted parsed documents, is collected
     by the document cache (gateway.graphql.documents) as it evicts; steady traffic evicts
-    nothing and keeps the speed-up (tests/perf/attack.py shows both).
+    nothing and keeps the speed-up (bench/attack.py shows both).
     """
     gc.collect()
     gc.freeze()

@@ -8,9 +8,10 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import asyncpg
 from sqlalchemy import event, make_url
@@ -28,7 +29,6 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
 
 from gateway.live.notify import notify_changes
 from gateway.logs import log_entitlement_changes
-from gateway.prometheus import POOL_IN_USE, POOL_WAITING, count_changes, count_statement
 from resolvers.errors import Failure
 from resolvers.ledger.changes import changed_user_ids, take_changes
 
@@ -46,6 +46,46 @@ _ADAPTER_ONLY_PARAMETERS = (
     "prepared_statement_name_func",
     "async_creator_fn",
 )
+
+
+class Gauge(Protocol):
+    def inc(self, amount: float = 1) -> None: ...
+
+    def dec(self, amount: float = 1) -> None: ...
+
+
+@dataclass(frozen=True)
+class Meter:
+    """Where databases report for /metrics: statements, connections in use and waited for,
+    committed changes. The app installs the Prometheus one (gateway/app.py); this module
+    imports no metrics module, since gateway.prometheus reads the Runtime that holds a
+    Database (that import was a circle)."""
+
+    statement: Callable[..., None]
+    in_use: Gauge
+    waiting: Gauge
+    changes: Callable[[list[str]], None]
+
+
+class _NoGauge:
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    def dec(self, amount: float = 1) -> None:
+        pass
+
+
+UNMETERED = Meter(
+    statement=lambda *_: None, in_use=_NoGauge(), waiting=_NoGauge(), changes=lambda _: None
+)
+# Process-wide, like the metrics it feeds; read when an event fires, so engines made before
+# install_meter report too.
+_installed = UNMETERED
+
+
+def install_meter(meter: Meter) -> None:
+    global _installed
+    _installed = meter
 
 
 # PostgreSQL: connection exceptions (class 08), and the server shutting down or starting up.
@@ -188,7 +228,7 @@ class Database:
                 changes = take_changes(session)
                 if not isinstance(result, Failure):
                     log_entitlement_changes(changes)
-                    count_changes([change["action"] for change in changes])
+                    _installed.changes([change["action"] for change in changes])
                     if touched and self.on_commit is not None:
                         self.on_commit(touched)
                 return result
@@ -236,11 +276,12 @@ class MeteredPool(AsyncAdaptedQueuePool):
     """The engine's pool, counting who waits for a connection (the pool has no event for it)."""
 
     def _do_get(self) -> ConnectionPoolEntry:
-        POOL_WAITING.inc()
+        waiting = _installed.waiting
+        waiting.inc()
         try:
             return super()._do_get()
         finally:
-            POOL_WAITING.dec()
+            waiting.dec()
 
 
 # SQLAlchemy names a pool's logger after its class and quiets only its own `sqlalchemy.*` ones.
@@ -249,9 +290,21 @@ logging.getLogger(f"{MeteredPool.__module__}.{MeteredPool.__name__}").setLevel(l
 
 def _meter(engine: AsyncEngine) -> None:
     """Statements per request and connections in use, for /metrics."""
-    event.listen(engine.sync_engine, "before_cursor_execute", count_statement)
-    event.listen(engine.sync_engine, "checkout", lambda *_: POOL_IN_USE.inc())
-    event.listen(engine.sync_engine, "checkin", lambda *_: POOL_IN_USE.dec())
+    event.listen(engine.sync_engine, "before_cursor_execute", lambda *_: _installed.statement())
+    event.listen(engine.sync_engine, "checkout", _checked_out)
+    event.listen(engine.sync_engine, "checkin", _checked_in)
+
+
+def _checked_out(_: Any, record: ConnectionPoolEntry, __: Any) -> None:
+    # The gauge that counted it counts it back, even if a meter is installed meanwhile.
+    gauge = record.record_info["in_use"] = _installed.in_use
+    gauge.inc()
+
+
+def _checked_in(_: Any, record: ConnectionPoolEntry) -> None:
+    gauge = record.record_info.pop("in_use", None)
+    if gauge is not None:
+        gauge.dec()
 
 
 def _is_loopback(url: str) -> bool:

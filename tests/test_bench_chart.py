@@ -6,9 +6,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from tests.perf import chart
-from tests.perf.report import Row
-from tests.perf.spec import LoadResult
+from bench import chart
+from bench.report import Row
+from bench.spec import LoadResult
 
 
 def result(rps: float) -> LoadResult:

@@ -10,11 +10,16 @@ import click
 import pytest
 from graphql import parse, validate
 
+from bench.run import parse_args as bench_args
 from gateway.cli import main
 from schema import schema
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCUMENTS = [
+    ROOT / "README.md",
+    ROOT / "bench" / "README.md",
+    *sorted((ROOT / "docs").glob("*.md")),
+]
 _LINK = re.compile(r"\]\(([^)\s]+)\)")
 _FENCE = re.compile(r"^[ \t]*```(\w*)\n(.*?)^[ \t]*```", re.S | re.M)
 _HEADING = re.compile(r"^#+ (.+)$", re.M)
@@ -54,6 +59,21 @@ def cli_calls(document: Path) -> list[list[str]]:
     return calls
 
 
+def bench_calls(document: Path) -> list[list[str]]:
+    """Each `python -m bench …` command in the document's bash blocks, as its arguments."""
+    calls = []
+    for block in fenced(document, "bash"):
+        for line in block.replace("\\\n", " ").splitlines():
+            # Plain splitting: a comma-separated list is one argument, as the shell passes it.
+            words = shlex.split(line, comments=True)
+            for i in range(len(words) - 2):
+                if words[i].endswith("python") and words[i + 1 : i + 3] == ["-m", "bench"]:
+                    rest = words[i + 3 :]
+                    end = next((j for j, w in enumerate(rest) if w in _COMMAND_ENDS), len(rest))
+                    calls.append(rest[:end])
+    return calls
+
+
 def resolve(words: list[str]) -> tuple[click.Command, list[str]]:
     """The CLI command the words name, and the words left for its options and arguments."""
     command: click.Command = main
@@ -68,7 +88,7 @@ def resolve(words: list[str]) -> tuple[click.Command, list[str]]:
     return command, words
 
 
-@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: p.name)
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_links_stay_inside_the_repository_and_exist(document: Path) -> None:
     for target in _LINK.findall(document.read_text()):
         if target.startswith(("http://127.0.0.1", "http://localhost")):
@@ -83,7 +103,7 @@ def test_links_stay_inside_the_repository_and_exist(document: Path) -> None:
     assert "../shared" not in document.read_text()
 
 
-@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: p.name)
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_documented_cli_commands_and_options_exist(document: Path) -> None:
     calls = cli_calls(document)
     for words in calls:
@@ -93,11 +113,26 @@ def test_documented_cli_commands_and_options_exist(document: Path) -> None:
             option = word.strip("[]").split("=")[0]
             if option.startswith("--"):
                 assert option in known, f"`{command.name}` has no option {option}"
-    if document.name in ("README.md", "support.md"):
+    if document in (ROOT / "README.md", ROOT / "docs" / "support.md"):
         assert calls, f"{document.name} documents no CLI command: the parser is broken"
 
 
-@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: p.name)
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_documented_benchmark_commands_parse(document: Path) -> None:
+    """The benchmark's own argument parser accepts every documented `python -m bench` call."""
+    calls = bench_calls(document)
+    for words in calls:
+        if "--help" in words:
+            continue
+        try:
+            bench_args(words)
+        except SystemExit as exc:  # argparse refused a flag or a value, having said which
+            pytest.fail(f"{document.name}: `python -m bench {' '.join(words)}` exits {exc.code}")
+    if document.parent.name == "bench":
+        assert len(calls) >= 5, "bench/README.md documents no run: the parser is broken"
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_documented_graphql_is_valid_against_the_schema(document: Path) -> None:
     for block in fenced(document, "graphql"):
         errors = validate(schema._schema, parse(block))

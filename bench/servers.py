@@ -16,7 +16,7 @@ from typing import IO, Any
 
 import httpx
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 HOST = "127.0.0.1"  # loopback only, always
 POSTGRAPHILE_DIR = Path("/tmp/perf-postgraphile")
@@ -183,11 +183,11 @@ def start_gateway(
     workers: int,
     gc_stats: Path | None = None,
 ) -> Server:
-    """`entitlements serve`, as operators run it (under tests.perf.gcwatch with gc_stats)."""
+    """`entitlements serve`, as operators run it (under bench.gcwatch with gc_stats)."""
     port = free_port()
     launcher = [str(BIN / "entitlements")]
     if gc_stats is not None:
-        launcher = [sys.executable, "-m", "tests.perf.gcwatch", str(gc_stats), "--"]
+        launcher = [sys.executable, "-m", "bench.gcwatch", str(gc_stats), "--"]
     command = [
         *launcher,
         "serve",
@@ -212,7 +212,7 @@ def start_baseline(
         sys.executable,
         "-m",
         "uvicorn",
-        "tests.perf.baseline:create_app",
+        "bench.baseline:create_app",
         "--factory",
         "--host",
         HOST,
@@ -234,13 +234,13 @@ def start_baseline(
 
 
 def start_plain_strawberry(servers: Servers, dsn: str, workers: int) -> Server:
-    """The minimal Strawberry + asyncpg app (tests/perf/plain_strawberry.py), same uvicorn."""
+    """The minimal Strawberry + asyncpg app (bench/plain_strawberry.py), same uvicorn."""
     port = free_port()
     command = [
         sys.executable,
         "-m",
         "uvicorn",
-        "tests.perf.plain_strawberry:create_app",
+        "bench.plain_strawberry:create_app",
         "--factory",
         "--host",
         HOST,

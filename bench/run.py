@@ -1,13 +1,13 @@
-"""`python -m tests.perf`: the gateway against the baseline (and PostGraphile), side by side.
+"""`python -m bench`: the gateway against the baseline (and PostGraphile), side by side.
 
-  python -m tests.perf                      # defaults: 10k users, 500k events, 20k payments
-  python -m tests.perf --quick              # smoke run: small data, 3 s per load
-  python -m tests.perf --databases postgresql --scenarios viewer,consume --seconds 20
-  python -m tests.perf --profile            # also py-spy the gateway under each load
+  python -m bench                      # defaults: 10k users, 500k events, 20k payments
+  python -m bench --quick              # smoke run: small data, 3 s per load
+  python -m bench --databases postgresql --scenarios viewer,consume --seconds 20
+  python -m bench --profile            # also py-spy the gateway under each load
 
 Steps: generate the data set; create PostgreSQL database `entitlements_bench` and a SQLite file,
 migrate both with `entitlements db upgrade`, bulk-load them, make API keys and JWTs; then per
-database start the gateway (`entitlements serve`), the baseline (tests/perf/baseline.py) and, on
+database start the gateway (`entitlements serve`), the baseline (bench/baseline.py) and, on
 PostgreSQL, PostGraphile; count SQL statements per request; drive each scenario against each
 target from a separate load process (a short warm-up, then the measured run); check the ledger;
 print the table and write bench-results/<timestamp>.json. Servers are stopped and the bench
@@ -31,6 +31,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
@@ -39,16 +40,15 @@ from urllib.parse import urlsplit
 import asyncpg
 import httpx
 
-from gateway.settings import DEFAULT_CATALOG
-from resolvers.catalog.model import Catalog, load_catalog
-from tests.perf import chart, counting, drivers, gcwatch, pgbench, profiling, report, seed, verify
-from tests.perf.scenarios import (
+from bench import chart, counting, drivers, gcwatch, pgbench, profiling, report, seed, verify
+from bench.scenarios import (
     BASELINE,
     GATEWAY,
     INTROSPECTION,
     PGBENCH,
     POSTGRAPHILE,
     POSTGRAPHILE_EMAIL,
+    RESERVE_SETTLE,
     SCENARIOS,
     STRAWBERRY,
     TARGETS,
@@ -58,7 +58,7 @@ from tests.perf.scenarios import (
     spec_for,
     write_webhook_pool,
 )
-from tests.perf.servers import (
+from bench.servers import (
     BIN,
     REPO,
     Server,
@@ -71,7 +71,9 @@ from tests.perf.servers import (
     start_plain_strawberry,
     start_postgraphile,
 )
-from tests.perf.spec import LoadResult, RequestSpec, expand
+from bench.spec import LoadResult, RequestSpec, expand, expand_then
+from gateway.settings import DEFAULT_CATALOG
+from resolvers.catalog.model import Catalog, load_catalog
 
 DEFAULT_PG = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 QUICK = {"users": 1_000, "events": 20_000, "payments": 1_000, "seconds": 3.0, "warmup": 1.0}
@@ -92,7 +94,7 @@ def say(message: str) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m tests.perf",
+        prog="python -m bench",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -370,6 +372,8 @@ class Bench:
                 self.check_ledger(database, "after consumeCredits")
                 if database == "postgresql":
                     self.measure_ceiling()
+            if scenario == RESERVE_SETTLE:
+                self.check_ledger(database, "after reserveCredits and settleHold")
         self.check_ledger(database, "at the end")
         for server in {id(s): s for s in targets.values()}.values():
             self.servers.stop(server)
@@ -392,11 +396,14 @@ class Bench:
         response = httpx.post(gateway.base + "/api/billing/webhook", content=b"{}", timeout=30)
         return response.status_code not in (404, 405)
 
+    def _counted_uid(self, n: int) -> int:
+        return 1 + (n * 7919) % self.args.users
+
     def request_maker(
         self, spec: RequestSpec, scenario: str, label: str
     ) -> Callable[[int], counting.Request]:
         def make(n: int) -> counting.Request:
-            uid = 1 + (n * 7919) % self.args.users
+            uid = self._counted_uid(n)
             pooled = None
             if scenario == "webhook":
                 pooled = signed_webhook(self.webhook_secret, self.prices, f"{label}{self.tag}", n)
@@ -404,6 +411,9 @@ class Bench:
             return expand(spec, uid, n, token=token, pooled=pooled)
 
         return make
+
+    def _then(self, spec: RequestSpec, n: int, answer: bytes) -> counting.Request | None:
+        return expand_then(spec, self._counted_uid(n), n, answer)
 
     def count_statements(
         self,
@@ -415,6 +425,7 @@ class Bench:
     ) -> None:
         prefix = f"count-{self.tag}-{database}"
         gateway_requests = {}
+        gateway_then: dict[str, Callable[[int, bytes], counting.Request | None]] = {}
         baseline_requests = {}
         for scenario in scenarios:
             spec = spec_for(scenario, GATEWAY, creds, mquery)
@@ -423,13 +434,15 @@ class Bench:
                 # by recordUsage would be counted as conflicts.
                 spec = spec.with_key_prefix(f"{prefix}-{scenario}-gw")
                 gateway_requests[scenario] = self.request_maker(spec, scenario, "countgw")
+                if spec.two_step:
+                    gateway_then[scenario] = partial(self._then, spec)
             spec = spec_for(scenario, BASELINE, creds, mquery)
             if spec is not None:
                 spec = spec.with_key_prefix(prefix + "-bl")
                 baseline_requests[scenario] = self.request_maker(spec, scenario, "countbl")(0)
         env = gateway_env(self.urls[database], self.jwt_secret, self.webhook_secret)
         try:
-            counts = asyncio.run(counting.count_gateway(env, gateway_requests))
+            counts = asyncio.run(counting.count_gateway(env, gateway_requests, gateway_then))
         except Exception as exc:  # counting is a side figure: report it, keep benchmarking
             counts = {}
             self._note(f"{database}: statement counting failed: {type(exc).__name__}: {exc}")
@@ -479,6 +492,8 @@ class Bench:
             pooled = Path(run_spec.pool_file).read_text().count("\n")
             if result.requests > pooled:
                 row.notes.append(f"pre-signed pool of {pooled} exhausted: later events repeat")
+        if spec.two_step:
+            row.notes.append("per iteration of 2 requests, by the Python load generator")
         if result.errors and result.sample:
             row.notes.append(f"first error: {result.sample[:300]}")
         self.rows.append(row)
@@ -487,8 +502,8 @@ class Bench:
             f"  p50 {result.p50_ms:7.1f} ms  p99 {result.p99_ms:7.1f} ms  errors {result.errors}"
             + (f"  ({row.notes[-1]})" if row.notes else "")
         )
-        if scenario == "consume":
-            self.check_exactly_once(database, target, prefix, warm, result)
+        if scenario in ("consume", RESERVE_SETTLE):
+            self.check_exactly_once(database, scenario, target, prefix, warm, result)
         if args.profile and target == GATEWAY:
             self.profile(database, scenario, server, spec, prefix)
 
@@ -521,7 +536,7 @@ class Bench:
 
     def _load(self, spec: RequestSpec, server: Server, seconds: float, name: str) -> LoadResult:
         return drivers.run_load(
-            self.driver,
+            "python" if spec.two_step else self.driver,  # wrk's Lua cannot chain requests
             spec,
             server.port,
             seconds,
@@ -555,27 +570,31 @@ class Bench:
     def check_exactly_once(
         self,
         database: str,
+        scenario: str,
         target: str,
         prefix: str,
         warm: LoadResult | None,
         result: LoadResult,
     ) -> None:
-        """One ledger event per successful spend; a few more only for requests cut off in flight."""
+        """One ledger event per successful spend (a hold and its settlement: two per pair); a
+        few more only for iterations cut off in flight when the load stopped."""
         if database == "postgresql":
             written = asyncio.run(verify.keyed_events_postgres(self.pg_dsn, prefix))
         else:
             written = verify.keyed_events_sqlite(self.sqlite_path, prefix)
+        per_answer = 2 if scenario == RESERVE_SETTLE else 1
         answered = result.ok + (warm.ok if warm else 0)
         runs = 2 if warm else 1
-        in_flight = written - answered
-        ok = 0 <= in_flight <= runs * self.args.connections
+        in_flight = written - per_answer * answered
+        ok = 0 <= in_flight <= runs * self.args.connections * per_answer
+        answers = "settled pairs" if per_answer == 2 else "CreditChange answers"
         line = (
-            f"{database} consume {target}: {written:,} ledger events for {answered:,}"
-            f" CreditChange answers ({in_flight:+d} cut off in flight when the load stopped):"
+            f"{database} {scenario} {target}: {written:,} ledger events for {answered:,}"
+            f" {answers} ({in_flight:+d} cut off in flight when the load stopped):"
             f" exactly-once {'OK' if ok else 'FAILED'}"
         )
         self.checks.append(
-            {"database": database, "when": f"consume {target}", "ok": ok, "line": line}
+            {"database": database, "when": f"{scenario} {target}", "ok": ok, "line": line}
         )
         say(line)
 
@@ -656,7 +675,7 @@ class Bench:
             f" {args.seconds:g}s per scenario and target; {args.workers} worker(s) per server"
         )
         if self.driver != "wrk":
-            say("wrk not found: using tests.perf.load (asyncio) as the load generator")
+            say("wrk not found: using bench.load (asyncio) as the load generator")
         self.prepare()
         for database in args.databases:
             self.bench_database(database)
@@ -750,7 +769,7 @@ def _exclusive(database: str) -> IO[str]:
     except BlockingIOError:
         handle.close()
         raise SystemExit(
-            f"another `python -m tests.perf` is using database {database};"
+            f"another `python -m bench` is using database {database};"
             " wait for it, or give this run its own --pg-db"
         ) from None
     return handle  # the lock lasts as long as the file stays open

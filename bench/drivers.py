@@ -1,4 +1,4 @@
-"""Running one load: wrk with a generated Lua script, or tests.perf.load, in another process."""
+"""Running one load: wrk with a generated Lua script, or bench.load, in another process."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from tests.perf.spec import LoadResult, RequestSpec
+from bench.spec import LoadResult, RequestSpec
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
-# wrk: the request template, expanded per request exactly as tests/perf/load.py expands it.
+# wrk: the request template, expanded per request exactly as bench/load.py expands it.
 LUA_BODY = r"""
 local threads = {}
 
@@ -181,7 +181,7 @@ def run_python(
     command = [
         sys.executable,
         "-m",
-        "tests.perf.load",
+        "bench.load",
         "--spec",
         str(spec_file),
         "--port",
@@ -193,7 +193,7 @@ def run_python(
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, cwd=REPO)
     if done.returncode != 0:
-        raise RuntimeError(f"tests.perf.load failed: {done.stderr[-1000:]}")
+        raise RuntimeError(f"bench.load failed: {done.stderr[-1000:]}")
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     figures.pop("rps", None)
     return LoadResult(**figures)

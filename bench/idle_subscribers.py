@@ -1,10 +1,10 @@
-"""`python -m tests.perf.idle_subscribers`: the viewer read with and without idle subscribers.
+"""`python -m bench.idle_subscribers`: the viewer read with and without idle subscribers.
 
-  python -m tests.perf.idle_subscribers --quick              # 1,000 subscribers, 3 s loads
-  python -m tests.perf.idle_subscribers --database postgresql --subscribers 1000 --seconds 10
+  python -m bench.idle_subscribers --quick              # 1,000 subscribers, 3 s loads
+  python -m bench.idle_subscribers --database postgresql --subscribers 1000 --seconds 10
 
 One gateway process (`entitlements serve`) on a fresh database; users made through upsertUser.
-The viewer read (tests.perf.scenarios.VIEWER_QUERY) is driven from this process by `--connections`
+The viewer read (bench.scenarios.VIEWER_QUERY) is driven from this process by `--connections`
 concurrent clients, first alone, then with `--subscribers` websockets open on the same gateway
 process, each holding one creditsChanged subscription of its own user (idle: nothing changes).
 Also shows how long opening them took and one push's latency with them open.
@@ -24,9 +24,9 @@ from typing import Any
 import asyncpg
 import httpx
 
+from bench.scenarios import VIEWER_QUERY
 from tests.gateway.gateway_process import RunningGateway, serve
 from tests.gateway.live_client import CREDITS, connected, next_data, subscribe
-from tests.perf.scenarios import VIEWER_QUERY
 from tests.schema.conftest import JWT_SECRET, user_token
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"

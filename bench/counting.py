@@ -49,9 +49,16 @@ class StatementCounter:
 
 
 async def count_gateway(
-    env: dict[str, str], requests: dict[str, Callable[[int], Request]]
+    env: dict[str, str],
+    requests: dict[str, Callable[[int], Request]],
+    then: dict[str, Callable[[int, bytes], Request | None]] | None = None,
 ) -> dict[str, Count]:
-    """Send each scenario's request twice (`make(n)` gives the n-th) and count the statements."""
+    """Send each scenario's request twice (`make(n)` gives the n-th) and count the statements.
+
+    A two-step scenario's second request (`then[scenario](n, first answer)`) is sent right
+    after the first and counted with it: the figure is the iteration's.
+    """
+    then = then or {}
     runtime = Runtime.from_settings(Settings.from_env(env))
     app = create_app(runtime)
     counter = StatementCounter(runtime)
@@ -68,6 +75,11 @@ async def count_gateway(
                     method, path, headers, body = make(n)
                     counter.statements.clear()
                     response = await client.request(method, path, headers=headers, content=body)
+                    follow = then.get(scenario)
+                    second = follow(n, response.content) if follow is not None else None
+                    if second is not None:
+                        method, path, headers, body = second
+                        response = await client.request(method, path, headers=headers, content=body)
                     status = response.status_code
                     figures.append(len(counter.statements))
                 counts[scenario] = Count(figures[0], figures[1], status, list(counter.statements))

@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.perf.scenarios import (
+from bench.scenarios import (
     BASELINE,
+    COMPARED,
     GATEWAY,
     PGBENCH,
     POSTGRAPHILE,
@@ -18,7 +19,7 @@ from tests.perf.scenarios import (
     STRAWBERRY,
     WRITES,
 )
-from tests.perf.spec import LoadResult
+from bench.spec import LoadResult
 
 DB_LABEL = {"postgresql": "PostgreSQL", "sqlite": "SQLite"}
 
@@ -108,10 +109,24 @@ VIEWER_REFERENCES = {
 def verdicts(rows: list[Row]) -> list[str]:
     """The issues' bars: reads and the webhook >= 50% of the baseline, consumeCredits >= 25%
     (and >= 25% of pgbench's ceiling), the viewer read and consumeCredits >= PostGraphile; the
-    entitlement check >= 90% of the viewer read, recordUsage >= 90% of consumeCredits."""
+    entitlement check >= 90% of the viewer read, recordUsage >= 90% of consumeCredits; and
+    reserve-then-settle quoted against consumeCredits, with no bar."""
     out = []
     for row in rows:
         if row.target != GATEWAY:
+            continue
+        if row.scenario in COMPARED:
+            versus = COMPARED[row.scenario]
+            other = _find(rows, versus, row.database, GATEWAY)
+            if other is None or other.result.rps <= 0:
+                continue
+            out.append(
+                f"{row.scenario} on {DB_LABEL.get(row.database, row.database)}:"
+                f" {row.result.rps:,.0f} pairs/s (2 requests each), gateway at"
+                f" {row.result.rps / other.result.rps * 100:.0f}% of its own {versus} req/s"
+                f" ({row.statements if row.statements is not None else '?'} SQL statements"
+                f" per pair; no bar)"
+            )
             continue
         if row.scenario in RELATIVE:
             versus, share = RELATIVE[row.scenario]

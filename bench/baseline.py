@@ -1,7 +1,7 @@
 """The baseline: the gateway's database work with hand-written SQL, and nothing else.
 
 No GraphQL, no ORM, no auth, no middleware: a Starlette app served by uvicorn exactly like the
-gateway (`uvicorn tests.perf.baseline:create_app --factory`). It runs the statements the gateway
+gateway (`uvicorn bench.baseline:create_app --factory`). It runs the statements the gateway
 runs for each benchmarked request, on the same driver (asyncpg; aiosqlite on SQLite) with the same
 connection budget as gateway.db.Database (PostgreSQL: 10 pooled + 10 overflow; SQLite: SQLAlchemy's
 default 5 + 10), and answers the same JSON. What it reaches is what the database and the HTTP

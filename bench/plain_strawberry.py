@@ -2,7 +2,7 @@
 
 `user(id) { tier credits { available } }` through Strawberry's own ASGI app, one asyncpg
 statement per request from a pool of the baseline's size; no auth, no middleware, no caches.
-Run as uvicorn's factory (`tests.perf.plain_strawberry:create_app`), like the baseline.
+Run as uvicorn's factory (`bench.plain_strawberry:create_app`), like the baseline.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def create_app() -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        # The baseline's budget (tests/perf/baseline.py): 10 kept open, at most 20.
+        # The baseline's budget (bench/baseline.py): 10 kept open, at most 20.
         async with asyncpg.create_pool(dsn, min_size=10, max_size=20) as pool:
             holder["pool"] = pool
             yield

@@ -13,22 +13,35 @@ from typing import Any
 
 import stripe
 
+from bench.seed import EMAIL_DOMAIN
+from bench.spec import RequestSpec
 from resolvers.ledger.allowances import allowance_period
-from tests.perf.seed import EMAIL_DOMAIN
-from tests.perf.spec import RequestSpec
 
 GATEWAY, BASELINE, POSTGRAPHILE = "gateway", "baseline", "postgraphile"
-PGBENCH = "pgbench"  # not a server: pgbench's ceiling for a spend's SQL (tests/perf/pgbench.py)
+PGBENCH = "pgbench"  # not a server: pgbench's ceiling for a spend's SQL (bench/pgbench.py)
 # The viewer read's other references (PostgreSQL): PostGraphile looking the user up by email
 # (the unique index, as support's `user(email:)`), and plain Strawberry on asyncpg.
 POSTGRAPHILE_EMAIL, STRAWBERRY = "postgraphile-email", "strawberry"
 TARGETS = (GATEWAY, BASELINE, POSTGRAPHILE, POSTGRAPHILE_EMAIL, STRAWBERRY)
-SCENARIOS = ("viewer", "consume", "support", "metrics", "webhook", "entitlement", "usage")
+RESERVE_SETTLE = "reserve-settle"
+SCENARIOS = (
+    "viewer",
+    "consume",
+    "support",
+    "metrics",
+    "webhook",
+    "entitlement",
+    "usage",
+    RESERVE_SETTLE,
+)
 READS = ("viewer", "support", "metrics")  # the issue's bar: >= 50% of the baseline
 WRITES = ("consume",)  # >= 25%
 # Gateway-only scenarios, held to a share of another gateway scenario's req/s (issue 16): the
 # entitlement check to the viewer read, recordUsage to consumeCredits.
 RELATIVE = {"entitlement": ("viewer", 0.9), "usage": ("consume", 0.9)}
+# Gateway-only scenarios quoted as a share of another's req/s, with no bar (issue 15): a
+# reserve-and-settle pair (two requests) against one consumeCredits, each one metered AI call.
+COMPARED = {RESERVE_SETTLE: "consume"}
 
 VIEWER_QUERY = "query Viewer { viewer { tier credits { available } } }"
 CONSUME_MUTATION = (
@@ -51,6 +64,18 @@ USAGE_MUTATION = (
     " __typename ... on EntitlementUsage { replayed entitlement { usage remaining } }"
     " ... on Error { message code } } }"
 )
+# An AI call metered in two steps: reserve an estimate (2), settle the actual cost (1); the
+# unsettled credit goes back to the grants it came from.
+RESERVE_MUTATION = (
+    "mutation Reserve($input: ReserveCreditsInput!) { reserveCredits(input: $input) {"
+    " __typename ... on CreditHold { id amount status } ... on Error { message code } } }"
+)
+SETTLE_MUTATION = (
+    "mutation Settle($input: SettleHoldInput!) { settleHold(input: $input) {"
+    " __typename ... on CreditChange { replayed event { amount balanceAfter } }"
+    " ... on Error { message code } } }"
+)
+RESERVED, SETTLED = 2, 1
 POSTGRAPHILE_QUERY = "query Viewer($id: Int!) { userById(id: $id) { tier creditsAvailable } }"
 # The same spend through PostGraphile: its mutation for the gateway's own spend_credits function
 # (migration 0002), so both sides run the one SQL statement and differ only in what is around it.
@@ -152,6 +177,34 @@ def spec_for(
         }
         body = _graphql(USAGE_MUTATION, variables)
         return RequestSpec(**graphql, headers=service, body=body, expect='"EntitlementUsage"')
+    if scenario == RESERVE_SETTLE:
+        if target != GATEWAY:
+            return None
+        reserve = {
+            "input": {
+                "userId": "__UID__",
+                "amount": RESERVED,
+                "reason": "ai call estimate",
+                "idempotencyKey": "__KEY__",
+            }
+        }
+        settle = {
+            "input": {
+                "holdId": "__CAPTURED__",
+                "amount": SETTLED,
+                "reason": "ai call actual cost",
+                "idempotencyKey": "__KEY__-settle",
+            }
+        }
+        return RequestSpec(
+            **graphql,
+            headers=service,
+            body=_graphql(RESERVE_MUTATION, reserve),
+            expect='"CreditHold"',
+            then_body=_graphql(SETTLE_MUTATION, settle),
+            then_expect='"CreditChange"',
+            capture="id",
+        )
     if scenario == "consume":
         if target == GATEWAY:
             variables = {

@@ -14,12 +14,20 @@ CHECKS = {
         " FROM credit_grants GROUP BY user_id) g ON g.user_id = u.id"
         " WHERE u.credits_available <> COALESCE(g.s, 0)"
     ),
-    "balance != sum(events.amount)": (
+    # Held credits are the user's (off the grants, on the holds): the ledger sums both.
+    "balance + held != sum(events.amount)": (
         "SELECT COUNT(*) FROM users u LEFT JOIN (SELECT user_id, SUM(amount) AS s"
         " FROM credit_events GROUP BY user_id) e ON e.user_id = u.id"
-        " WHERE u.credits_available <> COALESCE(e.s, 0)"
+        " WHERE u.credits_available + u.credits_held <> COALESCE(e.s, 0)"
     ),
-    "negative balances": "SELECT COUNT(*) FROM users WHERE credits_available < 0",
+    "held != sum(active holds)": (
+        "SELECT COUNT(*) FROM users u LEFT JOIN (SELECT user_id, SUM(amount) AS s"
+        " FROM credit_holds WHERE status = 'active' GROUP BY user_id) h ON h.user_id = u.id"
+        " WHERE u.credits_held <> COALESCE(h.s, 0)"
+    ),
+    "negative balances": (
+        "SELECT COUNT(*) FROM users WHERE credits_available < 0 OR credits_held < 0"
+    ),
     "negative grants": "SELECT COUNT(*) FROM credit_grants WHERE remaining < 0",
 }
 

@@ -1,9 +1,11 @@
-"""The load generator used when wrk is missing: `python -m tests.perf.load --spec F --port P …`.
+"""The load generator used when wrk is missing, and for two-step scenarios (reserve, then
+settle: wrk cannot chain requests): `python -m bench.load --spec F --port P …`.
 
 Closed loop: `connections` keep-alive HTTP/1.1 connections, each sending its next request as
-soon as the previous answer is in, for `seconds`. Raw asyncio streams (on uvloop when present)
-rather than httpx: a client that costs several times the server's CPU per request would measure
-itself on this 2-core machine. Prints one JSON line (tests.perf.spec.LoadResult).
+soon as the previous answer is in, for `seconds` (a two-step iteration sends its second
+request on the same connection once the first answer is in). Raw asyncio streams (on uvloop
+when present) rather than httpx: a client that costs several times the server's CPU per
+request would measure itself on this 2-core machine. Prints one JSON line (bench.spec.LoadResult).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.perf.spec import LoadResult, RequestSpec, expand, is_error
+from bench.spec import LoadResult, RequestSpec, expand, expand_then, is_error
 
 READ_LIMIT = 64 * 1024 * 1024
 
@@ -36,12 +38,20 @@ class Requests:
         self.counter = itertools.count(1)
         self.rng = random.Random()
 
-    def next(self) -> bytes:
+    def next(self) -> tuple[bytes, int, int]:
+        """The next request's bytes, with the user and sequence number it was made for."""
         seq = next(self.counter)
         uid = self.rng.randint(1, max(1, self.spec.users))
         token = self.tokens[uid - 1] if self.tokens is not None else None
         pooled = self.pool[(seq - 1) % len(self.pool)] if self.pool else None
-        method, path, headers, body = expand(self.spec, uid, seq, token=token, pooled=pooled)
+        return self._encode(*expand(self.spec, uid, seq, token=token, pooled=pooled)), uid, seq
+
+    def then(self, uid: int, seq: int, answer: bytes) -> bytes | None:
+        """A two-step iteration's second request, from the first's answer (None: nothing to use)."""
+        request = expand_then(self.spec, uid, seq, answer)
+        return None if request is None else self._encode(*request)
+
+    def _encode(self, method: str, path: str, headers: dict[str, str], body: str | None) -> bytes:
         payload = (body or "").encode()
         lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host}"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
@@ -79,6 +89,7 @@ async def run(
 ) -> LoadResult:
     requests = Requests(spec, host, port)
     expect = spec.expect.encode() if spec.expect else None
+    then_expect = spec.then_expect.encode() if spec.then_expect else None
     latencies: list[float] = []
     errors = socket_errors = 0
     sample: str | None = None
@@ -92,12 +103,21 @@ async def run(
                 if writer is None:
                     reader, writer = await asyncio.open_connection(host, port, limit=READ_LIMIT)
                 assert reader is not None
-                data = requests.next()
+                data, uid, seq = requests.next()
                 started = time.perf_counter()
                 writer.write(data)
                 status, body = await read_response(reader)
+                failed = is_error(status, body, expect)
+                if spec.two_step and not failed:
+                    second = requests.then(uid, seq, body)
+                    if second is None:
+                        failed = True
+                    else:
+                        writer.write(second)
+                        status, body = await read_response(reader)
+                        failed = is_error(status, body, then_expect)
                 latencies.append(time.perf_counter() - started)
-                if is_error(status, body, expect):
+                if failed:
                     errors += 1
                     sample = sample or f"{status} {body[:300].decode(errors='replace')}"
             except (OSError, asyncio.IncompleteReadError, ValueError) as exc:

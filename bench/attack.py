@@ -1,8 +1,8 @@
 """The anonymous heavy-document attack against a real gateway: latency of a known query, memory.
 
-    python -m tests.perf.attack                      # 4 clients, 1,500 documents of 1,990 tokens
-    python -m tests.perf.attack --tokens 300         # documents just inside the anonymous budget
-    python -m tests.perf.attack --entitlements /other/checkout/.venv/bin/entitlements
+    python -m bench.attack                      # 4 clients, 1,500 documents of 1,990 tokens
+    python -m bench.attack --tokens 300         # documents just inside the anonymous budget
+    python -m bench.attack --entitlements /other/checkout/.venv/bin/entitlements
 
 Starts `entitlements serve` (one worker, a fresh SQLite file) in its own process group, then
 has `--clients` anonymous clients, each from its own loopback address, send unique
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.perf.servers import BIN, HOST, Server, Servers, free_port, gateway_env
+from bench.servers import BIN, HOST, Server, Servers, free_port, gateway_env
 
 KNOWN_QUERY = {"query": "{ plans { code } }"}
 

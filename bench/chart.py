@@ -12,8 +12,8 @@ from pathlib import Path
 # A Figure of its own, not pyplot: no display backend and no global figure state.
 from matplotlib.figure import Figure
 
-from tests.perf.report import DB_LABEL, Row, ratio
-from tests.perf.scenarios import (
+from bench.report import DB_LABEL, Row, ratio
+from bench.scenarios import (
     BASELINE,
     GATEWAY,
     POSTGRAPHILE,

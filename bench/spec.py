@@ -1,15 +1,22 @@
-"""What one load run sends: a request template both load drivers (wrk, tests.perf.load) expand.
+"""What one load run sends: a request template both load drivers (wrk, bench.load) expand.
 
 Per request, `__UID__` becomes a random user id in 1..users, `__KEY__` a key unique to the run,
 `__TOKEN__` (in a header) that user's JWT from `tokens_file`; with `pool_file`, each request
 instead takes the next pre-signed (header, body) pair (Stripe webhooks: an HMAC per request is
 more than wrk's Lua can do, so they are signed beforehand). A response counts as an error when
 its status is not 2xx, its body has `"errors"`, or it lacks `expect`.
+
+Two-step iterations (`then_body`): right after each answer the same connection sends a second
+request to the same path with the same headers, whose `__CAPTURED__` is the value of the
+`capture` field in the first answer (reserveCredits' hold id, then settleHold of it). One
+iteration is both requests: its latency is theirs together, and it is one error if either
+fails. Only the Python load generator runs them (wrk's Lua cannot chain requests).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +34,13 @@ class RequestSpec:
     pool_header: str | None = None
     key_prefix: str = "bench"
     expect: str | None = None
+    then_body: str | None = None
+    then_expect: str | None = None
+    capture: str | None = None
+
+    @property
+    def two_step(self) -> bool:
+        return self.then_body is not None
 
     def with_key_prefix(self, prefix: str) -> RequestSpec:
         return RequestSpec(**{**asdict(self), "key_prefix": prefix})
@@ -85,6 +99,19 @@ def expand(
     elif body is not None:
         body = body.replace("__UID__", str(uid)).replace("__KEY__", f"{spec.key_prefix}-{seq}")
     return spec.method, spec.path.replace("__UID__", str(uid)), headers, body
+
+
+def expand_then(
+    spec: RequestSpec, uid: int, seq: int, answer: bytes
+) -> tuple[str, str, dict[str, str], str | None] | None:
+    """The second request of a two-step iteration; None when the first answer lacks the field."""
+    assert spec.then_body is not None and spec.capture is not None
+    found = re.search(rb'"' + re.escape(spec.capture.encode()) + rb'"\s*:\s*"([^"]*)"', answer)
+    if found is None:
+        return None
+    body = spec.then_body.replace("__CAPTURED__", found.group(1).decode())
+    body = body.replace("__UID__", str(uid)).replace("__KEY__", f"{spec.key_prefix}-{seq}")
+    return spec.method, spec.path.replace("__UID__", str(uid)), dict(spec.headers), body
 
 
 def is_error(status: int, body: bytes, expect: bytes | None) -> bool:

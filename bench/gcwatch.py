@@ -1,6 +1,6 @@
 """Run `entitlements …` with the cyclic garbage collector's time accounted (--profile only).
 
-  python -m tests.perf.gcwatch STATS.json -- serve --port 8000 …
+  python -m bench.gcwatch STATS.json -- serve --port 8000 …
 
 py-spy cannot see the collector: its pauses land on whatever allocation triggered them. This
 wrapper adds a gc.callbacks hook that sums the time of each generation's collections and
@@ -24,7 +24,7 @@ WRITE_EVERY_S = 0.5
 
 def main() -> None:
     if len(sys.argv) < 3 or sys.argv[2] != "--":
-        raise SystemExit("usage: python -m tests.perf.gcwatch STATS.json -- ARGS…")
+        raise SystemExit("usage: python -m bench.gcwatch STATS.json -- ARGS…")
     stats = Path(sys.argv[1])
     counts = [0, 0, 0]
     seconds = [0.0, 0.0, 0.0]

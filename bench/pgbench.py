@@ -15,7 +15,7 @@ from pathlib import Path
 
 import asyncpg
 
-from tests.perf.spec import LoadResult
+from bench.spec import LoadResult
 
 _BINARY = "pgbench"
 _SETUP = (
