@@ -9,8 +9,9 @@ from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers.catalog.model import Catalog
-from resolvers.ledger.accounts import Account, find_key_use, lock_account, save_account
-from resolvers.ledger.entries import Actor, LedgerEvent, add_grant, expire_credits, fingerprint
+from resolvers.ledger.accounts import Account, lock_account, save_account
+from resolvers.ledger.entries import Actor, LedgerEvent, add_grant, expire_credits
+from resolvers.ledger.idempotency import find_key_use, fingerprint
 from resolvers.models import User
 from resolvers.users import UserRef
 

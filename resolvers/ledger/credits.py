@@ -33,12 +33,12 @@ from resolvers.ledger.entries import (
     describe_event,
     expire_credits,
     find_keyed_event,
-    fingerprint,
     next_expiry,
     recent_credit_events,
     take_from,
     take_grants,
 )
+from resolvers.ledger.idempotency import fingerprint
 from resolvers.ledger.spends import can_spend_in_database, spend_in_database
 from resolvers.models import CreditGrant, User
 from resolvers.users import UserRef

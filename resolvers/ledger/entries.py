@@ -7,8 +7,6 @@ together in one transaction.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,6 +19,7 @@ from resolvers.errors import IdempotencyConflict, InvalidInput
 from resolvers.ledger.accounts import Account, lock_account, save_account
 from resolvers.ledger.changes import record_change
 from resolvers.ledger.held_credits import close_hold, next_hold_expiry, return_to_grants
+from resolvers.ledger.idempotency import KeyKind, check_key, earlier_use
 from resolvers.models import CreditEvent, CreditGrant, CreditHold
 
 EVENTS = CreditEvent.__table__
@@ -28,13 +27,8 @@ GRANTS = CreditGrant.__table__
 HOLDS = CreditHold.__table__
 
 SOURCES = ("support", "stripe", "usage", "plan_allowance", "system")
-# Keys the gateway makes for itself (plan allowances, Stripe payments). A caller's key in these
-# namespaces would claim the key first and so silently block that allowance or those credits.
-RESERVED_KEY_PREFIXES = ("allowance:", "stripe:")
-CALLER_SOURCES = ("support", "usage")
 MAX_CREDITS_PER_CHANGE = 1_000_000
 MAX_REASON_LENGTH = 500
-MAX_IDEMPOTENCY_KEY_LENGTH = 255
 _ACTIONS = {
     "grant": "credits_granted",
     "consume": "credits_consumed",
@@ -71,26 +65,7 @@ def check_change_args(
         return InvalidInput(field="reason", reason=f"must be 1 to {MAX_REASON_LENGTH} characters")
     if actor.source not in SOURCES:
         return InvalidInput(field="source", reason=f"must be one of {', '.join(SOURCES)}")
-    if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
-        return InvalidInput(
-            field="idempotencyKey", reason=f"must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
-        )
-    if (
-        idempotency_key is not None
-        and actor.source in CALLER_SOURCES
-        and idempotency_key.startswith(RESERVED_KEY_PREFIXES)
-    ):
-        return InvalidInput(
-            field="idempotencyKey",
-            reason=f"keys starting with {' or '.join(RESERVED_KEY_PREFIXES)} are the gateway's own",
-        )
-    return None
-
-
-def fingerprint(operation: str, **args: Any) -> str:
-    """A digest of what a keyed call asked for: equal digests mean a true retry."""
-    text = json.dumps([operation, args], sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
+    return check_key(idempotency_key, actor.source)
 
 
 async def find_keyed_event(
@@ -104,13 +79,11 @@ async def find_keyed_event(
         return None
     if account.key != key:
         await lock_account(session, account, idempotency_key=key)
-    used = account.key_use
-    if used is None:
-        return None
-    if used.by_tier_change or used.fingerprint != digest:
-        return IdempotencyConflict(idempotency_key=key)
+    used = earlier_use(account.key_use, key=key, kind=KeyKind.CREDIT, digest=digest)
+    if used is None or isinstance(used, IdempotencyConflict):
+        return used
     conn = await session.connection()
-    row = (await conn.execute(_EVENT_BY_ID, {"event_id": used.event_id})).one()
+    row = (await conn.execute(_EVENT_BY_ID, {"event_id": used})).one()
     return LedgerEvent(**row._mapping)
 
 

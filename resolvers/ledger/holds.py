@@ -38,10 +38,10 @@ from resolvers.ledger.entries import (
     check_change_args,
     expire_credits,
     find_keyed_event,
-    fingerprint,
     take_from,
 )
 from resolvers.ledger.held_credits import close_hold, next_hold_expiry, return_to_grants
+from resolvers.ledger.idempotency import fingerprint
 from resolvers.models import parse_row_id
 from resolvers.users import UserRef
 
