@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers.catalog.model import Catalog
-from resolvers.entitlements.access import Entitlement, entitlement_of, period_of
+from resolvers.entitlements.access import Entitlement, counting_period, entitlement_of
 from resolvers.errors import (
     IdempotencyConflict,
     InvalidInput,
@@ -85,7 +85,8 @@ async def record_usage(
             return LimitExceeded(
                 feature=feature, limit=before.limit, usage=before.usage, requested=quantity
             )
-    period, _ = period_of(catalog, feature, row, now)
+    # The period `before` was counted in: a newer one stored by a process ahead of us is kept.
+    period, _ = counting_period(catalog, feature, row, now)
     used = max(before.usage + quantity, 0)
     # A new dict, not an edit in place: the ORM sees a JSON column change only on assignment.
     row.entitlement_usage = {
