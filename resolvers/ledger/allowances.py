@@ -61,6 +61,22 @@ async def grant_plan_allowance(
     )
 
 
+async def refresh_balance(
+    session: AsyncSession,
+    user: Account,
+    *,
+    catalog: Catalog | None,
+    now: datetime,
+    actor: Actor,
+) -> None:
+    """Bring a locked user's balance up to `now`: write off what expired, then grant the month's
+    allowance if it is due (given the catalog). Every change runs this before its own effect, so
+    the balance it works on is the one reads already showed."""
+    await expire_credits(session, user, now=now, actor=actor)
+    if catalog is not None:
+        await grant_plan_allowance(session, user, catalog=catalog, now=now, actor=actor)
+
+
 @dataclass(frozen=True)
 class PendingAllowance:
     """This month's plan allowance, due but not granted yet: what a read shows as if granted."""
@@ -126,4 +142,5 @@ async def grant_due_allowance(
     if row is None:
         return None
     await expire_credits(session, row, now=now, actor=actor)
+    # Not refresh_balance: the caller wants the allowance's event.
     return await grant_plan_allowance(session, row, catalog=catalog, now=now, actor=actor)

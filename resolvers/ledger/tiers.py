@@ -11,9 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from resolvers.catalog.model import Catalog
 from resolvers.errors import IdempotencyConflict, InvalidInput, UnknownTier, UserNotFound
 from resolvers.ledger.accounts import Account, lock_account, save_account
-from resolvers.ledger.allowances import grant_plan_allowance
+from resolvers.ledger.allowances import refresh_balance
 from resolvers.ledger.changes import record_change
-from resolvers.ledger.entries import Actor, check_change_args, expire_credits
+from resolvers.ledger.entries import Actor, check_change_args
 from resolvers.ledger.idempotency import KeyKind, earlier_use, fingerprint
 from resolvers.models import TierChange
 from resolvers.users import UserRef
@@ -90,8 +90,7 @@ async def set_tier(
     row.updated_at = now
     # The new tier's allowance for this month is due now; its key keeps it to once a month.
     row.allowance_period_start = None
-    await expire_credits(session, row, now=now, actor=actor)
-    await grant_plan_allowance(session, row, catalog=catalog, now=now, actor=actor)
+    await refresh_balance(session, row, catalog=catalog, now=now, actor=actor)
     await save_account(session, row)
     record_change(
         session,
