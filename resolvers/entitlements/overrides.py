@@ -64,7 +64,7 @@ async def set_entitlement_override(
         expires_at=expires_at,
         reason=reason,
     )
-    used = idempotency_key and earlier_use(
+    used = earlier_use(
         await find_key_use(session, idempotency_key),
         key=idempotency_key,
         kind=KeyKind.OVERRIDE,
@@ -72,7 +72,7 @@ async def set_entitlement_override(
     )
     if isinstance(used, IdempotencyConflict):
         return used
-    if used:
+    if used is not None:
         kept = await session.get(EntitlementOverride, used)
         assert kept is not None, "the row the key lookup found"
         entitlement = entitlement_of(catalog, row, feature, now)

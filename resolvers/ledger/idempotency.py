@@ -87,8 +87,10 @@ def key_use_of(row: Any) -> KeyUse | None:
     return KeyUse(KeyKind(row.key_kind), row.key_row_id, row.key_fingerprint)
 
 
-async def find_key_use(session: AsyncSession, key: str) -> KeyUse | None:
-    """Where `key` was used first, for a caller that already holds its lock."""
+async def find_key_use(session: AsyncSession, key: str | None) -> KeyUse | None:
+    """Where `key` was used first, for a caller that already holds its lock; None: unused."""
+    if key is None:
+        return None
     conn = await session.connection()
     return key_use_of((await conn.execute(_FIND, {"idempotency_key": key})).first())
 
