@@ -6,6 +6,12 @@ same key with the same arguments answers the first result; with other arguments,
 kind of change, it is an IdempotencyConflict. The one place a key's earlier use is looked up is
 `KEY_USE` below: the lock statement carries it (resolvers.ledger.accounts), and so does the
 PostgreSQL spend function (migration 0005).
+
+Two first uses of one key at once: each table's unique index stops two of one kind, and changes
+of one user take turns on its row lock, after which recordUsage, overrides and the spend
+function look the key up afresh. On PostgreSQL, a grant, tier change or hold reads the key in
+its lock statement's snapshot, so a usage report or override of the same user committed while
+it waited for the lock goes unseen; one table of keys with a unique index would close that.
 """
 
 from __future__ import annotations
