@@ -94,6 +94,26 @@ def period_of(
     return start.strftime("%Y-%m-%dT%H:%M:%SZ"), end
 
 
+def counting_period(
+    catalog: Catalog, feature: str, user: Any, now: datetime
+) -> tuple[str, datetime | None]:
+    """The period usage of `feature` counts in at `now`, and when it ends.
+
+    The caller's own period, unless the stored count belongs to a period that began after
+    `now`: another gateway process, whose clock is ahead across a period boundary, already
+    counts in the next period. Counting in ours would reset that newer count, so this process
+    counts (and reads) in the stored period until its clock gets there.
+    """
+    period, resets_at = period_of(catalog, feature, user, now)
+    counted = (user.entitlement_usage or {}).get(feature)
+    if resets_at is None or counted is None or counted["period"] == period:
+        return period, resets_at
+    stored_start = datetime.fromisoformat(counted["period"].replace("Z", "+00:00"))
+    if stored_start <= now:
+        return period, resets_at
+    return counted["period"], usage_period(user, stored_start)[1]
+
+
 def used_in(user: Any, feature: str, period: str) -> int:
     """What the user used of `feature` in `period`: 0 unless that is the period last counted."""
     counted = (user.entitlement_usage or {}).get(feature)
@@ -113,7 +133,7 @@ def live_override(user: Any, feature: str, now: datetime) -> dict[str, Any] | No
 
 def entitlement_of(catalog: Catalog, user: Any, feature: str, now: datetime) -> Entitlement:
     """The user's entitlement to one catalog feature: an unexpired override wins over the plan."""
-    period, resets_at = period_of(catalog, feature, user, now)
+    period, resets_at = counting_period(catalog, feature, user, now)
     used = used_in(user, feature, period)
     override = live_override(user, feature, now)
     if override is not None:

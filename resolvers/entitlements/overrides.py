@@ -9,10 +9,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers.catalog.model import Catalog
 from resolvers.entitlements.access import Entitlement, entitlement_of
-from resolvers.entitlements.usage import MAX_QUANTITY, check_feature, find_key_use
+from resolvers.entitlements.usage import MAX_QUANTITY, check_feature
 from resolvers.errors import IdempotencyConflict, InvalidInput, UnknownFeature, UserNotFound
 from resolvers.ledger.changes import record_change
-from resolvers.ledger.entries import Actor, check_change_args, fingerprint
+from resolvers.ledger.entries import Actor, check_change_args
+from resolvers.ledger.idempotency import KeyKind, earlier_use, find_key_use, fingerprint
 from resolvers.models import EntitlementOverride, User
 from resolvers.users import UserRef, find_user
 
@@ -63,10 +64,16 @@ async def set_entitlement_override(
         expires_at=expires_at,
         reason=reason,
     )
-    if idempotency_key is not None and (used := await find_key_use(session, idempotency_key)):
-        if used.kind != "override" or used.fingerprint != digest:
-            return IdempotencyConflict(idempotency_key=idempotency_key)
-        kept = await session.get(EntitlementOverride, used.id)
+    used = earlier_use(
+        await find_key_use(session, idempotency_key),
+        key=idempotency_key,
+        kind=KeyKind.OVERRIDE,
+        digest=digest,
+    )
+    if isinstance(used, IdempotencyConflict):
+        return used
+    if used is not None:
+        kept = await session.get(EntitlementOverride, used)
         assert kept is not None, "the row the key lookup found"
         entitlement = entitlement_of(catalog, row, feature, now)
         return OverrideSet(user=row, override=kept, entitlement=entitlement, replayed=True)

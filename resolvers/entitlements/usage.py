@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import bindparam, literal, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers.catalog.model import Catalog
-from resolvers.entitlements.access import Entitlement, entitlement_of, period_of
+from resolvers.entitlements.access import Entitlement, counting_period, entitlement_of
 from resolvers.errors import (
     IdempotencyConflict,
     InvalidInput,
@@ -20,13 +18,9 @@ from resolvers.errors import (
     UserNotFound,
 )
 from resolvers.ledger.changes import record_change
-from resolvers.ledger.entries import (
-    MAX_IDEMPOTENCY_KEY_LENGTH,
-    RESERVED_KEY_PREFIXES,
-    Actor,
-    fingerprint,
-)
-from resolvers.models import CreditEvent, EntitlementOverride, TierChange, UsageEvent, User
+from resolvers.ledger.entries import Actor
+from resolvers.ledger.idempotency import KeyKind, check_key, earlier_use, find_key_use, fingerprint
+from resolvers.models import UsageEvent, User
 from resolvers.users import UserRef, find_user
 
 MAX_QUANTITY = 1_000_000
@@ -43,21 +37,6 @@ class UsageRecorded:
 def check_feature(catalog: Catalog, feature: str) -> UnknownFeature | None:
     if feature not in catalog.features:
         return UnknownFeature(feature=feature[:64], known=tuple(catalog.features))
-    return None
-
-
-def check_idempotency_key(key: str | None, actor: Actor) -> InvalidInput | None:
-    if key is None:
-        return None
-    if not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
-        return InvalidInput(
-            field="idempotencyKey", reason=f"must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
-        )
-    if key.startswith(RESERVED_KEY_PREFIXES) and actor.source != "system":
-        return InvalidInput(
-            field="idempotencyKey",
-            reason=f"keys starting with {' or '.join(RESERVED_KEY_PREFIXES)} are the gateway's own",
-        )
     return None
 
 
@@ -86,7 +65,7 @@ async def record_usage(
         return InvalidInput(field="quantity", reason="must be a whole number other than 0")
     if abs(quantity) > MAX_QUANTITY:
         return InvalidInput(field="quantity", reason=f"must be at most {MAX_QUANTITY:,} either way")
-    if failure := check_idempotency_key(idempotency_key, actor) or check_feature(catalog, feature):
+    if failure := check_key(idempotency_key, actor.source) or check_feature(catalog, feature):
         return failure
     # The user row's lock makes concurrent checks of one user's limits take turns: the count
     # read from it is the one this transaction writes back (SQLite: BEGIN IMMEDIATE does it).
@@ -106,7 +85,8 @@ async def record_usage(
             return LimitExceeded(
                 feature=feature, limit=before.limit, usage=before.usage, requested=quantity
             )
-    period, _ = period_of(catalog, feature, row, now)
+    # The period `before` was counted in: a newer one stored by a process ahead of us is kept.
+    period, _ = counting_period(catalog, feature, row, now)
     used = max(before.usage + quantity, 0)
     # A new dict, not an edit in place: the ORM sees a JSON column change only on assignment.
     row.entitlement_usage = {
@@ -146,39 +126,14 @@ async def record_usage(
     )
 
 
-# Where a key was used before, in one statement: one key names one operation, whichever of
-# usage, overrides, credit or tier changes used it first.
-_KEY_USES = union_all(
-    select(
-        EntitlementOverride.id, EntitlementOverride.fingerprint, literal("override").label("kind")
-    ).where(EntitlementOverride.idempotency_key == bindparam("key")),
-    select(UsageEvent.id, UsageEvent.fingerprint, literal("usage").label("kind")).where(
-        UsageEvent.idempotency_key == bindparam("key")
-    ),
-    select(CreditEvent.id, CreditEvent.fingerprint, literal("credit").label("kind")).where(
-        CreditEvent.idempotency_key == bindparam("key")
-    ),
-    select(TierChange.id, TierChange.fingerprint, literal("tier").label("kind")).where(
-        TierChange.idempotency_key == bindparam("key")
-    ),
-)
-
-
-async def find_key_use(session: AsyncSession, key: str) -> Any:
-    """(id, fingerprint, kind) of the row that used `key` first, or None."""
-    return (await session.execute(_KEY_USES, {"key": key})).first()
-
-
 async def _replay(
     session: AsyncSession, row: User, key: str, digest: str, *, catalog: Catalog, now: datetime
 ) -> UsageRecorded | IdempotencyConflict | None:
     """The first result of a retried call, a conflict, or None for a key not used before."""
-    used = await find_key_use(session, key)
-    if used is None:
-        return None
-    if used.kind != "usage" or used.fingerprint != digest:
-        return IdempotencyConflict(idempotency_key=key)
-    event = await session.get(UsageEvent, used.id)
+    used = earlier_use(await find_key_use(session, key), key=key, kind=KeyKind.USAGE, digest=digest)
+    if used is None or isinstance(used, IdempotencyConflict):
+        return used
+    event = await session.get(UsageEvent, used)
     assert event is not None, "the row the key lookup found"
     entitlement = entitlement_of(catalog, row, event.feature, now)
     return UsageRecorded(user=row, entitlement=entitlement, event=event, replayed=True)

@@ -12,24 +12,14 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, exists, literal_column, select, update
+from sqlalchemy import bindparam, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from resolvers.models import CreditEvent, TierChange, User
+from resolvers.ledger.idempotency import KEY_USE, KeyUse, find_key_use, key_use_of
+from resolvers.models import User
 from resolvers.users import UserRef, normalize_email
 
 USERS = User.__table__
-_EVENTS = CreditEvent.__table__
-_TIERS = TierChange.__table__
-
-
-@dataclass(frozen=True)
-class KeyUse:
-    """Where an idempotency key was used before: a ledger event (with its digest) or a tier."""
-
-    event_id: int | None
-    fingerprint: str | None
-    by_tier_change: bool
 
 
 @dataclass(eq=False)
@@ -71,30 +61,26 @@ class Account:
 _COLUMNS = tuple(f.name for f in fields(Account) if f.name in USERS.c)
 
 
-def _key_column(stmt: Any) -> Any:
-    key = bindparam("idempotency_key", type_=_EVENTS.c.idempotency_key.type)
-    event = select(_EVENTS.c.id).where(_EVENTS.c.idempotency_key == key).scalar_subquery()
-    digest = select(_EVENTS.c.fingerprint).where(_EVENTS.c.idempotency_key == key).scalar_subquery()
-    tier = exists().where(_TIERS.c.idempotency_key == key)
-    return stmt.add_columns(
-        event.label("key_event_id"), digest.label("key_fingerprint"), tier.label("key_by_tier")
+def _lock_by(column: Any) -> Any:
+    # The key's earlier use rides on the lock statement: one round trip fewer per keyed change.
+    # A concurrent first use of the same key that commits after this statement's snapshot is
+    # caught by the unique index on insert; the unit of work then retries and the retry sees it.
+    return (
+        select(
+            *(USERS.c[name] for name in _COLUMNS),
+            KEY_USE.c.key_kind,
+            KEY_USE.c.key_row_id,
+            KEY_USE.c.key_fingerprint,
+        )
+        .select_from(USERS.outerjoin(KEY_USE, true()))
+        .where(column == bindparam("ref"))
+        .with_for_update(of=USERS)
     )
 
 
-# Built once. The key's earlier use rides on the lock statement: one round trip fewer per
-# keyed change. A concurrent first use of the same key that commits after this statement's
-# snapshot is caught by the unique index on insert; the unit of work then retries and the
-# retry sees it.
-_LOCK_BY_ID = _key_column(
-    select(*(USERS.c[name] for name in _COLUMNS))
-    .where(USERS.c.id == bindparam("ref"))
-    .with_for_update(of=USERS)
-)
-_LOCK_BY_EMAIL = _key_column(
-    select(*(USERS.c[name] for name in _COLUMNS))
-    .where(USERS.c.email == bindparam("ref"))
-    .with_for_update(of=USERS)
-)
+# Built once.
+_LOCK_BY_ID = _lock_by(USERS.c.id)
+_LOCK_BY_EMAIL = _lock_by(USERS.c.email)
 
 
 async def lock_account(
@@ -121,21 +107,7 @@ async def lock_account(
     if row is None:
         return None
     values = {name: row._mapping[name] for name in _COLUMNS}
-    account = Account(**values, key=idempotency_key, _saved=dict(values))
-    if row.key_event_id is not None or row.key_by_tier:
-        account.key_use = KeyUse(row.key_event_id, row.key_fingerprint, bool(row.key_by_tier))
-    return account
-
-
-_KEY_USE = _key_column(select(literal_column("1").label("one")))
-
-
-async def find_key_use(session: AsyncSession, key: str) -> KeyUse | None:
-    conn = await session.connection()
-    row = (await conn.execute(_KEY_USE, {"idempotency_key": key})).one()
-    if row.key_event_id is None and not row.key_by_tier:
-        return None
-    return KeyUse(row.key_event_id, row.key_fingerprint, bool(row.key_by_tier))
+    return Account(**values, key=idempotency_key, key_use=key_use_of(row), _saved=dict(values))
 
 
 async def save_account(session: AsyncSession, account: Account) -> None:

@@ -10,8 +10,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers.catalog.model import Catalog
 from resolvers.kinds import is_paying
-from resolvers.ledger.accounts import Account, find_key_use, lock_account, save_account
-from resolvers.ledger.entries import Actor, LedgerEvent, add_grant, expire_credits, fingerprint
+from resolvers.ledger.accounts import Account, lock_account, save_account
+from resolvers.ledger.entries import Actor, LedgerEvent, add_grant, expire_credits
+from resolvers.ledger.idempotency import find_key_use, fingerprint
 from resolvers.models import User
 from resolvers.users import UserRef
 
@@ -56,6 +57,22 @@ async def grant_plan_allowance(
         idempotency_key=key,
         digest=digest,
     )
+
+
+async def refresh_balance(
+    session: AsyncSession,
+    user: Account,
+    *,
+    catalog: Catalog | None,
+    now: datetime,
+    actor: Actor,
+) -> None:
+    """Bring a locked user's balance up to `now`: write off what expired, then grant the month's
+    allowance if it is due (given the catalog). Every change runs this before its own effect, so
+    the balance it works on is the one reads already showed."""
+    await expire_credits(session, user, now=now, actor=actor)
+    if catalog is not None:
+        await grant_plan_allowance(session, user, catalog=catalog, now=now, actor=actor)
 
 
 @dataclass(frozen=True)
@@ -123,4 +140,5 @@ async def grant_due_allowance(
     if row is None:
         return None
     await expire_credits(session, row, now=now, actor=actor)
+    # Not refresh_balance: the caller wants the allowance's event.
     return await grant_plan_allowance(session, row, catalog=catalog, now=now, actor=actor)

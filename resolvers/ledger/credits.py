@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers.catalog.model import Catalog
@@ -21,9 +21,8 @@ from resolvers.errors import (
     UserNotFound,
 )
 from resolvers.ledger.accounts import Account, lock_account, save_account
-from resolvers.ledger.allowances import grant_plan_allowance, pending_allowance
+from resolvers.ledger.allowances import pending_allowance, refresh_balance
 from resolvers.ledger.entries import (
-    GRANTS,
     Actor,
     LedgerEvent,
     add_grant,
@@ -33,36 +32,14 @@ from resolvers.ledger.entries import (
     describe_event,
     expire_credits,
     find_keyed_event,
-    fingerprint,
-    next_expiry,
     recent_credit_events,
-    take_from,
-    take_grants,
+    spend_grants,
+    take_back_payment,
 )
+from resolvers.ledger.idempotency import fingerprint
 from resolvers.ledger.spends import can_spend_in_database, spend_in_database
 from resolvers.models import CreditGrant, User
 from resolvers.users import UserRef
-
-# The burn order: soonest expiry first (no expiry last), free before purchased, oldest first.
-_SPENDABLE = (
-    select(GRANTS.c.id, GRANTS.c.remaining, GRANTS.c.expires_at)
-    .where(GRANTS.c.user_id == bindparam("user_id"), GRANTS.c.remaining > 0)
-    .order_by(
-        GRANTS.c.expires_at.asc().nulls_last(),
-        GRANTS.c.is_purchased,
-        GRANTS.c.created_at,
-        GRANTS.c.id,
-    )
-)
-_PAYMENT_GRANTS = (
-    select(GRANTS.c.id, GRANTS.c.remaining)
-    .where(
-        GRANTS.c.user_id == bindparam("user_id"),
-        GRANTS.c.payment_id == bindparam("payment_id"),
-        GRANTS.c.remaining > 0,
-    )
-    .order_by(GRANTS.c.id)
-)
 
 
 @dataclass(frozen=True)
@@ -139,9 +116,7 @@ async def grant_ai_credits(
         return InvalidInput(field="expiresAt", reason="needs a time zone, e.g. Z or +01:00")
     if expires_at is not None and expires_at <= now:
         return InvalidInput(field="expiresAt", reason="must be in the future")
-    await expire_credits(session, row, now=now, actor=actor)
-    if catalog is not None:
-        await grant_plan_allowance(session, row, catalog=catalog, now=now, actor=actor)
+    await refresh_balance(session, row, catalog=catalog, now=now, actor=actor)
     event = await add_grant(
         session,
         row,
@@ -198,13 +173,10 @@ async def consume_credits(
         return keyed
     if keyed is not None:
         return CreditChanged(user=row, event=keyed, replayed=True)
-    await expire_credits(session, row, now=now, actor=actor)
-    await grant_plan_allowance(session, row, catalog=catalog, now=now, actor=actor)
+    await refresh_balance(session, row, catalog=catalog, now=now, actor=actor)
     if row.credits_available < amount:
         return InsufficientCredits(available=row.credits_available, requested=amount)
-    allocations = await burn_grants(session, row, amount, now=now)
-    row.credits_available -= amount
-    row.updated_at = now
+    allocations = await spend_grants(session, row, amount, now=now)
     await save_account(session, row)
     event = await append_event(
         session,
@@ -219,34 +191,6 @@ async def consume_credits(
         allocations=allocations,
     )
     return CreditChanged(user=row, event=event)
-
-
-async def burn_grants(
-    session: AsyncSession, row: Account, amount: int, *, now: datetime
-) -> list[list[int]]:
-    """Take `amount` off the locked user's grants in the burn order: [[grant id, taken], ...].
-
-    The spend rule, shared by a spend and a hold. Expired grants must already be written off;
-    the balance on the row is the caller's to move.
-    """
-    conn = await session.connection()
-    grants = (await conn.execute(_SPENDABLE, {"user_id": row.id})).all()
-    allocations, left = take_from(grants, amount)
-    if left:
-        # The cached balance disagrees with the grants: refuse rather than overspend.
-        raise RuntimeError(f"user {row.id}: balance {row.credits_available} exceeds its grants")
-    await take_grants(session, grants, allocations)
-    taken = dict(allocations)
-    # Every grant with credits left was read, so the soonest expiry is known without asking.
-    row.credits_next_expiry = min(
-        (
-            g.expires_at
-            for g in grants
-            if g.expires_at is not None and g.expires_at > now and g.remaining > taken.get(g.id, 0)
-        ),
-        default=None,
-    )
-    return allocations
 
 
 async def revoke_payment_credits(
@@ -273,18 +217,12 @@ async def revoke_payment_credits(
         return _not_found(user)
     # Expired credits cannot be taken back: write them off first so they are not counted.
     await expire_credits(session, row, now=now, actor=actor)
-    conn = await session.connection()
-    grants = (
-        await conn.execute(_PAYMENT_GRANTS, {"user_id": row.id, "payment_id": payment_id})
-    ).all()
-    allocations, left = take_from(grants, amount)
+    allocations, left = await take_back_payment(
+        session, row, payment_id=payment_id, amount=amount, now=now
+    )
     revoked = amount - left
     if revoked == 0:
         return CreditsRevoked(user=row, revoked=0, unrecovered=amount, event=None)
-    await take_grants(session, grants, allocations)
-    row.credits_available -= revoked
-    row.updated_at = now
-    row.credits_next_expiry = await next_expiry(session, row.id, now)
     await save_account(session, row)
     event = await append_event(
         session,
@@ -322,8 +260,7 @@ async def ensure_plan_metadata(
     """The runbook's account check: expire what is due, grant this period's allowance, report."""
     locked = await lock_account(session, UserRef(user_id=user.id))
     assert locked is not None, "ensure_plan_metadata is given an existing user"
-    await expire_credits(session, locked, now=now, actor=actor)
-    await grant_plan_allowance(session, locked, catalog=catalog, now=now, actor=actor)
+    await refresh_balance(session, locked, catalog=catalog, now=now, actor=actor)
     events = await recent_credit_events(session, locked.id, limit=event_count)
     return PlanMetadata(
         tier=locked.tier,

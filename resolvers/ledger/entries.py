@@ -1,40 +1,44 @@
-"""The ledger's rows: grants and the append-only events, and the rules every change keeps.
+"""The ledger: the only module that moves a balance, and the append-only events that record it.
 
-The building blocks of resolvers.ledger.credits (and of Stripe's take-backs): callers hold the user
-row's lock, so the balance on the row, the grants' remaining amounts and the events move
-together in one transaction.
+Every change of `credits_available` or `credits_held` is a function here: a grant, a spend, a
+hold set aside or closed, a take-back, an expiry. Callers (credits, holds, tiers, allowances,
+Stripe's payments) compose them; they hold the user row's lock, so the balance on the row, the
+grants' remaining amounts and the events move together in one transaction.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers.errors import IdempotencyConflict, InvalidInput
 from resolvers.ledger.accounts import Account, lock_account, save_account
 from resolvers.ledger.changes import record_change
-from resolvers.ledger.held_credits import close_hold, next_hold_expiry, return_to_grants
-from resolvers.models import CreditEvent, CreditGrant, CreditHold
+from resolvers.ledger.grants import (
+    empty_grants,
+    expired_grants,
+    give_back,
+    insert_grant,
+    next_expiry,
+    payment_grants,
+    spendable_grants,
+    take_from,
+    take_grants,
+)
+from resolvers.ledger.held_credits import close_hold, next_hold_expiry
+from resolvers.ledger.idempotency import KeyKind, check_key, earlier_use
+from resolvers.models import CreditEvent, CreditHold
 
 EVENTS = CreditEvent.__table__
-GRANTS = CreditGrant.__table__
 HOLDS = CreditHold.__table__
 
 SOURCES = ("support", "stripe", "usage", "plan_allowance", "system")
-# Keys the gateway makes for itself (plan allowances, Stripe payments). A caller's key in these
-# namespaces would claim the key first and so silently block that allowance or those credits.
-RESERVED_KEY_PREFIXES = ("allowance:", "stripe:")
-CALLER_SOURCES = ("support", "usage")
 MAX_CREDITS_PER_CHANGE = 1_000_000
 MAX_REASON_LENGTH = 500
-MAX_IDEMPOTENCY_KEY_LENGTH = 255
 _ACTIONS = {
     "grant": "credits_granted",
     "consume": "credits_consumed",
@@ -71,26 +75,7 @@ def check_change_args(
         return InvalidInput(field="reason", reason=f"must be 1 to {MAX_REASON_LENGTH} characters")
     if actor.source not in SOURCES:
         return InvalidInput(field="source", reason=f"must be one of {', '.join(SOURCES)}")
-    if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
-        return InvalidInput(
-            field="idempotencyKey", reason=f"must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
-        )
-    if (
-        idempotency_key is not None
-        and actor.source in CALLER_SOURCES
-        and idempotency_key.startswith(RESERVED_KEY_PREFIXES)
-    ):
-        return InvalidInput(
-            field="idempotencyKey",
-            reason=f"keys starting with {' or '.join(RESERVED_KEY_PREFIXES)} are the gateway's own",
-        )
-    return None
-
-
-def fingerprint(operation: str, **args: Any) -> str:
-    """A digest of what a keyed call asked for: equal digests mean a true retry."""
-    text = json.dumps([operation, args], sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
+    return check_key(idempotency_key, actor.source)
 
 
 async def find_keyed_event(
@@ -104,13 +89,11 @@ async def find_keyed_event(
         return None
     if account.key != key:
         await lock_account(session, account, idempotency_key=key)
-    used = account.key_use
-    if used is None:
-        return None
-    if used.by_tier_change or used.fingerprint != digest:
-        return IdempotencyConflict(idempotency_key=key)
+    used = earlier_use(account.key_use, key=key, kind=KeyKind.CREDIT, digest=digest)
+    if used is None or isinstance(used, IdempotencyConflict):
+        return used
     conn = await session.connection()
-    row = (await conn.execute(_EVENT_BY_ID, {"event_id": used.event_id})).one()
+    row = (await conn.execute(_EVENT_BY_ID, {"event_id": used})).one()
     return LedgerEvent(**row._mapping)
 
 
@@ -127,12 +110,11 @@ async def expire_credits(
         await expire_holds(session, user, now=now, actor=actor)
     if user.credits_next_expiry is None or user.credits_next_expiry > now:
         return 0
-    conn = await session.connection()
-    expired = (await conn.execute(_EXPIRED, {"user_id": user.id, "now": now})).all()
+    expired = await expired_grants(session, user.id, now)
     system = Actor(name="system", source="system", request_id=actor.request_id)
     total = 0
     if expired:
-        await conn.execute(_SET_REMAINING, [{"grant_id": g.id, "left": 0} for g in expired])
+        await empty_grants(session, expired)
     for grant in expired:
         user.credits_available -= grant.remaining
         total += grant.remaining
@@ -162,8 +144,7 @@ async def expire_holds(
     for hold in due:
         # Closed at its expiry, not now: from then on its credits were the user's to spend.
         await close_hold(session, hold.id, status="expired", closed_at=hold.expires_at)
-        await return_to_grants(session, user, hold.allocations)
-        user.credits_held -= hold.amount
+        await unhold(session, user, held=hold.amount, back=hold.allocations)
         await append_event(
             session,
             user,
@@ -219,23 +200,20 @@ async def add_grant(
     idempotency_key: str | None = None,
     digest: str | None = None,
 ) -> LedgerEvent:
-    conn = await session.connection()
-    grant_id = (
-        await conn.execute(
-            _INSERT_GRANT,
-            {
-                "user_id": user.id,
-                "amount": amount,
-                "remaining": amount,
-                "expires_at": expires_at,
-                "source": actor.source,
-                "is_purchased": is_purchased,
-                "reason": reason,
-                "payment_id": payment_id,
-                "created_at": now,
-            },
-        )
-    ).scalar_one()
+    grant_id = await insert_grant(
+        session,
+        {
+            "user_id": user.id,
+            "amount": amount,
+            "remaining": amount,
+            "expires_at": expires_at,
+            "source": actor.source,
+            "is_purchased": is_purchased,
+            "reason": reason,
+            "payment_id": payment_id,
+            "created_at": now,
+        },
+    )
     user.credits_available += amount
     user.updated_at = now
     if expires_at is not None and (
@@ -316,37 +294,75 @@ async def append_event(
     return LedgerEvent(id=event_id, **values)
 
 
-async def next_expiry(session: AsyncSession, user_id: int, now: datetime) -> datetime | None:
-    conn = await session.connection()
-    return (await conn.execute(_NEXT_EXPIRY, {"user_id": user_id, "now": now})).scalar_one()
+async def spend_grants(
+    session: AsyncSession, user: Account, amount: int, *, now: datetime
+) -> list[list[int]]:
+    """Take `amount` off the locked user's available credits and their grants in the burn order.
 
-
-def take_from(grants: Iterable[Any], amount: int) -> tuple[list[list[int]], int]:
-    """Take up to `amount` from the grants in the order given: ([[grant id, taken]], not taken).
-
-    Grants are rows (`id`, `remaining`); nothing is changed on them.
+    The spend rule, shared by a spend and a hold: [[grant id, taken], ...]. Expired grants must
+    already be written off; the caller saves the account.
     """
-    allocations: list[list[int]] = []
-    left = amount
-    for grant in grants:
-        if left == 0:
-            break
-        take = min(left, grant.remaining)
-        allocations.append([grant.id, take])
-        left -= take
-    return allocations, left
-
-
-async def take_grants(
-    session: AsyncSession, grants: Sequence[Any], allocations: list[list[int]]
-) -> None:
-    """Lower the grants' remaining amounts by what `allocations` took from them."""
-    remaining = {grant.id: grant.remaining for grant in grants}
-    conn = await session.connection()
-    await conn.execute(
-        _SET_REMAINING,
-        [{"grant_id": gid, "left": remaining[gid] - taken} for gid, taken in allocations],
+    grants = await spendable_grants(session, user.id)
+    allocations, left = take_from(grants, amount)
+    if left:
+        # The cached balance disagrees with the grants: refuse rather than overspend.
+        raise RuntimeError(f"user {user.id}: balance {user.credits_available} exceeds its grants")
+    await take_grants(session, grants, allocations)
+    taken = dict(allocations)
+    # Every grant with credits left was read, so the soonest expiry is known without asking.
+    user.credits_next_expiry = min(
+        (
+            g.expires_at
+            for g in grants
+            if g.expires_at is not None and g.expires_at > now and g.remaining > taken.get(g.id, 0)
+        ),
+        default=None,
     )
+    user.credits_available -= amount
+    user.updated_at = now
+    return allocations
+
+
+async def hold_grants(
+    session: AsyncSession, user: Account, amount: int, *, now: datetime, until: datetime
+) -> list[list[int]]:
+    """Set `amount` aside, taken from the grants like a spend: out of available, still owned."""
+    allocations = await spend_grants(session, user, amount, now=now)
+    user.credits_held += amount
+    if user.holds_next_expiry is None or until < user.holds_next_expiry:
+        user.holds_next_expiry = until
+    return allocations
+
+
+async def unhold(session: AsyncSession, user: Account, *, held: int, back: list[list[int]]) -> None:
+    """Close `held` credits of a hold: `back` returns to the grants it came from, the rest is spent.
+
+    Returned credits keep their grant's expiry; a grant that expired meanwhile gets them back
+    too, and the soonest expiry on the row says so: the next `expire_credits` writes them off.
+    """
+    user.credits_held -= held
+    if not back:
+        return
+    soonest = await give_back(session, back)
+    user.credits_available += sum(n for _, n in back)
+    if soonest is not None and (
+        user.credits_next_expiry is None or soonest < user.credits_next_expiry
+    ):
+        user.credits_next_expiry = soonest
+
+
+async def take_back_payment(
+    session: AsyncSession, user: Account, *, payment_id: int, amount: int, now: datetime
+) -> tuple[list[list[int]], int]:
+    """Take up to `amount` off what is left of one payment's grants: (allocations, not taken)."""
+    grants = await payment_grants(session, user.id, payment_id)
+    allocations, left = take_from(grants, amount)
+    if allocations:
+        await take_grants(session, grants, allocations)
+        user.credits_available -= amount - left
+        user.updated_at = now
+        user.credits_next_expiry = await next_expiry(session, user.id, now)
+    return allocations, left
 
 
 @dataclass(frozen=True)
@@ -374,19 +390,6 @@ class LedgerEvent:
 # Built once: building a statement costs more than running SQLAlchemy's cached compile of it.
 _EVENT_BY_ID = select(EVENTS).where(EVENTS.c.id == bindparam("event_id"))
 _INSERT_EVENT = insert(EVENTS).returning(EVENTS.c.id)
-_INSERT_GRANT = insert(GRANTS).returning(GRANTS.c.id)
-_SET_REMAINING = (
-    update(GRANTS).where(GRANTS.c.id == bindparam("grant_id")).values(remaining=bindparam("left"))
-)
-_EXPIRED = (
-    select(GRANTS.c.id, GRANTS.c.remaining)
-    .where(
-        GRANTS.c.user_id == bindparam("user_id"),
-        GRANTS.c.remaining > 0,
-        GRANTS.c.expires_at <= bindparam("now", type_=GRANTS.c.expires_at.type),
-    )
-    .order_by(GRANTS.c.expires_at, GRANTS.c.id)
-)
 _DUE_HOLDS = (
     select(HOLDS.c.id, HOLDS.c.amount, HOLDS.c.allocations, HOLDS.c.expires_at)
     .where(
@@ -395,9 +398,4 @@ _DUE_HOLDS = (
         HOLDS.c.expires_at <= bindparam("now", type_=HOLDS.c.expires_at.type),
     )
     .order_by(HOLDS.c.expires_at, HOLDS.c.id)
-)
-_NEXT_EXPIRY = select(func.min(GRANTS.c.expires_at)).where(
-    GRANTS.c.user_id == bindparam("user_id"),
-    GRANTS.c.remaining > 0,
-    GRANTS.c.expires_at > bindparam("now", type_=GRANTS.c.expires_at.type),
 )

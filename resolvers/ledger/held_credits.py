@@ -1,4 +1,4 @@
-"""Where held credits sit: a hold row's closing, and credits going back to their grants.
+"""Hold rows: closing one, and the soonest expiry of a user's active holds.
 
 The building blocks of resolvers.ledger.holds and of `expire_credits`; callers hold the user lock.
 """
@@ -10,10 +10,8 @@ from datetime import datetime
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from resolvers.ledger.accounts import Account
-from resolvers.models import CreditGrant, CreditHold
+from resolvers.models import CreditHold
 
-GRANTS = CreditGrant.__table__
 HOLDS = CreditHold.__table__
 
 
@@ -28,28 +26,6 @@ async def close_hold(
     conn = await session.connection()
     params = {"hold_id": hold_id, "status": status, "closed_at": closed_at}
     await conn.execute(_CLOSE_HOLD, {**params, "settled_amount": settled_amount})
-
-
-async def return_to_grants(
-    session: AsyncSession, user: Account, allocations: list[list[int]]
-) -> None:
-    """Put held credits back on the grants they came from, which keep their expiry.
-
-    A grant that expired meanwhile gets them back too, and the soonest expiry on the row says
-    so: the caller's next `expire_credits` writes them off.
-    """
-    if not allocations:
-        return
-    conn = await session.connection()
-    await conn.execute(_GIVE_BACK, [{"grant_id": gid, "back": n} for gid, n in allocations])
-    soonest = (
-        await conn.execute(_SOONEST_OF, {"grant_ids": [gid for gid, _ in allocations]})
-    ).scalar_one()
-    user.credits_available += sum(n for _, n in allocations)
-    if soonest is not None and (
-        user.credits_next_expiry is None or soonest < user.credits_next_expiry
-    ):
-        user.credits_next_expiry = soonest
 
 
 async def next_hold_expiry(session: AsyncSession, user_id: int) -> datetime | None:
@@ -68,12 +44,4 @@ _CLOSE_HOLD = (
         closed_at=bindparam("closed_at", type_=HOLDS.c.closed_at.type),
         settled_amount=bindparam("settled_amount"),
     )
-)
-_GIVE_BACK = (
-    update(GRANTS)
-    .where(GRANTS.c.id == bindparam("grant_id"))
-    .values(remaining=GRANTS.c.remaining + bindparam("back"))
-)
-_SOONEST_OF = select(func.min(GRANTS.c.expires_at)).where(
-    GRANTS.c.id.in_(bindparam("grant_ids", expanding=True))
 )

@@ -1,6 +1,6 @@
 """Credit holds: reserve credits before a call priced only after it ends, then settle or release.
 
-A hold takes credits off the user's grants in the burn order (the spend rule, `burn_grants`)
+A hold takes credits off the user's grants in the burn order (the spend rule, `hold_grants`)
 and keeps them aside: out of `available`, still the user's. Settling spends up to the amount
 held, from those same grants' credits, even if the grants expired meanwhile; what is not
 settled, a release, or a hold that ran out of time puts the credits back on their grants,
@@ -27,8 +27,8 @@ from resolvers.errors import (
     UserNotFound,
 )
 from resolvers.ledger.accounts import Account, lock_account, save_account
-from resolvers.ledger.allowances import grant_plan_allowance
-from resolvers.ledger.credits import CreditChanged, burn_grants
+from resolvers.ledger.allowances import refresh_balance
+from resolvers.ledger.credits import CreditChanged
 from resolvers.ledger.entries import (
     HOLDS,
     Actor,
@@ -38,10 +38,12 @@ from resolvers.ledger.entries import (
     check_change_args,
     expire_credits,
     find_keyed_event,
-    fingerprint,
-    take_from,
+    hold_grants,
+    unhold,
 )
-from resolvers.ledger.held_credits import close_hold, next_hold_expiry, return_to_grants
+from resolvers.ledger.grants import take_from
+from resolvers.ledger.held_credits import close_hold, next_hold_expiry
+from resolvers.ledger.idempotency import fingerprint
 from resolvers.models import parse_row_id
 from resolvers.users import UserRef
 
@@ -119,12 +121,11 @@ async def reserve_credits(
         hold = await find_hold(session, keyed.hold_id)
         assert hold is not None
         return HoldChanged(user=row, hold=hold, event=keyed, replayed=True)
-    await expire_credits(session, row, now=now, actor=actor)
-    await grant_plan_allowance(session, row, catalog=catalog, now=now, actor=actor)
+    await refresh_balance(session, row, catalog=catalog, now=now, actor=actor)
     if row.credits_available < amount:
         return InsufficientCredits(available=row.credits_available, requested=amount)
-    allocations = await burn_grants(session, row, amount, now=now)
     expires_at = now + timedelta(seconds=ttl_seconds)
+    allocations = await hold_grants(session, row, amount, now=now, until=expires_at)
     values: dict[str, Any] = {
         "user_id": row.id,
         "amount": amount,
@@ -138,11 +139,6 @@ async def reserve_credits(
     }
     conn = await session.connection()
     hold_id = (await conn.execute(_INSERT_HOLD, values)).scalar_one()
-    row.credits_available -= amount
-    row.credits_held += amount
-    if row.holds_next_expiry is None or expires_at < row.holds_next_expiry:
-        row.holds_next_expiry = expires_at
-    row.updated_at = now
     await save_account(session, row)
     event = await append_event(
         session,
@@ -208,8 +204,7 @@ async def settle_hold(
     spent = dict(paid)
     rest = [[gid, n - spent.get(gid, 0)] for gid, n in hold.allocations if n > spent.get(gid, 0)]
     await close_hold(session, hold.id, status="settled", closed_at=now, settled_amount=amount)
-    row.credits_held -= hold.amount
-    await return_to_grants(session, row, rest)
+    await unhold(session, row, held=hold.amount, back=rest)
     row.holds_next_expiry = await next_hold_expiry(session, row.id)
     row.updated_at = now
     await save_account(session, row)
@@ -258,8 +253,7 @@ async def release_hold(
         return HoldNotActive(hold_id=hold.id, status=hold.status_at(now))
     await expire_credits(session, row, now=now, actor=actor)
     await close_hold(session, hold.id, status="released", closed_at=now)
-    row.credits_held -= hold.amount
-    await return_to_grants(session, row, hold.allocations)
+    await unhold(session, row, held=hold.amount, back=hold.allocations)
     row.holds_next_expiry = await next_hold_expiry(session, row.id)
     row.updated_at = now
     await save_account(session, row)

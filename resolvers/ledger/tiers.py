@@ -11,14 +11,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from resolvers.catalog.model import Catalog
 from resolvers.errors import IdempotencyConflict, InvalidInput, UnknownTier, UserNotFound
 from resolvers.ledger.accounts import Account, lock_account, save_account
-from resolvers.ledger.allowances import grant_plan_allowance
+from resolvers.ledger.allowances import refresh_balance
 from resolvers.ledger.changes import record_change
-from resolvers.ledger.entries import Actor, check_change_args, expire_credits, fingerprint
+from resolvers.ledger.entries import Actor, check_change_args
+from resolvers.ledger.idempotency import KeyKind, earlier_use, fingerprint
 from resolvers.models import TierChange
 from resolvers.users import UserRef
 
 TIER_CHANGES = TierChange.__table__
-_BY_KEY = select(TIER_CHANGES).where(TIER_CHANGES.c.idempotency_key == bindparam("key"))
+_BY_ID = select(TIER_CHANGES).where(TIER_CHANGES.c.id == bindparam("change_id"))
 _INSERT = insert(TIER_CHANGES).returning(TIER_CHANGES.c.id)
 
 
@@ -68,18 +69,14 @@ async def set_tier(
         assert isinstance(user, UserRef)
         return user.not_found()
     digest = fingerprint("set_tier", user=row.id, tier=tier, reason=reason)
-    if idempotency_key is not None and row.key_use is not None:
-        if row.key_use.by_tier_change:
-            conn = await session.connection()
-            earlier = TierMoved(
-                **(await conn.execute(_BY_KEY, {"key": idempotency_key})).one()._mapping
-            )
-            if earlier.fingerprint != digest:
-                return IdempotencyConflict(idempotency_key=idempotency_key)
-            unchanged = earlier.from_tier == earlier.to_tier
-            return TierSet(user=row, change=None if unchanged else earlier, replayed=True)
-        # One key, one operation: a key a credit change already used is not free for a tier.
-        return IdempotencyConflict(idempotency_key=idempotency_key)
+    used = earlier_use(row.key_use, key=idempotency_key, kind=KeyKind.TIER, digest=digest)
+    if isinstance(used, IdempotencyConflict):
+        return used
+    if used is not None:
+        conn = await session.connection()
+        earlier = TierMoved(**(await conn.execute(_BY_ID, {"change_id": used})).one()._mapping)
+        unchanged = earlier.from_tier == earlier.to_tier
+        return TierSet(user=row, change=None if unchanged else earlier, replayed=True)
     if row.tier == tier:
         if idempotency_key is not None:
             # Nothing changes, but the key is spent: a retry with other arguments must be a
@@ -93,8 +90,7 @@ async def set_tier(
     row.updated_at = now
     # The new tier's allowance for this month is due now; its key keeps it to once a month.
     row.allowance_period_start = None
-    await expire_credits(session, row, now=now, actor=actor)
-    await grant_plan_allowance(session, row, catalog=catalog, now=now, actor=actor)
+    await refresh_balance(session, row, catalog=catalog, now=now, actor=actor)
     await save_account(session, row)
     record_change(
         session,

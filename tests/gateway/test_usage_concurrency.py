@@ -115,3 +115,56 @@ async def test_one_key_sent_to_two_gateways_at_once_counts_once(
     assert all(a["__typename"] == "EntitlementUsage" for a in answers), answers
     assert sorted(a["replayed"] for a in answers) == [False] + [True] * 19
     assert await stored_usage(runtime, user.id, "projects") == (2, 2)
+
+
+CONSUME = """
+mutation ($input: ConsumeCreditsInput!) {
+  consumeCredits(input: $input) { __typename }
+}
+"""
+
+
+@pytest.mark.slow
+async def test_usage_and_a_spend_racing_for_one_key_take_effect_once(
+    runtime: Runtime, two_gateways: list[str]
+) -> None:
+    key = await service_key(runtime)
+    user = await make_user(runtime, tier="pro", credits_granted=100)
+    ref = {"userId": str(user.id)}
+    # For each key a usage report to one gateway and a spend (by id: PostgreSQL's one-statement
+    # spend) to the other, all at once.
+    requests = []
+    for n in range(12):
+        usage = {**ref, "feature": "projects", "idempotencyKey": f"job-{n}"}
+        spend = {**ref, "amount": 1, "reason": "ai call", "idempotencyKey": f"job-{n}"}
+        requests += [(RECORD, "recordUsage", usage), (CONSUME, "consumeCredits", spend)]
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=16)) as http:
+        responses = await asyncio.gather(
+            *(
+                http.post(
+                    f"{two_gateways[i % 2]}/graphql",
+                    json={"query": query, "variables": {"input": body}},
+                    headers=headers,
+                )
+                for i, (query, _, body) in enumerate(requests)
+            )
+        )
+    answers: dict[str, list[str]] = {}
+    for (_, name, body), response in zip(requests, responses, strict=True):
+        assert response.status_code == 200, response.text
+        answers.setdefault(body["idempotencyKey"], []).append(
+            response.json()["data"][name]["__typename"]
+        )
+
+    for taken in answers.values():
+        assert sorted(taken) in (
+            ["EntitlementUsage", "IdempotencyConflict"],
+            ["CreditChange", "IdempotencyConflict"],
+        ), answers
+    counted = sum("EntitlementUsage" in taken for taken in answers.values())
+    spent = sum("CreditChange" in taken for taken in answers.values())
+    assert await stored_usage(runtime, user.id, "projects") == (counted, counted)
+    async with runtime.db.read() as session:
+        balance = await session.scalar(select(User.credits_available).where(User.id == user.id))
+    assert balance == 100 - spent

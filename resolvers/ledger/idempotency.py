@@ -1,0 +1,125 @@
+"""Idempotency keys: one key space for every kind of change, and what a reused key answers.
+
+A key names one operation, whichever change used it first: a ledger event (credit grant, spend,
+take-back, hold reserve, settle or release), a tier change, a usage count or an override. The
+same key with the same arguments answers the first result; with other arguments, or for another
+kind of change, it is an IdempotencyConflict. The one place a key's earlier use is looked up is
+`KEY_USE` below: the lock statement carries it (resolvers.ledger.accounts), and so does the
+PostgreSQL spend function (migration 0005).
+
+Two first uses of one key at once: each table's unique index stops two of one kind, and changes
+of one user take turns on its row lock, after which recordUsage, overrides and the spend
+function look the key up afresh. On PostgreSQL, a grant, tier change or hold reads the key in
+its lock statement's snapshot, so a usage report or override of the same user committed while
+it waited for the lock goes unseen; one table of keys with a unique index would close that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import bindparam, literal_column, select, union_all
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from resolvers.errors import IdempotencyConflict, InvalidInput
+from resolvers.models import CreditEvent, EntitlementOverride, TierChange, UsageEvent
+
+# Keys the gateway makes for itself (plan allowances, Stripe payments). A caller's key in these
+# namespaces would claim the key first and so silently block that allowance or those credits.
+RESERVED_KEY_PREFIXES = ("allowance:", "stripe:")
+# The sources whose keys come from outside the gateway.
+CALLER_SOURCES = ("support", "usage")
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+
+
+class KeyKind(StrEnum):
+    """The table a key's first use was written to."""
+
+    CREDIT = "credit"  # a ledger event: grant, spend, take-back, hold reserve, settle, release
+    TIER = "tier"
+    USAGE = "usage"
+    OVERRIDE = "override"
+
+
+@dataclass(frozen=True)
+class KeyUse:
+    """Where a key was used first: the kind of change, its row, and the digest of its arguments."""
+
+    kind: KeyKind
+    row_id: int
+    fingerprint: str | None
+
+
+def fingerprint(operation: str, **args: Any) -> str:
+    """A digest of what a keyed call asked for: equal digests mean a true retry."""
+    text = json.dumps([operation, args], sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_key(key: str | None, source: str) -> InvalidInput | None:
+    if key is None:
+        return None
+    if not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
+        return InvalidInput(
+            field="idempotencyKey", reason=f"must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
+        )
+    if source in CALLER_SOURCES and key.startswith(RESERVED_KEY_PREFIXES):
+        return InvalidInput(
+            field="idempotencyKey",
+            reason=f"keys starting with {' or '.join(RESERVED_KEY_PREFIXES)} are the gateway's own",
+        )
+    return None
+
+
+def earlier_use(
+    used: KeyUse | None, *, key: str | None, kind: KeyKind, digest: str
+) -> int | IdempotencyConflict | None:
+    """The id of the row a true retry answers again, a conflict, or None: the key is free."""
+    if key is None or used is None:
+        return None
+    if used.kind != kind or used.fingerprint != digest:
+        return IdempotencyConflict(idempotency_key=key)
+    return used.row_id
+
+
+def key_use_of(row: Any) -> KeyUse | None:
+    """The KeyUse in a row that carries `KEY_USE`'s columns (NULL, or no row: the key is free)."""
+    if row is None or row.key_kind is None:
+        return None
+    return KeyUse(KeyKind(row.key_kind), row.key_row_id, row.key_fingerprint)
+
+
+async def find_key_use(session: AsyncSession, key: str | None) -> KeyUse | None:
+    """Where `key` was used first, for a caller that already holds its lock; None: unused."""
+    if key is None:
+        return None
+    conn = await session.connection()
+    return key_use_of((await conn.execute(_FIND, {"idempotency_key": key})).first())
+
+
+def _uses(table: Any, kind: KeyKind) -> Any:
+    return select(
+        literal_column(f"'{kind.value}'").label("key_kind"),
+        table.c.id.label("key_row_id"),
+        table.c.fingerprint.label("key_fingerprint"),
+    ).where(table.c.idempotency_key == _KEY)
+
+
+_KEY = bindparam("idempotency_key", type_=CreditEvent.__table__.c.idempotency_key.type)
+# Each table's unique index answers its part: four index probes, in one statement. A key found
+# in two tables (only in data written before the key space was one) answers one of its uses.
+KEY_USE = (
+    union_all(
+        _uses(CreditEvent.__table__, KeyKind.CREDIT),
+        _uses(TierChange.__table__, KeyKind.TIER),
+        _uses(UsageEvent.__table__, KeyKind.USAGE),
+        _uses(EntitlementOverride.__table__, KeyKind.OVERRIDE),
+    )
+    .limit(1)
+    .subquery("key_use")
+)
+_FIND = select(KEY_USE.c.key_kind, KEY_USE.c.key_row_id, KEY_USE.c.key_fingerprint)
