@@ -30,6 +30,7 @@ from gateway.logs import log_entitlement_changes
 from gateway.prometheus import POOL_IN_USE, POOL_WAITING, count_changes, count_statement
 from resolvers.errors import Failure
 from resolvers.ledger.changes import take_changes
+from resolvers.unit_of_work import DatabaseUnreachable
 
 T = TypeVar("T")
 log = logging.getLogger("gateway.db")
@@ -51,7 +52,7 @@ _ADAPTER_ONLY_PARAMETERS = (
 _UNREACHABLE_SQLSTATES = {"57P01", "57P02", "57P03"}
 
 
-class DatabaseUnavailable(Exception):
+class DatabaseUnavailable(DatabaseUnreachable):
     """The database cannot be reached (refused, gone, timed out): nothing was done; retry."""
 
 

@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 
 from gateway.app import create_app
 from gateway.runtime import Runtime
-from gateway.webhooks import replay_stripe_event
+from resolvers.billing import deliveries
 from resolvers.billing import events as billing
 from resolvers.models import (
     AnalyticsEvent,
@@ -75,6 +75,17 @@ async def balance(runtime: Runtime, user_id: int) -> int:
         return (await s.execute(stmt)).scalar_one()
 
 
+async def replay_stripe_event(runtime: Runtime, event_id: str, request_id: str) -> object:
+    return await deliveries.replay_stripe_event(
+        runtime.db,
+        event_id=event_id,
+        catalog=runtime.catalog,
+        now=runtime.clock(),
+        request_id=request_id,
+        stripe_client=runtime.stripe,
+    )
+
+
 def purchase(user_id: int, **kw) -> dict:
     return ev.stripe_event("checkout.session.completed", ev.checkout_session(user_id=user_id, **kw))
 
@@ -112,7 +123,7 @@ async def test_replay_after_success_changes_nothing(runtime, client) -> None:
     event = purchase(user.id)
     await post(client, event)
     outcome = await replay_stripe_event(runtime, event["id"], "req-replay")
-    assert isinstance(outcome, billing.StripeEventOutcome) and outcome.replayed
+    assert isinstance(outcome, deliveries.StripeEventOutcome) and outcome.replayed
     # It says nothing changed, not the first run's effects as if they had happened again.
     assert outcome.duplicate and outcome.effects == ()
     assert outcome.note == "already processed; replaying it changed nothing"
@@ -143,7 +154,7 @@ async def test_unknown_user_fails_with_500_then_replay_succeeds_once_the_user_ex
     assert await count(runtime, Payment) == 0
     user = await make_user(runtime, email=email)
     outcome = await replay_stripe_event(runtime, event["id"], "req-replay-2")
-    assert isinstance(outcome, billing.StripeEventOutcome) and outcome.status == "processed"
+    assert isinstance(outcome, deliveries.StripeEventOutcome) and outcome.status == "processed"
     assert await balance(runtime, user.id) == 100
     row = await stored(runtime, event["id"])
     assert (row.status, row.attempts, row.last_error) == ("processed", 4, None)
