@@ -122,7 +122,7 @@ async def replay_stripe_event(
     return result
 
 
-def internal_error(exc: Exception, request_id: str | None) -> str:
+def _internal_error(exc: Exception, request_id: str | None) -> str:
     """What Stripe, the stored event and GraphQL may see of a crash: never SQL or parameters.
 
     The traceback is in the log under the request id.
@@ -148,11 +148,11 @@ async def _apply_or_record(
         raise  # nothing was stored, and nothing can be: Stripe delivers it again
     except Exception as exc:  # a bug or a database fault: the effects were rolled back
         log.exception("stripe event %s: handler raised", event_id)
-        result = StripeEventFailed(event_id=event_id, reason=internal_error(exc, run.request_id))
+        result = StripeEventFailed(event_id=event_id, reason=_internal_error(exc, run.request_id))
     if isinstance(result, StripeEventFailed):
         failure = result
         try:
-            await db.write(lambda s: record_stripe_event_failure(s, failure, run, event))
+            await db.write(lambda s: _record_failure(s, failure, run, event))
         except Exception:  # the answer is a failure either way, and Stripe delivers it again
             log.exception("stripe event %s: recording its failure failed too", event_id)
     return result
@@ -232,7 +232,7 @@ async def _apply(
     )
 
 
-async def record_stripe_event_failure(
+async def _record_failure(
     session: AsyncSession, failure: StripeEventFailed, run: _Run, event: dict[str, Any] | None
 ) -> StripeEvent | None:
     """Store the event as failed with its error, after its effects were rolled back.
