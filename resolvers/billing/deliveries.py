@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -56,6 +56,7 @@ class StripeEventOutcome:
 
 
 Result = StripeEventOutcome | StripeEventFailed
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -132,16 +133,17 @@ def _internal_error(exc: Exception, request_id: str | None) -> str:
 
 async def _apply_or_record(
     db: UnitOfWork,
-    work: Callable[[AsyncSession], Awaitable[Result | StripeEventNotFound]],
+    work: Callable[[AsyncSession], Awaitable[R]],
     run: _Run,
     event_id: str,
     *,
     event: dict[str, Any] | None = None,
-) -> Result | StripeEventNotFound:
+) -> R | StripeEventFailed:
     """Apply in one transaction; a failure (value or crash) is recorded in a second one.
 
     The effects roll back with the first transaction, so the failure must be written apart.
     """
+    result: R | StripeEventFailed
     try:
         result = await db.write(work)
     except DatabaseUnreachable:
