@@ -31,6 +31,7 @@ from gateway.live.notify import notify_changes
 from gateway.logs import log_entitlement_changes
 from resolvers.errors import Failure
 from resolvers.ledger.changes import changed_user_ids, take_changes
+from resolvers.unit_of_work import DatabaseUnreachable
 
 T = TypeVar("T")
 log = logging.getLogger("gateway.db")
@@ -92,7 +93,7 @@ def install_meter(meter: Meter) -> None:
 _UNREACHABLE_SQLSTATES = {"57P01", "57P02", "57P03"}
 
 
-class DatabaseUnavailable(Exception):
+class DatabaseUnavailable(DatabaseUnreachable):
     """The database cannot be reached (refused, gone, timed out): nothing was done; retry."""
 
 

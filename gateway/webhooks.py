@@ -1,7 +1,9 @@
-"""POST /api/billing/webhook: verify Stripe's signature, then store the event and apply it.
+"""POST /api/billing/webhook: read the body, verify Stripe's signature, hand the event over.
 
-Never 2xx before the effects are committed: Stripe retries anything else, and the event's
-handler is idempotent, so a retry is always safe while a premature 200 could lose a payment.
+Storing and applying it is resolvers.billing.deliveries; this module maps its result onto an
+answer. Never 2xx before the effects are committed: Stripe retries anything else, and the
+event's handler is idempotent, so a retry is always safe while a premature 200 could lose a
+payment.
 """
 
 from __future__ import annotations
@@ -9,21 +11,19 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
 import stripe
-from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from gateway.db import DatabaseUnavailable
 from gateway.logs import log_fields
 from gateway.prometheus import WEBHOOK_SECONDS
 from gateway.runtime import Runtime
-from resolvers.billing import events as billing
-from resolvers.errors import StripeEventFailed, StripeEventNotFound
+from resolvers.billing import deliveries, events
+from resolvers.billing.payloads import check_stripe_event
+from resolvers.errors import StripeEventFailed
 
 log = logging.getLogger("gateway.webhooks")
 
@@ -84,7 +84,7 @@ async def stripe_webhook(request: Request) -> JSONResponse:
     reason = verify_signature(body, request.headers.get("stripe-signature"), secrets)
     if reason is not None:
         await runtime.db.write(
-            lambda s: billing.record_signature_failure(
+            lambda s: events.record_signature_failure(
                 s, reason=reason, request_id=request_id, now=runtime.clock()
             )
         )
@@ -94,10 +94,20 @@ async def stripe_webhook(request: Request) -> JSONResponse:
         payload = json.loads(body)
     except ValueError:
         return answer(400, "BAD_REQUEST", {"error": "body is not JSON"})
-    if (invalid := billing.check_stripe_event(payload)) is not None:
+    if (invalid := check_stripe_event(payload)) is not None:
         return answer(400, "BAD_REQUEST", {"error": f"not a Stripe event: {invalid.message}"})
 
-    result = await process_stripe_event(runtime, payload, request_id)
+    started = time.perf_counter()
+    # A database that cannot be reached raises: nothing was stored, the app answers 503.
+    result = await deliveries.receive_stripe_event(
+        runtime.db,
+        event=payload,
+        catalog=runtime.catalog,
+        now=runtime.clock(),
+        request_id=request_id,
+        stripe_client=runtime.stripe,
+    )
+    WEBHOOK_SECONDS.labels(outcome=_outcome(result)).observe(time.perf_counter() - started)
     if isinstance(result, StripeEventFailed):
         # 500 so that Stripe retries; the event is stored as failed and can be replayed.
         return answer(500, "EVENT_FAILED", {"error": result.message, "event": payload["id"]})
@@ -106,132 +116,10 @@ async def stripe_webhook(request: Request) -> JSONResponse:
     )
 
 
-async def process_stripe_event(
-    runtime: Runtime, event: dict[str, Any], request_id: str | None
-) -> billing.StripeEventOutcome | StripeEventFailed:
-    """Store and apply one delivery in one transaction; on failure record it in a second."""
-    started = time.perf_counter()
-    now = runtime.clock()
-    result = await _apply_or_record(
-        runtime,
-        lambda s: billing.receive_stripe_event(
-            s,
-            event=event,
-            catalog=runtime.catalog,
-            now=now,
-            request_id=request_id,
-            stripe_client=runtime.stripe,
-        ),
-        event["id"],
-        request_id,
-        event,
-    )
-    _log_outcome(event["id"], event["type"], result)
+def _outcome(result: deliveries.StripeEventOutcome | StripeEventFailed) -> str:
     if isinstance(result, StripeEventFailed):
-        outcome = "failed"
-    else:
-        outcome = "duplicate" if result.duplicate else result.status  # type: ignore[union-attr]
-    WEBHOOK_SECONDS.labels(outcome=outcome).observe(time.perf_counter() - started)
-    return result  # type: ignore[return-value]
-
-
-async def replay_stripe_event(
-    runtime: Runtime, event_id: str, request_id: str | None
-) -> billing.StripeEventOutcome | StripeEventNotFound | StripeEventFailed:
-    """Re-run a stored event (CLI, GraphQL); a failure is recorded like a delivery's."""
-    now = runtime.clock()
-    result = await _apply_or_record(
-        runtime,
-        lambda s: billing.replay_stripe_event(
-            s,
-            event_id=event_id,
-            catalog=runtime.catalog,
-            now=now,
-            request_id=request_id,
-            stripe_client=runtime.stripe,
-        ),
-        event_id,
-        request_id,
-    )
-    if not isinstance(result, StripeEventNotFound):
-        _log_outcome(event_id, "replay", result)
-    return result
-
-
-async def _apply_or_record(
-    runtime: Runtime,
-    work: Callable[[AsyncSession], Awaitable[Any]],
-    event_id: str,
-    request_id: str | None,
-    event: dict[str, Any] | None = None,
-) -> billing.StripeEventOutcome | StripeEventNotFound | StripeEventFailed:
-    """Apply in one transaction; a failure (value or crash) is recorded in a second one.
-
-    The effects roll back with the first transaction, so the failure must be written apart.
-    """
-    try:
-        result = await runtime.db.write(work)
-    except DatabaseUnavailable:
-        raise  # nothing was stored: a 503, and Stripe delivers it again
-    except Exception as exc:  # a bug or a database fault: the effects were rolled back
-        log.exception("stripe event %s: handler raised", event_id)
-        result = StripeEventFailed(event_id=event_id, reason=internal_error(exc, request_id))
-    if isinstance(result, StripeEventFailed):
-        await _record_failure(runtime, result, request_id, event)
-    return result
-
-
-def internal_error(exc: Exception, request_id: str | None) -> str:
-    """What Stripe, the stored event and GraphQL may see of a crash: never SQL or parameters.
-
-    The traceback is in the log under the request id.
-    """
-    return f"internal error ({type(exc).__name__}); see the log for request {request_id}"
-
-
-async def _record_failure(
-    runtime: Runtime,
-    failure: StripeEventFailed,
-    request_id: str | None,
-    event: dict[str, Any] | None = None,
-) -> None:
-    try:
-        await runtime.db.write(
-            lambda s: billing.record_stripe_event_failure(
-                s, failure=failure, now=runtime.clock(), request_id=request_id, event=event
-            )
-        )
-    except Exception:  # the answer is a 5xx either way, and Stripe will deliver it again
-        log.exception("stripe event %s: recording its failure failed too", failure.event_id)
-
-
-def _log_outcome(
-    event_id: str, event_type: str, result: billing.StripeEventOutcome | StripeEventFailed
-) -> None:
-    if isinstance(result, StripeEventFailed):
-        log_fields(
-            log,
-            logging.ERROR,
-            event="stripe_event",
-            stripe_event_id=event_id,
-            type=event_type,
-            status="failed",
-            error=result.reason,
-        )
-        return
-    log_fields(
-        log,
-        logging.INFO,
-        event="stripe_event",
-        stripe_event_id=event_id,
-        type=event_type,
-        status=result.status,
-        duplicate=result.duplicate,
-        replayed=result.replayed,
-        attempts=result.event.attempts,
-        effects=list(result.effects),
-        note=result.note,
-    )
+        return "failed"
+    return "duplicate" if result.duplicate else result.status
 
 
 def _answer(

@@ -8,7 +8,7 @@ from enum import Enum
 import strawberry
 from strawberry.scalars import JSON
 
-from resolvers.billing import checkout
+from resolvers.billing import checkout, deliveries
 from resolvers.billing import events as billing
 from resolvers.models import StripeEvent
 from schema.connections import PageInfo, cursor_value, encode_cursor
@@ -102,7 +102,7 @@ class WebhookEventReplay:
     )
 
     @classmethod
-    def from_outcome(cls, outcome: billing.StripeEventOutcome) -> WebhookEventReplay:
+    def from_outcome(cls, outcome: deliveries.StripeEventOutcome) -> WebhookEventReplay:
         return cls(
             event=WebhookEvent.from_row(outcome.event),
             status=WebhookEventStatus(outcome.status),

@@ -88,9 +88,6 @@ class Context:
     accept_language: str | None = None
     stripe: Any = None
     analytics_events: tuple[str, ...] = ()
-    # gateway.webhooks' replay (two writes: effects, then the failure if any), passed in so
-    # that GraphQL and the CLI replay through one code path without schema importing gateway.
-    replay_stripe_event: Callable[[str, str | None], Awaitable[Any]] | None = None
     # Subscriptions (websocket connections only): where to wait for changes.
     live: LiveChanges | None = None
     _loaders: Loaders | None = field(default=None, repr=False)

@@ -9,7 +9,7 @@ from strawberry import Info
 from strawberry.scalars import JSON
 
 from resolvers import users
-from resolvers.billing import checkout
+from resolvers.billing import checkout, deliveries
 from resolvers.errors import Failure, InvalidInput
 from resolvers.insights import analytics
 from resolvers.ledger import credits, tiers
@@ -276,8 +276,14 @@ class Mutation(EntitlementMutations):
     )
     async def replay_webhook_event(self, info: Info, id: strawberry.ID) -> ReplayWebhookEventResult:
         ctx: Context = info.context
-        assert ctx.replay_stripe_event is not None, "the gateway provides the replay"
-        result = await ctx.replay_stripe_event(str(id), ctx.request_id)
+        result = await deliveries.replay_stripe_event(
+            ctx.db,
+            event_id=str(id),
+            catalog=ctx.catalog,
+            now=ctx.clock(),
+            request_id=ctx.request_id,
+            stripe_client=ctx.stripe,
+        )
         return answer(result, WebhookEventReplay.from_outcome)
 
     @strawberry.mutation(

@@ -6,7 +6,6 @@ from typing import Any
 
 import click
 
-from gateway import webhooks as webhook_route
 from gateway.cli.command import (
     cli_actor,
     echo_json,
@@ -14,6 +13,7 @@ from gateway.cli.command import (
     sync,
 )
 from gateway.runtime import Runtime
+from resolvers.billing import deliveries
 from resolvers.billing import events as billing
 from resolvers.errors import Failure
 
@@ -70,7 +70,14 @@ async def webhooks_list(runtime: Runtime, status: str | None, limit: int, as_jso
 async def webhooks_replay(runtime: Runtime, event_id: str, as_json: bool) -> None:
     """Re-run a stored Stripe event through the webhook's handler; idempotent."""
     actor = cli_actor(source="stripe")
-    result = await webhook_route.replay_stripe_event(runtime, event_id, actor.request_id)
+    result = await deliveries.replay_stripe_event(
+        runtime.db,
+        event_id=event_id,
+        catalog=runtime.catalog,
+        now=runtime.clock(),
+        request_id=actor.request_id,
+        stripe_client=runtime.stripe,
+    )
     if isinstance(result, Failure):
         fail(f"{result.message} (correlation id {actor.request_id})")
     document = {

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from functools import partial
 from typing import Any, Literal
 
 import orjson
@@ -19,7 +18,7 @@ from graphql import execute as graphql_execute
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
-from gateway import graphiql, media_types, webhooks
+from gateway import graphiql, media_types
 from gateway.auth import Authenticator
 from gateway.compiled import execution
 from gateway.db import DatabaseUnavailable
@@ -294,7 +293,6 @@ class GraphQLRoute:
             accept_language=request.headers.get("accept-language"),
             stripe=getattr(runtime, "stripe", None),
             analytics_events=runtime.settings.analytics_events,
-            replay_stripe_event=partial(webhooks.replay_stripe_event, runtime),
         )
 
     def refuse(self, error: AuthError, request_id: str) -> Response:

@@ -1,73 +1,34 @@
-"""Stripe events about money: read the object, find the user, call the payment resolvers.
+"""Stripe events about money: paid checkouts and invoices, refunds, disputes.
 
-Stripe's payload shape depends on the webhook endpoint's API version, so references are read
-from the older fields (`invoice.subscription`, `invoice.charge`) or the newer ones
+Each handler reads the object, locks the user once (`find_event_user`, or the payment's owner)
+and hands the locked account to the payment and refund resolvers. Stripe's payload shape
+depends on the webhook endpoint's API version, so references are read from the older fields
+(`invoice.subscription`, `invoice.charge`) or the newer ones
 (`invoice.parent.subscription_details`, `line.pricing.price_details`), whichever is there.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import stripe
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from resolvers.billing import payments
-from resolvers.catalog.model import Catalog, CreditPack
-from resolvers.errors import Failure, StripeEventFailed
-from resolvers.ledger.accounts import USERS, Account, lock_account, save_account
-from resolvers.ledger.entries import Actor
-from resolvers.models import Payment, parse_row_id
-from resolvers.users import UserRef, normalize_email
+from resolvers.billing import payments, refunds
+from resolvers.billing.payloads import (
+    EventContext,
+    EventHandled,
+    as_dict,
+    find_event_user,
+    object_id,
+    timestamp,
+)
+from resolvers.catalog.model import CreditPack
+from resolvers.errors import Failure, StripeEventFailed, UserNotFound
+from resolvers.ledger.accounts import Account, lock_account, save_account
+from resolvers.models import Payment
+from resolvers.users import UserRef
 
 ALLOWANCE_BILLING_REASONS = ("subscription_create", "subscription_cycle")
-
-
-@dataclass(frozen=True)
-class EventHandled:
-    status: str  # processed | ignored
-    effects: tuple[str, ...] = ()
-    note: str | None = None
-
-
-@dataclass(frozen=True)
-class EventContext:
-    session: AsyncSession
-    event: dict[str, Any]
-    catalog: Catalog
-    now: datetime
-    actor: Actor
-    stripe_client: stripe.StripeClient | None
-
-    @property
-    def obj(self) -> dict[str, Any]:
-        return self.event["data"]["object"]
-
-    @property
-    def created(self) -> datetime:
-        return datetime.fromtimestamp(self.event["created"], UTC)
-
-    def fail(self, reason: str) -> StripeEventFailed:
-        return StripeEventFailed(event_id=self.event["id"], reason=reason)
-
-    def ignore(self, note: str) -> EventHandled:
-        return EventHandled(status="ignored", note=note)
-
-
-Handler = Callable[[EventContext], Awaitable[EventHandled | StripeEventFailed]]
-
-
-def object_id(value: Any) -> str | None:
-    """A Stripe reference is an id, or the object itself when the field was expanded."""
-    if isinstance(value, str) and value:
-        return value
-    if isinstance(value, dict) and isinstance(value.get("id"), str):
-        return value["id"]
-    return None
 
 
 async def checkout_completed(ctx: EventContext) -> EventHandled | StripeEventFailed:
@@ -109,7 +70,7 @@ async def checkout_completed(ctx: EventContext) -> EventHandled | StripeEventFai
         return pack
     recorded = await payments.record_credit_pack_purchase(
         ctx.session,
-        user=user,
+        account=user,
         checkout_session_id=cs["id"],
         pack=pack,
         amount=int(cs.get("amount_total") or 0),
@@ -157,7 +118,7 @@ async def invoice_paid(ctx: EventContext) -> EventHandled | StripeEventFailed:
         return user
     recorded = await payments.record_subscription_payment(
         ctx.session,
-        user=user,
+        account=user,
         invoice_id=inv["id"],
         tier=tier,
         amount=int(inv.get("amount_paid") or 0),
@@ -182,11 +143,13 @@ def _is_proration(line: Any) -> bool:
 
 async def charge_refunded(ctx: EventContext) -> EventHandled | StripeEventFailed:
     charge = ctx.obj
-    payment = await _payment_for(ctx, charge.get("id"), charge)
-    if isinstance(payment, StripeEventFailed):
-        return payment
-    result = await payments.refund_payment(
+    found = await _payment_for(ctx, charge.get("id"), charge)
+    if isinstance(found, StripeEventFailed):
+        return found
+    payment, owner = found
+    result = await refunds.refund_payment(
         ctx.session,
+        account=owner,
         payment_id=payment.id,
         amount_refunded=int(charge.get("amount_refunded") or 0),
         charge_id=charge.get("id"),
@@ -198,11 +161,13 @@ async def charge_refunded(ctx: EventContext) -> EventHandled | StripeEventFailed
 
 async def dispute_created(ctx: EventContext) -> EventHandled | StripeEventFailed:
     dispute = ctx.obj
-    payment = await _payment_for(ctx, object_id(dispute.get("charge")), dispute)
-    if isinstance(payment, StripeEventFailed):
-        return payment
-    result = await payments.dispute_payment(
+    found = await _payment_for(ctx, object_id(dispute.get("charge")), dispute)
+    if isinstance(found, StripeEventFailed):
+        return found
+    payment, owner = found
+    result = await refunds.dispute_payment(
         ctx.session,
+        account=owner,
         payment_id=payment.id,
         disputed_amount=int(dispute.get("amount") or 0),
         dispute_id=str(dispute.get("id")),
@@ -211,79 +176,6 @@ async def dispute_created(ctx: EventContext) -> EventHandled | StripeEventFailed
         now=ctx.now,
     )
     return _taken_back(ctx, result)
-
-
-async def find_event_user(
-    ctx: EventContext,
-    *,
-    user_id: Any = None,
-    customer: str | None = None,
-    subscription: str | None = None,
-    email: str | None = None,
-    idempotency_key: str | None = None,
-) -> Account | StripeEventFailed:
-    """By our id (client_reference_id, metadata), else customer, subscription, email; locked.
-
-    Locked once, here: the payment and ledger resolvers are handed the account. The key the
-    effects will use is looked up by the same statement. A customer id linked here is written
-    by the next save of the account.
-    """
-    user = None
-    if (row_id := parse_row_id(user_id)) is not None:
-        user = await lock_account(
-            ctx.session, UserRef(user_id=row_id), idempotency_key=idempotency_key
-        )
-    if user is None:
-        found = await _user_id_by(ctx.session, None, customer, subscription, email)
-        if found is None and email is None and customer and ctx.stripe_client is not None:
-            try:
-                remote = await ctx.stripe_client.v1.customers.retrieve_async(customer)
-            except stripe.StripeError as exc:
-                return ctx.fail(
-                    f"fetching customer {customer} from Stripe: {exc.user_message or exc}"
-                )
-            email = getattr(remote, "email", None)
-            found = await _user_id_by(ctx.session, None, None, None, email)
-        if found is None:
-            return ctx.fail(
-                f"no user for Stripe customer {customer or '-'} (user id {user_id or '-'},"
-                f" email {email or '-'}); create the user, then replay {ctx.event['id']}"
-            )
-        user = await lock_account(
-            ctx.session, UserRef(user_id=found), idempotency_key=idempotency_key
-        )
-        assert user is not None, "a user found in this transaction is still there"
-    if customer and user.stripe_customer_id is None:
-        taken = await ctx.session.execute(
-            select(USERS.c.id).where(USERS.c.stripe_customer_id == customer)
-        )
-        if taken.scalar_one_or_none() is None:
-            user.stripe_customer_id = customer
-            user.updated_at = ctx.now
-    return user
-
-
-async def _user_id_by(
-    session: AsyncSession,
-    user_id: Any,
-    customer: str | None,
-    subscription: str | None,
-    email: str | None,
-) -> int | None:
-    conditions = []
-    if (row_id := parse_row_id(user_id)) is not None:
-        conditions.append(USERS.c.id == row_id)
-    if customer:
-        conditions.append(USERS.c.stripe_customer_id == customer)
-    if subscription:
-        conditions.append(USERS.c.stripe_subscription_id == subscription)
-    if isinstance(email, str) and email:
-        conditions.append(USERS.c.email == normalize_email(email))
-    for condition in conditions:
-        stmt = select(USERS.c.id).where(condition).order_by(USERS.c.id).limit(1)
-        if (found := (await session.execute(stmt)).scalar_one_or_none()) is not None:
-            return found
-    return None
 
 
 async def _pack_for(
@@ -310,7 +202,8 @@ async def _pack_for(
 
 async def _payment_for(
     ctx: EventContext, charge_id: str | None, obj: dict[str, Any]
-) -> Payment | StripeEventFailed:
+) -> tuple[Payment, Account] | StripeEventFailed:
+    """The payment a charge or dispute is about, and its owner: the event's one user lock."""
     payment_intent = object_id(obj.get("payment_intent"))
     payment = await payments.find_payment_for_charge(
         ctx.session,
@@ -323,11 +216,14 @@ async def _payment_for(
             f"no payment for charge {charge_id} (payment intent {payment_intent});"
             " replay once its purchase event is processed"
         )
-    return payment
+    owner = await lock_account(ctx.session, UserRef(user_id=payment.user_id))
+    if owner is None:
+        return ctx.fail(UserNotFound(user_id=payment.user_id).message)
+    return payment, owner
 
 
 def _taken_back(
-    ctx: EventContext, result: payments.CreditsTakenBack | Failure
+    ctx: EventContext, result: refunds.CreditsTakenBack | Failure
 ) -> EventHandled | StripeEventFailed:
     if isinstance(result, Failure):
         return ctx.fail(result.message)
@@ -359,13 +255,3 @@ def _line_price(line: dict[str, Any]) -> str | None:
         or object_id(line.get("plan"))
         or object_id(as_dict(as_dict(line.get("pricing")).get("price_details")).get("price"))
     )
-
-
-def timestamp(value: Any) -> datetime | None:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return datetime.fromtimestamp(value, UTC)
-    return None
-
-
-def as_dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}

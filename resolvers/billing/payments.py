@@ -1,12 +1,12 @@
-"""Payments: one row per Stripe object paid for, the credits it granted, and what refunds took back.
+"""Payments: one row per Stripe object paid for, and the credits it granted; found by any id.
 
-Every function locks the paying user's row first, as every ledger change does: sibling Stripe
-events about one payment (and a refund racing its purchase) then take turns.
+A payment is recorded for an account the caller locked (the Stripe event's one user lock), as
+every ledger change is: sibling Stripe events about one payment (and a refund racing its
+purchase) then take turns. What refunds take back is resolvers.billing.refunds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import bindparam, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from resolvers.billing.purchase_analytics import track_purchase_completed
 from resolvers.catalog.model import CreditPack, Tier
 from resolvers.errors import (
     IdempotencyConflict,
@@ -21,20 +22,10 @@ from resolvers.errors import (
     PaymentNotFound,
     UserNotFound,
 )
-from resolvers.ledger.accounts import Account, lock_account
-from resolvers.ledger.credits import CreditChanged, grant_ai_credits, revoke_payment_credits
+from resolvers.ledger.accounts import Account
+from resolvers.ledger.credits import CreditChanged, grant_ai_credits
 from resolvers.ledger.entries import Actor, LedgerEvent
-from resolvers.models import (
-    AnalyticsEvent,
-    CreditEvent,
-    CreditGrant,
-    Payment,
-    User,
-    parse_row_id,
-)
-from resolvers.users import UserRef
-
-PURCHASE_EVENT = "credit_purchase_completed"
+from resolvers.models import CreditEvent, CreditGrant, Payment, User, parse_row_id
 
 
 @dataclass(frozen=True)
@@ -42,14 +33,6 @@ class PaymentRecorded:
     payment: Payment
     created: bool  # False: the payment was already recorded and nothing was done
     grant_events: list[CreditEvent | LedgerEvent]
-
-
-@dataclass(frozen=True)
-class CreditsTakenBack:
-    payment: Payment
-    revoked: int
-    unrecovered: int
-    event: LedgerEvent | None
 
 
 @dataclass(frozen=True)
@@ -73,7 +56,7 @@ def invoice_key(invoice_id: str) -> str:
 async def record_credit_pack_purchase(
     session: AsyncSession,
     *,
-    user: UserRef | Account,
+    account: Account,
     checkout_session_id: str,
     pack: CreditPack,
     amount: int,
@@ -83,10 +66,6 @@ async def record_credit_pack_purchase(
     now: datetime,
 ) -> PaymentRecorded | RecordFailure:
     """A paid checkout session: the payment row, the pack's credits, `credit_purchase_completed`."""
-    account = await lock_account(session, user)
-    if account is None:
-        assert isinstance(user, UserRef)
-        return user.not_found()
     if earlier := await _recorded(session, checkout_session_id):
         return earlier
     payment = await _insert_payment(
@@ -119,10 +98,10 @@ async def record_credit_pack_purchase(
     )
     if not isinstance(granted, CreditChanged):
         return granted
-    await _track_once(
+    await track_purchase_completed(
         session,
         user_id=account.id,
-        dedupe_key=f"{PURCHASE_EVENT}:{checkout_session_id}",
+        checkout_session_id=checkout_session_id,
         properties={
             "pack": pack.code,
             "credits": pack.credits,
@@ -140,7 +119,7 @@ async def record_credit_pack_purchase(
 async def record_subscription_payment(
     session: AsyncSession,
     *,
-    user: UserRef | Account,
+    account: Account,
     invoice_id: str,
     tier: Tier,
     amount: int,
@@ -155,10 +134,6 @@ async def record_subscription_payment(
 
     The allowance expires at the period's end; an invoice replayed after that grants nothing.
     """
-    account = await lock_account(session, user)
-    if account is None:
-        assert isinstance(user, UserRef)
-        return user.not_found()
     if earlier := await _recorded(session, invoice_id):
         return earlier
     credits = tier.monthly_credits if period_end is not None and period_end > now else 0
@@ -196,62 +171,6 @@ async def record_subscription_payment(
     if not isinstance(granted, CreditChanged):
         return granted
     return PaymentRecorded(payment=payment, created=True, grant_events=[granted.event])
-
-
-async def refund_payment(
-    session: AsyncSession,
-    *,
-    payment_id: int,
-    amount_refunded: int,
-    charge_id: str | None,
-    actor: Actor,
-    now: datetime,
-) -> CreditsTakenBack | UserNotFound | InvalidInput:
-    """Stripe's charge says `amount_refunded` in total so far: take back that share of credits."""
-
-    def update(payment: Payment) -> int:
-        payment.amount_refunded = max(payment.amount_refunded, amount_refunded)
-        payment.status = (
-            "refunded" if payment.amount_refunded >= payment.amount else "partially_refunded"
-        )
-        return payment.amount_refunded
-
-    return await _take_back(
-        session,
-        payment_id=payment_id,
-        charge_id=charge_id,
-        update=update,
-        reason=f"refund of payment {payment_id}" + (f" (charge {charge_id})" if charge_id else ""),
-        actor=actor,
-        now=now,
-    )
-
-
-async def dispute_payment(
-    session: AsyncSession,
-    *,
-    payment_id: int,
-    disputed_amount: int,
-    dispute_id: str,
-    charge_id: str | None,
-    actor: Actor,
-    now: datetime,
-) -> CreditsTakenBack | UserNotFound | InvalidInput:
-    """A dispute freezes the disputed money: its share of credits is taken back like a refund."""
-
-    def update(payment: Payment) -> int:
-        payment.status = "disputed"
-        return max(payment.amount_refunded, disputed_amount)
-
-    return await _take_back(
-        session,
-        payment_id=payment_id,
-        charge_id=charge_id,
-        update=update,
-        reason=f"dispute {dispute_id} on payment {payment_id}",
-        actor=actor,
-        now=now,
-    )
 
 
 async def find_payment_for_charge(
@@ -342,86 +261,8 @@ async def _payment_events(session: AsyncSession, payment_id: int) -> list[Credit
     return list((await session.execute(stmt)).scalars())
 
 
-async def _take_back(
-    session: AsyncSession,
-    *,
-    payment_id: int,
-    charge_id: str | None,
-    update: Callable[[Payment], int],
-    reason: str,
-    actor: Actor,
-    now: datetime,
-) -> CreditsTakenBack | UserNotFound | InvalidInput:
-    owner = await session.get(Payment, payment_id)
-    if owner is None:
-        raise LookupError(f"payment {payment_id} vanished")
-    account = await lock_account(session, UserRef(user_id=owner.user_id))
-    if account is None:
-        return UserNotFound(user_id=owner.user_id)
-    # Re-read under the user's lock: a concurrent refund of the same payment has committed.
-    payment = (
-        await session.execute(
-            select(Payment)
-            .where(Payment.id == payment_id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        )
-    ).scalar_one()
-    if charge_id and payment.stripe_charge_id is None:
-        payment.stripe_charge_id = charge_id
-    covered = min(update(payment), payment.amount)
-    # Stripe reports cumulative amounts, so the share due is recomputed from the total and only
-    # the difference with what was already settled is taken: replays and retries take nothing.
-    target = payment.credits_granted * covered // payment.amount if payment.amount > 0 else 0
-    due = target - payment.credits_revoked - payment.credits_unrecovered
-    if due <= 0:
-        await session.flush()
-        return CreditsTakenBack(payment=payment, revoked=0, unrecovered=0, event=None)
-    result = await revoke_payment_credits(
-        session,
-        user=account,
-        payment_id=payment.id,
-        amount=due,
-        reason=reason,
-        actor=actor,
-        now=now,
-    )
-    if isinstance(result, UserNotFound | InvalidInput):
-        return result
-    payment.credits_revoked += result.revoked
-    payment.credits_unrecovered += result.unrecovered
-    await session.flush()
-    return CreditsTakenBack(
-        payment=payment, revoked=result.revoked, unrecovered=result.unrecovered, event=result.event
-    )
-
-
 PAYMENTS = Payment.__table__
 _INSERT_PAYMENT = insert(PAYMENTS).returning(PAYMENTS.c.id)
 _PAYMENT_BY_OBJECT = select(PAYMENTS.c.id).where(
     PAYMENTS.c.stripe_object_id == bindparam("object_id")
 )
-ANALYTICS = AnalyticsEvent.__table__
-_TRACKED = select(ANALYTICS.c.id).where(ANALYTICS.c.dedupe_key == bindparam("dedupe_key"))
-
-
-async def _track_once(
-    session: AsyncSession,
-    *,
-    user_id: int,
-    dedupe_key: str,
-    properties: dict[str, object],
-    request_id: str | None,
-    now: datetime,
-) -> None:
-    conn = await session.connection()
-    if (await conn.execute(_TRACKED, {"dedupe_key": dedupe_key})).first() is None:
-        values = {
-            "name": PURCHASE_EVENT,
-            "user_id": user_id,
-            "properties": properties,
-            "dedupe_key": dedupe_key,
-            "request_id": request_id,
-            "occurred_at": now,
-        }
-        await conn.execute(insert(ANALYTICS), values)

@@ -11,7 +11,7 @@ from typing import Any
 
 import stripe
 
-from resolvers.billing.money import (
+from resolvers.billing.payloads import (
     EventContext,
     EventHandled,
     as_dict,

@@ -6,10 +6,11 @@ import asyncio
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -17,11 +18,11 @@ from pathlib import Path
 import httpx
 import pytest
 import stripe
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from gateway.app import create_app
 from gateway.runtime import Runtime
-from gateway.webhooks import replay_stripe_event
+from resolvers.billing import deliveries
 from resolvers.billing import events as billing
 from resolvers.models import (
     AnalyticsEvent,
@@ -75,6 +76,17 @@ async def balance(runtime: Runtime, user_id: int) -> int:
         return (await s.execute(stmt)).scalar_one()
 
 
+async def replay_stripe_event(runtime: Runtime, event_id: str, request_id: str) -> object:
+    return await deliveries.replay_stripe_event(
+        runtime.db,
+        event_id=event_id,
+        catalog=runtime.catalog,
+        now=runtime.clock(),
+        request_id=request_id,
+        stripe_client=runtime.stripe,
+    )
+
+
 def purchase(user_id: int, **kw) -> dict:
     return ev.stripe_event("checkout.session.completed", ev.checkout_session(user_id=user_id, **kw))
 
@@ -112,7 +124,7 @@ async def test_replay_after_success_changes_nothing(runtime, client) -> None:
     event = purchase(user.id)
     await post(client, event)
     outcome = await replay_stripe_event(runtime, event["id"], "req-replay")
-    assert isinstance(outcome, billing.StripeEventOutcome) and outcome.replayed
+    assert isinstance(outcome, deliveries.StripeEventOutcome) and outcome.replayed
     # It says nothing changed, not the first run's effects as if they had happened again.
     assert outcome.duplicate and outcome.effects == ()
     assert outcome.note == "already processed; replaying it changed nothing"
@@ -143,7 +155,7 @@ async def test_unknown_user_fails_with_500_then_replay_succeeds_once_the_user_ex
     assert await count(runtime, Payment) == 0
     user = await make_user(runtime, email=email)
     outcome = await replay_stripe_event(runtime, event["id"], "req-replay-2")
-    assert isinstance(outcome, billing.StripeEventOutcome) and outcome.status == "processed"
+    assert isinstance(outcome, deliveries.StripeEventOutcome) and outcome.status == "processed"
     assert await balance(runtime, user.id) == 100
     row = await stored(runtime, event["id"])
     assert (row.status, row.attempts, row.last_error) == ("processed", 4, None)
@@ -406,3 +418,74 @@ async def test_paid_invoice_is_stored_and_applied_in_at_most_ten_statements(
     assert await balance(runtime, user.id) == 1000
     locks = [s for s in count_statements.statements if "FOR UPDATE" in s and "users" in s]
     assert len(locks) <= 1, locks  # SQLite has no FOR UPDATE: BEGIN IMMEDIATE locks
+
+
+class UserLocks:
+    """Counts the statements that lock a users row (SELECT … FROM users … FOR UPDATE)."""
+
+    LOCK = re.compile(r"\bFROM users\b.*\bFOR UPDATE\b", re.DOTALL)
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.statements: list[str] = []
+        self._engine = runtime.db.engine.sync_engine
+        event.listen(self._engine, "before_cursor_execute", self._on_execute)
+
+    def _on_execute(self, *args: object) -> None:
+        if self.LOCK.search(str(args[2])):
+            self.statements.append(str(args[2]))
+
+    def take(self) -> list[str]:
+        taken, self.statements = self.statements, []
+        return taken
+
+    def close(self) -> None:
+        event.remove(self._engine, "before_cursor_execute", self._on_execute)
+
+
+@pytest.fixture
+def user_locks(runtime: Runtime, backend: str) -> Iterator[UserLocks]:
+    if backend != "postgresql":
+        pytest.skip("SQLite has no row locks: BEGIN IMMEDIATE takes the whole database")
+    locks = UserLocks(runtime)
+    yield locks
+    locks.close()
+
+
+async def test_each_stripe_event_locks_the_user_row_once(
+    runtime, client, user_locks: UserLocks
+) -> None:
+    """The handler locks the user once and hands the account to payment, grant and tier code."""
+    user = await make_user(runtime)
+    period_end = runtime.clock() + timedelta(days=30)
+    subscribed = ev.subscription(
+        sub_id="sub_locks",
+        customer="cus_locks",
+        price="price_pro_monthly_eur",
+        period_end=period_end,
+        user_id=user.id,
+    )
+    invoice = ev.invoice(
+        customer="cus_locks",
+        subscription_id="sub_locks",
+        price="price_pro_monthly_eur",
+        period_start=runtime.clock(),
+        period_end=period_end,
+    )
+    session = ev.checkout_session(user_id=user.id, customer="cus_locks")
+    refund = ev.charge(payment_intent=session["payment_intent"], amount=500, amount_refunded=250)
+    dispute = ev.dispute(charge_id=refund["id"], payment_intent=None, amount=500)
+    deliveries_in_order = [
+        ev.stripe_event("customer.subscription.created", subscribed),
+        ev.stripe_event("invoice.paid", invoice),
+        ev.stripe_event("checkout.session.completed", session),
+        ev.stripe_event("charge.refunded", refund),
+        ev.stripe_event("charge.dispute.created", dispute),
+    ]
+    for delivered in deliveries_in_order:
+        user_locks.take()
+        answer = await post(client, delivered)
+        assert answer.json()["status"] == "processed", answer.text
+        locks = user_locks.take()
+        assert len(locks) == 1, (delivered["type"], locks)
+    # The effects all happened: 1000 allowance + 100 pack, half the pack refunded, then disputed.
+    assert await balance(runtime, user.id) == 1000

@@ -14,8 +14,7 @@ import pytest
 from sqlalchemy import func, select
 
 from gateway.runtime import Runtime, build_stripe_client
-from gateway.webhooks import process_stripe_event, replay_stripe_event
-from resolvers.billing import checkout, payments
+from resolvers.billing import checkout, deliveries, payments
 from resolvers.billing import events as billing
 from resolvers.errors import (
     InvalidInput,
@@ -60,8 +59,28 @@ async def fake_stripe(runtime: Runtime, fake_server: FakeStripe) -> AsyncIterato
     await http.close_async()
 
 
-async def deliver(runtime: Runtime, event: dict) -> billing.StripeEventOutcome | StripeEventFailed:
-    return await process_stripe_event(runtime, event, "req-stripe")
+async def deliver(
+    runtime: Runtime, event: dict
+) -> deliveries.StripeEventOutcome | StripeEventFailed:
+    return await deliveries.receive_stripe_event(
+        runtime.db,
+        event=event,
+        catalog=runtime.catalog,
+        now=runtime.clock(),
+        request_id="req-stripe",
+        stripe_client=runtime.stripe,
+    )
+
+
+async def replay_stripe_event(runtime: Runtime, event_id: str, request_id: str) -> object:
+    return await deliveries.replay_stripe_event(
+        runtime.db,
+        event_id=event_id,
+        catalog=runtime.catalog,
+        now=runtime.clock(),
+        request_id=request_id,
+        stripe_client=runtime.stripe,
+    )
 
 
 async def balances(runtime: Runtime, user_id: int) -> tuple[int, int, int]:
@@ -108,7 +127,7 @@ async def test_paid_checkout_records_payment_grants_pack_and_tracks_purchase(run
     session = ev.checkout_session(user_id=user.id, pack="credits_500", amount=2000)
     event = ev.stripe_event("checkout.session.completed", session)
     outcome = await deliver(runtime, event)
-    assert isinstance(outcome, billing.StripeEventOutcome) and outcome.status == "processed"
+    assert isinstance(outcome, deliveries.StripeEventOutcome) and outcome.status == "processed"
     assert await balances(runtime, user.id) == (510, 510, 510)
     [payment] = await load(runtime, Payment)
     assert (payment.kind, payment.stripe_object_id, payment.amount, payment.currency) == (

@@ -34,6 +34,7 @@ from resolvers.billing import payments
 from resolvers.catalog.model import load_catalog
 from resolvers.errors import Failure
 from resolvers.ledger import credits, tiers
+from resolvers.ledger.accounts import lock_account
 from resolvers.ledger.entries import Actor
 from resolvers.models import CreditEvent, CreditGrant, Payment, User
 from resolvers.users import UserRef
@@ -114,9 +115,11 @@ class TwinLedgers(RuleBasedStateMachine):
 
     def _buy(self, index: int, now: datetime, *, pack: str, checkout: str) -> Any:
         async def work(s):
+            # As the webhook's handler does: the buyer is locked once, then handed down.
+            account = await lock_account(s, UserRef(user_id=self.user_ids[index]))
             result = await payments.record_credit_pack_purchase(
                 s,
-                user=UserRef(user_id=self.user_ids[index]),
+                account=account,
                 checkout_session_id=checkout,
                 pack=CATALOG.credit_pack(pack),
                 amount=1000,

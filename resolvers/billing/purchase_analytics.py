@@ -1,0 +1,38 @@
+"""`credit_purchase_completed`: the CRO analytics event of a bought credit pack, once per sale."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import bindparam, insert, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from resolvers.models import AnalyticsEvent
+
+PURCHASE_EVENT = "credit_purchase_completed"
+ANALYTICS = AnalyticsEvent.__table__
+_TRACKED = select(ANALYTICS.c.id).where(ANALYTICS.c.dedupe_key == bindparam("dedupe_key"))
+
+
+async def track_purchase_completed(
+    session: AsyncSession,
+    *,
+    user_id: int,
+    checkout_session_id: str,
+    properties: dict[str, object],
+    request_id: str | None,
+    now: datetime,
+) -> None:
+    """Record the purchase for the dashboards unless a sibling event about it already did."""
+    dedupe_key = f"{PURCHASE_EVENT}:{checkout_session_id}"
+    conn = await session.connection()
+    if (await conn.execute(_TRACKED, {"dedupe_key": dedupe_key})).first() is None:
+        values = {
+            "name": PURCHASE_EVENT,
+            "user_id": user_id,
+            "properties": properties,
+            "dedupe_key": dedupe_key,
+            "request_id": request_id,
+            "occurred_at": now,
+        }
+        await conn.execute(insert(ANALYTICS), values)

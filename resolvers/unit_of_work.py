@@ -1,0 +1,21 @@
+"""The transaction a domain operation of several writes runs in (gateway.db.Database is one)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+T = TypeVar("T")
+
+
+class UnitOfWork(Protocol):
+    async def write(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        """Run `work` in one transaction: committed, or rolled back if it returns a `Failure`."""
+        ...
+
+
+class DatabaseUnreachable(Exception):
+    """The unit of work could not reach its database: nothing was done, and nothing can be
+    recorded either; the caller answers "try again" (gateway.db raises a subclass)."""
