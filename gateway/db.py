@@ -32,6 +32,7 @@ from resolvers.errors import Failure
 from resolvers.ledger.changes import take_changes
 
 T = TypeVar("T")
+BeforeCommit = Callable[[AsyncSession, list[dict[str, Any]]], Awaitable[None]]
 log = logging.getLogger("gateway.db")
 
 MAX_ATTEMPTS = 5
@@ -121,6 +122,9 @@ class Database:
         )
         self._read_sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._write_sessions = async_sessionmaker(writer, expire_on_commit=False)
+        # Called in every committing write transaction with the changes it queued, just before
+        # COMMIT: the outbox writes the events they cause (resolvers.outbox.triggers).
+        self.before_commit: BeforeCommit | None = None
 
     async def connect_outside_pool(self, **extra: Any) -> Any:
         """An asyncpg connection of its own, configured as the pool's are (PostgreSQL only).
@@ -155,8 +159,8 @@ class Database:
         Retried from the start on a lost race (deadlock, serialization failure, a unique key a
         concurrent transaction took first, SQLite busy); `work` must therefore only touch the
         database through the session it is given. The `entitlement_change` lines the work
-        queued are logged after the commit, and only then. A database that cannot be reached
-        raises DatabaseUnavailable.
+        queued go to `before_commit` (the outbox) first, and are logged after the commit, and
+        only then. A database that cannot be reached raises DatabaseUnavailable.
         """
         async with _reachable():
             return await self._write(work)
@@ -166,9 +170,12 @@ class Database:
             async with self._write_sessions() as session:
                 try:
                     result = await work(session)
+                    changes = take_changes(session)
                     if isinstance(result, Failure):
                         await session.rollback()
                     else:
+                        if self.before_commit is not None:
+                            await self.before_commit(session, changes)
                         await session.commit()
                 except DBAPIError as exc:
                     await session.rollback()
@@ -178,7 +185,6 @@ class Database:
                     log.info("write lost a race, retrying (attempt %d): %s", attempt, exc.orig)
                     await asyncio.sleep(0.005 * attempt)
                     continue
-                changes = take_changes(session)
                 if not isinstance(result, Failure):
                     log_entitlement_changes(changes)
                     count_changes([change["action"] for change in changes])

@@ -9,12 +9,14 @@ from strawberry.tools import merge_types
 from schema.arguments import guard_arguments
 from schema.holds import HoldMutation
 from schema.mutation import Mutation
+from schema.outbox import OutboxMutation, OutboxQuery
 from schema.query import Query
 
 
 def build_schema() -> strawberry.Schema:
-    mutation = merge_types("Mutation", (Mutation, HoldMutation))
-    built = strawberry.Schema(query=Query, mutation=mutation, config=StrawberryConfig())
+    query = merge_types("Query", (Query, OutboxQuery))
+    mutation = merge_types("Mutation", (Mutation, HoldMutation, OutboxMutation))
+    built = strawberry.Schema(query=query, mutation=mutation, config=StrawberryConfig())
     guard_arguments(built._schema)
     return built
 
