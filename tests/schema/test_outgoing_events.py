@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -242,3 +243,15 @@ async def test_no_events_without_outgoing_webhooks(database_url: str, clock: Any
         assert await events(runtime, user.id) == []
     finally:
         await runtime.close()
+
+
+async def test_concurrent_spends_tell_each_crossing_once(
+    runtime: Runtime, gql: GraphQLClient, support: str
+) -> None:
+    user = await make_user(runtime, credits_granted=100, calendar_allowances=False)
+    answers = await asyncio.gather(
+        *(send(gql, support, CONSUME, userId=str(user.id), amount=5) for _ in range(20))
+    )
+    assert {a["consumeCredits"]["__typename"] for a in answers} == {"CreditChange"}
+    types = [t for t, _ in await events(runtime, user.id)]
+    assert types == ["credits.low_balance", "credits.depleted"]
