@@ -87,15 +87,13 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("user_id", name=op.f("pk_balance_alerts")),
     )
 
-    leases = op.create_table(
+    op.create_table(
         "outbox_leases",
         sa.Column("name", sa.String(length=32), nullable=False),
         sa.Column("holder", sa.String(length=64), nullable=True),
         sa.Column("expires_at", _WHEN, nullable=True),
         sa.PrimaryKeyConstraint("name", name=op.f("pk_outbox_leases")),
     )
-    # The one lease there is; taking it is an UPDATE, which SQLite's write lock serializes.
-    op.bulk_insert(leases, [{"name": "dispatch", "holder": None, "expires_at": None}])
 
 
 def downgrade() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from sqlalchemy import or_, update
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers.models import OutboxLease
@@ -19,7 +20,14 @@ DISPATCH = "dispatch"
 async def take_lease(
     session: AsyncSession, *, holder: str, now: datetime, ttl: timedelta, name: str = DISPATCH
 ) -> bool:
-    """Take or renew the lease for `ttl`: whether `holder` has it now."""
+    """Take or renew the lease for `ttl`: whether `holder` has it now.
+
+    The row is made on first use; both statements run under SQLite's write lock (the unit of
+    work's BEGIN IMMEDIATE), so two processes cannot both see the lease free.
+    """
+    await session.execute(
+        sqlite_insert(OutboxLease).values(name=name, holder=None).on_conflict_do_nothing()
+    )
     taken = await session.execute(
         update(OutboxLease)
         .where(
