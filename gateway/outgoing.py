@@ -59,6 +59,10 @@ class Dispatcher:
 
     async def dispatch(self) -> DispatchReport:
         """One pass: everything due now, unless another process is dispatching."""
+        # A read first: an idle pass then takes no lock (on SQLite, no write transaction).
+        async with self.db.read() as session:
+            if not await deliveries.due_deliveries(session, now=self.clock(), limit=1):
+                return DispatchReport(delivered=0, failed=0, skipped=False)
         async with self._dispatch_lock() as is_mine:
             if not is_mine:
                 return DispatchReport(delivered=0, failed=0, skipped=True)
