@@ -25,6 +25,7 @@ from gateway.db import Meter, install_meter, is_unreachable
 from gateway.failures import EXCEPTION_HANDLERS, RETRY_AFTER_SECONDS
 from gateway.graphql.lane import GraphQLLane
 from gateway.graphql.route import Executor, GraphQLRoute
+from gateway.jobs import build_dispatcher, outbox_periodically
 from gateway.listener import Listener
 from gateway.live.feed import LiveFeed
 from gateway.live.socket import LiveSocket
@@ -129,6 +130,12 @@ def create_app(runtime: Runtime, *, executor: Executor = "compiled") -> Starlett
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         sweeper = asyncio.create_task(sweep_periodically(runtime.db, runtime.clock))
+        dispatcher = build_dispatcher(runtime)
+        outbox = (
+            asyncio.create_task(outbox_periodically(runtime, dispatcher))
+            if dispatcher is not None
+            else None
+        )
         try:
             if listener is not None:
                 await listener.start()
@@ -139,9 +146,13 @@ def create_app(runtime: Runtime, *, executor: Executor = "compiled") -> Starlett
             await feed.stop()
             if listener is not None:
                 await listener.stop()
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            for task in (sweeper, outbox):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            if dispatcher is not None:
+                await dispatcher.close()
             await runtime.close()
 
     app = Gateway(

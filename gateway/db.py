@@ -34,6 +34,7 @@ from resolvers.ledger.changes import changed_user_ids, take_changes
 from resolvers.unit_of_work import DatabaseUnreachable
 
 T = TypeVar("T")
+BeforeCommit = Callable[[AsyncSession, list[dict[str, Any]]], Awaitable[None]]
 log = logging.getLogger("gateway.db")
 
 MAX_ATTEMPTS = 5
@@ -165,6 +166,9 @@ class Database:
         self._write_sessions = async_sessionmaker(writer, expire_on_commit=False)
         # Told the users each committed write changed (gateway.live: SQLite's in-process push).
         self.on_commit: Callable[[list[int]], None] | None = None
+        # Called in every committing write transaction with the changes it queued, just before
+        # COMMIT: the outbox writes the events they cause (resolvers.outbox.triggers).
+        self.before_commit: BeforeCommit | None = None
 
     async def connect_outside_pool(self, **extra: Any) -> Any:
         """An asyncpg connection of its own, configured as the pool's are (PostgreSQL only).
@@ -199,8 +203,8 @@ class Database:
         Retried from the start on a lost race (deadlock, serialization failure, a unique key a
         concurrent transaction took first, SQLite busy); `work` must therefore only touch the
         database through the session it is given. The `entitlement_change` lines the work
-        queued are logged after the commit, and only then. A database that cannot be reached
-        raises DatabaseUnavailable.
+        queued go to `before_commit` (the outbox) first, and are logged after the commit, and
+        only then. A database that cannot be reached raises DatabaseUnavailable.
         """
         async with _reachable():
             return await self._write(work)
@@ -211,12 +215,15 @@ class Database:
                 touched: list[int] = []
                 try:
                     result = await work(session)
+                    changes = take_changes(session)
                     if isinstance(result, Failure):
                         await session.rollback()
                     else:
-                        touched = changed_user_ids(session)
+                        touched = changed_user_ids(changes)
                         if touched and not self.is_sqlite:
                             await notify_changes(session, touched)  # delivered on commit only
+                        if self.before_commit is not None:
+                            await self.before_commit(session, changes)
                         await session.commit()
                 except DBAPIError as exc:
                     await session.rollback()
@@ -226,7 +233,6 @@ class Database:
                     log.info("write lost a race, retrying (attempt %d): %s", attempt, exc.orig)
                     await asyncio.sleep(0.005 * attempt)
                     continue
-                changes = take_changes(session)
                 if not isinstance(result, Failure):
                     log_entitlement_changes(changes)
                     _installed.changes([change["action"] for change in changes])

@@ -5,13 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import stripe
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.clock import utc_now
 from gateway.db import Database, ReplicaReads
 from gateway.settings import Settings
 from resolvers.catalog.model import Catalog, load_catalog
+from resolvers.outbox.events import OutboxConfig
+from resolvers.outbox.triggers import write_outgoing_events
 
 
 @dataclass
@@ -25,6 +29,24 @@ class Runtime:
     stripe_http: stripe.HTTPClient | None = None  # the client's connection pool, closed with us
     # DATABASE_READ_URL: the replica saved dashboard queries read from.
     read_db: Database | None = None
+
+    def __post_init__(self) -> None:
+        if self.outbox.is_enabled:
+            self.db.before_commit = self._write_outgoing_events
+
+    @property
+    def outbox(self) -> OutboxConfig:
+        return OutboxConfig(
+            endpoints=self.settings.outgoing_webhook_urls,
+            expiring_soon_days=self.settings.credits_expiring_soon_days,
+        )
+
+    async def _write_outgoing_events(
+        self, session: AsyncSession, changes: list[dict[str, Any]]
+    ) -> None:
+        await write_outgoing_events(
+            session, changes, config=self.outbox, catalog=self.catalog, now=self.clock()
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings, *, pool_size: int = 20) -> Runtime:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -21,6 +23,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("json", "text")
 # RFC 7518 §3.2: an HS256 key must be at least as long as the hash output (256 bits).
 MIN_JWT_SECRET_BYTES = 32
+DEFAULT_EXPIRING_SOON_DAYS = 7
 _METRICS_TOKEN = re.compile(r"[!-~]{16,256}")
 
 
@@ -56,6 +59,10 @@ class Settings:
     subscriptions_per_process: int = 10_000
     subscription_idle_seconds: float = 60.0
     subscription_poll_seconds: float = 0.5
+    # Outgoing webhooks (Standard Webhooks): none configured, no events are written.
+    outgoing_webhook_urls: tuple[str, ...] = ()
+    outgoing_webhook_secret: str | None = None
+    credits_expiring_soon_days: int = DEFAULT_EXPIRING_SOON_DAYS
 
     @property
     def is_sqlite(self) -> bool:
@@ -131,6 +138,16 @@ class Settings:
         if metrics_token is not None and not _METRICS_TOKEN.fullmatch(metrics_token):
             raise SettingsError("METRICS_TOKEN must be 16 to 256 visible ASCII characters")
 
+        outgoing_urls, outgoing_secret = _outgoing_webhooks(
+            get("OUTGOING_WEBHOOK_URLS"), get("OUTGOING_WEBHOOK_SECRET")
+        )
+        expiring_days = get("CREDITS_EXPIRING_SOON_DAYS") or str(DEFAULT_EXPIRING_SOON_DAYS)
+        if not expiring_days.isdigit() or not 1 <= int(expiring_days) <= 365:
+            raise SettingsError(
+                f"CREDITS_EXPIRING_SOON_DAYS must be a number of days from 1 to 365"
+                f" (got {expiring_days[:16]!r})"
+            )
+
         return cls(
             subscriptions_per_connection=int(
                 _number(get, "SUBSCRIPTIONS_PER_CONNECTION", 10, 1, 1000, whole=True)
@@ -159,6 +176,9 @@ class Settings:
             host=host,
             port=port,
             database_read_url=database_read_url,
+            outgoing_webhook_urls=outgoing_urls,
+            outgoing_webhook_secret=outgoing_secret,
+            credits_expiring_soon_days=int(expiring_days),
         )
 
 
@@ -217,6 +237,28 @@ def _listen_address(host: str | None, port: str | None) -> tuple[str, int]:
     if not port.isdigit() or not 1 <= int(port) <= 65535:
         raise SettingsError(f"PORT must be a number from 1 to 65535 (got {port[:16]!r})")
     return host, int(port)
+
+
+def _outgoing_webhooks(urls: str | None, secret: str | None) -> tuple[tuple[str, ...], str | None]:
+    endpoints = tuple(dict.fromkeys(u.strip() for u in (urls or "").split(",") if u.strip()))
+    for endpoint in endpoints:
+        _require_http_url("OUTGOING_WEBHOOK_URLS", endpoint)
+        if len(endpoint) > 1000:
+            raise SettingsError("OUTGOING_WEBHOOK_URLS entries must be at most 1000 characters")
+    if not endpoints:
+        return (), secret
+    if secret is None:
+        raise SettingsError("OUTGOING_WEBHOOK_SECRET is required when OUTGOING_WEBHOOK_URLS is set")
+    if not secret.startswith("whsec_") or not _is_base64(secret.removeprefix("whsec_")):
+        raise SettingsError("OUTGOING_WEBHOOK_SECRET must be whsec_ followed by base64 (24+ bytes)")
+    return endpoints, secret
+
+
+def _is_base64(value: str) -> bool:
+    try:
+        return len(base64.b64decode(value, validate=True)) >= 24
+    except (binascii.Error, ValueError):
+        return False
 
 
 def _load_public_key(value: str) -> str:

@@ -1,4 +1,5 @@
-"""The ORM tables: users, ledger, tiers, entitlements, payments, Stripe events, analytics, keys."""
+"""The ORM tables: users, ledger, tiers, entitlements, payments, Stripe events, analytics, keys,
+the outbox of outgoing webhooks."""
 
 from __future__ import annotations
 
@@ -329,3 +330,65 @@ class ApiKey(Base):
     prefix: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]
+
+
+class OutgoingEvent(Base):
+    """The transactional outbox: written in the transaction of the change it tells of."""
+
+    __tablename__ = "outgoing_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # the order events happened in
+    message_id: Mapped[str] = mapped_column(String(64), unique=True)  # Standard Webhooks' id
+    type: Mapped[str] = mapped_column(String(64), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # Set for events sent once per thing (a grant's expiring_soon): the unique index enforces it.
+    dedupe_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime]
+
+
+class OutgoingDelivery(Base):
+    """One event to one endpoint: pending until the endpoint answers 2xx, failed after 3 days."""
+
+    __tablename__ = "outgoing_deliveries"
+    __table_args__ = (
+        Index("ix_outgoing_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+        # A user's queue per endpoint, in event order: the dispatcher sends only its head.
+        Index("ix_outgoing_deliveries_user_id_endpoint_id", "user_id", "endpoint", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    event_id: Mapped[int] = mapped_column(ForeignKey("outgoing_events.id"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    endpoint: Mapped[str] = mapped_column(String(1000))
+    status: Mapped[str] = mapped_column(String(16))  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime]
+    last_status: Mapped[int | None] = mapped_column(Integer)  # the endpoint's HTTP status
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+
+
+class BalanceAlert(Base):
+    """Where a user's balance stands against its alerts, so each crossing is told once."""
+
+    __tablename__ = "balance_alerts"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    # Support's per-user threshold for credits.low_balance; null: the tier's from the catalog.
+    low_balance_threshold: Mapped[int | None] = mapped_column(Integer)
+    is_low: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_depleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[datetime]
+
+
+class OutboxLease(Base):
+    """Who dispatches, on SQLite (PostgreSQL: an advisory lock): taken until expires_at."""
+
+    __tablename__ = "outbox_leases"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    holder: Mapped[str | None] = mapped_column(String(64))
+    expires_at: Mapped[datetime | None]

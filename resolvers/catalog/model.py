@@ -54,6 +54,8 @@ class Tier:
     stripe_price_ids: Mapping[str, str]
     copy: Mapping[str, ItemCopy]
     entitlements: Mapping[str, EntitlementRule] = field(default_factory=dict)
+    # credits.low_balance is sent when available credits fall below it; 0: never.
+    low_balance_threshold: int = 0
 
     @property
     def is_paid(self) -> bool:
@@ -217,6 +219,7 @@ def _parse_tier(
         stripe_price_ids=stripe_price_ids,
         copy=_item_copy(entry, where, locales),
         entitlements=_rules(entry.get("entitlements", {}), where),
+        low_balance_threshold=_int(entry, "low_balance_threshold", where, default=0),
     )
 
 

@@ -118,6 +118,7 @@ async def record_usage(
         feature=feature,
         quantity=event.quantity,
         usage_after=used,
+        limit=before.limit,
         source=actor.source,
         actor=actor.name,
     )

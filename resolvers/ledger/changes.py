@@ -17,10 +17,9 @@ def record_change(session: AsyncSession, *, action: str, **fields: Any) -> None:
     session.info.setdefault(_PENDING, []).append({"action": action, **fields})
 
 
-def changed_user_ids(session: AsyncSession) -> list[int]:
-    """The users the queued changes touch, in first-touched order; the queue is left as it is."""
-    pending = session.info.get(_PENDING, ())
-    return list(dict.fromkeys(c["user_id"] for c in pending if c.get("user_id") is not None))
+def changed_user_ids(changes: list[dict[str, Any]]) -> list[int]:
+    """The users some changes touch, in first-touched order."""
+    return list(dict.fromkeys(c["user_id"] for c in changes if c.get("user_id") is not None))
 
 
 def take_changes(session: AsyncSession) -> list[dict[str, Any]]:

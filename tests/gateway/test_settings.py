@@ -114,6 +114,9 @@ def test_a_pem_itself_is_accepted_as_jwt_public_key() -> None:
         ("CORS_ORIGINS", "https://app.example.com,app.example.com"),
         ("METRICS_TOKEN", "too-short"),
         ("METRICS_TOKEN", "spaces are not allowed in it"),
+        ("OUTGOING_WEBHOOK_URLS", "hooks.example.com/in"),
+        ("CREDITS_EXPIRING_SOON_DAYS", "0"),
+        ("CREDITS_EXPIRING_SOON_DAYS", "a week"),
     ],
 )
 def test_a_bad_value_is_one_line_naming_the_variable(name: str, value: str) -> None:
@@ -142,3 +145,30 @@ def test_a_jwt_secret_of_32_bytes_is_enough() -> None:
     assert Settings.from_env({"JWT_SECRET": "x" * 32}).jwt_secret == "x" * 32
     # Bytes, not characters: 11 three-byte characters are 33 bytes.
     assert Settings.from_env({"JWT_SECRET": "€" * 11}).jwt_secret == "€" * 11
+
+
+def test_outgoing_webhooks_need_a_whsec_secret_and_are_read() -> None:
+    urls = "https://a.example.com/hooks, https://b.example.com/hooks"
+    for secret in (None, "sk_live_oops", "whsec_!!!", "whsec_c2hvcnQ="):
+        env = {
+            "OUTGOING_WEBHOOK_URLS": urls,
+            **({"OUTGOING_WEBHOOK_SECRET": secret} if secret else {}),
+        }
+        with pytest.raises(SettingsError, match=r"^OUTGOING_WEBHOOK_SECRET") as raised:
+            Settings.from_env(env)
+        assert "\n" not in str(raised.value)
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    settings = Settings.from_env(
+        {
+            "OUTGOING_WEBHOOK_URLS": urls,
+            "OUTGOING_WEBHOOK_SECRET": secret,
+            "CREDITS_EXPIRING_SOON_DAYS": "3",
+        }
+    )
+    assert settings.outgoing_webhook_urls == (
+        "https://a.example.com/hooks",
+        "https://b.example.com/hooks",
+    )
+    assert settings.outgoing_webhook_secret == secret
+    assert settings.credits_expiring_soon_days == 3
+    assert Settings.from_env({}).outgoing_webhook_urls == ()

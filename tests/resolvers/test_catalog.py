@@ -171,6 +171,11 @@ def test_the_small_test_catalog_is_itself_valid(tmp_path: Path) -> None:
             id="unknown-locale",
         ),
         pytest.param(
+            broken("rank = 10\n", "rank = 10\nlow_balance_threshold = -5\n"),
+            "tier pro: low_balance_threshold must be a non-negative integer",
+            id="negative-low-balance-threshold",
+        ),
+        pytest.param(
             broken("rank = 0\n", "rank = 20\n"),
             "tier pro: the lowest tier must be free",
             id="lowest-tier-is-paid",

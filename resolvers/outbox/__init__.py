@@ -1,0 +1,1 @@
+"""Outgoing events: derived from committed changes, kept in an outbox, delivered as webhooks."""
