@@ -32,7 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.dialects.sqlite.aiosqlite import dialect as aiosqlite_dialect
-from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.engine import Connection, Dialect, Engine
 
 from resolvers.models import CreditGrant, User
 
@@ -72,8 +72,13 @@ class DriverRead:
         self.postgresql = _Variant(table, build(_any_of_array), asyncpg_dialect())
         self.sqlite = _Variant(table, build(_in_json_array), aiosqlite_dialect())
 
-    async def fetch(self, connection: Connection, driver: Any, keys: Sequence[int]) -> list[Any]:
-        """Rows for `keys` on `driver`, the asyncpg or aiosqlite connection under `connection`."""
+    async def fetch(
+        self, connection: Connection | Engine, driver: Any, keys: Sequence[int]
+    ) -> list[Any]:
+        """Rows for `keys` on `driver`, the asyncpg or aiosqlite connection of `connection`'s pool.
+
+        The engine's statement events fire on `connection`.
+        """
         sqlite = connection.dialect.name == "sqlite"
         variant = self.sqlite if sqlite else self.postgresql
         parameters: tuple[Any, ...] = (json.dumps(list(keys)),) if sqlite else (list(keys),)
