@@ -88,10 +88,11 @@ class Run:
             opened, self._opened, self._connection = self._opened, None, None
             await opened.__aexit__(None, None, None)
 
-    async def _fetch(self, read: DriverRead, keys: Sequence[int]) -> list[Any]:
+    async def fetch(self, read: DriverRead, keys: Sequence[int], **named: Any) -> list[Any]:
+        """The rows of a driver-level read (gateway.compiled.driver) for `keys`."""
         events, driver = await self.driver()
         try:
-            return await read.fetch(events, driver, keys)
+            return await read.fetch(events, driver, keys, **named)
         except BaseException:
             # Failed or cancelled mid-statement: the connection's state is unknown.
             self._broken = True
@@ -101,7 +102,7 @@ class Run:
         """Users by id, each read once per request, the missing ones in one statement."""
         missing = list(dict.fromkeys(i for i in ids if i not in self.users))
         if missing:
-            found = {row.id: row for row in await self._fetch(USERS_BY_ID, missing)}
+            found = {row.id: row for row in await self.fetch(USERS_BY_ID, missing)}
             rows = [found.get(i) for i in missing]
             self.users.update(zip(missing, rows, strict=True))
         return [self.users[i] for i in ids]
@@ -111,7 +112,7 @@ class Run:
         missing = list(dict.fromkeys(i for i in user_ids if i not in self.grants))
         if missing:
             by_user: dict[int, list[Any]] = {i: [] for i in missing}
-            for grant in await self._fetch(OPEN_GRANTS, missing):
+            for grant in await self.fetch(OPEN_GRANTS, missing):
                 by_user[grant.user_id].append(grant)
             found = [by_user[i] for i in missing]
             self.grants.update(zip(missing, found, strict=True))
