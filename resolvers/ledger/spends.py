@@ -22,6 +22,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy import JSON, Integer, String, bindparam, text
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from resolvers.errors import InsufficientCredits, UserNotFound
@@ -123,6 +124,15 @@ async def spend_in_database(
             row = await _spend_outside_transaction(conn, driver, parameters)
         except _LOST_RACE:
             return None
+        except BaseException as exc:
+            if not driver.is_closed() and isinstance(exc, asyncpg.PostgresError):
+                raise
+            # SQLAlchemy did not see this failure: its pool must not lend the connection again,
+            # and the caller hears of it as from SQLAlchemy (the database went away).
+            await conn.invalidate()
+            if not isinstance(exc, Exception):
+                raise
+            raise OperationalError(_SPEND_SQL, None, exc, connection_invalidated=True) from exc
     else:
         row = (await conn.execute(_SPEND, parameters)).one()._mapping
     outcome = row["o_outcome"]
