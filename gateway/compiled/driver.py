@@ -19,6 +19,8 @@ from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
+    Column,
     ColumnElement,
     Integer,
     Select,
@@ -32,9 +34,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.dialects.sqlite.aiosqlite import dialect as aiosqlite_dialect
-from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.engine import Connection, Dialect, Engine
 
-from resolvers.models import CreditGrant, User
+from resolvers.models import CreditEvent, CreditGrant, Payment, User
 
 Match = Callable[[ColumnElement[Any]], ColumnElement[bool]]
 
@@ -52,31 +54,50 @@ def _in_json_array(column: ColumnElement[Any]) -> ColumnElement[bool]:
 
 
 class _Variant:
-    """A statement as one driver runs it: its text and the columns' result processors."""
+    """A statement as one driver runs it: its text, its parameters and the result processors."""
 
-    def __init__(self, table: Table, statement: Select[Any], dialect: Dialect) -> None:
+    def __init__(
+        self, columns: list[Column[Any]], statement: Select[Any], dialect: Dialect
+    ) -> None:
         compiled = statement.compile(dialect=dialect)
-        assert list(compiled.positiontup or ()) == ["keys"], "one parameter: the keys"
+        self.parameters = tuple(compiled.positiontup or ())
+        assert self.parameters[:1] == ("keys",), "the keys come first"
         self.sql = str(compiled)
-        processors = [c.type._cached_result_processor(dialect, None) for c in table.c]
+        processors = [c.type._cached_result_processor(dialect, None) for c in columns]
         self.processed: list[tuple[int, Callable[[Any], Any]]] = [
             (i, p) for i, p in enumerate(processors) if p is not None
         ]
 
 
 class DriverRead:
-    """One SELECT of a table's columns by a list of integer keys, for asyncpg and aiosqlite."""
+    """One SELECT of a table's columns by a list of integer keys, for asyncpg and aiosqlite.
 
-    def __init__(self, table: Table, build: Callable[[Match], Select[Any]]) -> None:
-        self.row = namedtuple(table.name, [c.name for c in table.c])  # type: ignore[misc]
-        self.postgresql = _Variant(table, build(_any_of_array), asyncpg_dialect())
-        self.sqlite = _Variant(table, build(_in_json_array), aiosqlite_dialect())
+    `columns` (default: all of the table's) are what `build` selects, in that order; further
+    parameters of the statement are given by name to `fetch`.
+    """
 
-    async def fetch(self, connection: Connection, driver: Any, keys: Sequence[int]) -> list[Any]:
-        """Rows for `keys` on `driver`, the asyncpg or aiosqlite connection under `connection`."""
+    def __init__(
+        self,
+        table: Table,
+        build: Callable[[Match], Select[Any]],
+        columns: list[Column[Any]] | None = None,
+    ) -> None:
+        columns = list(table.c) if columns is None else columns
+        self.row = namedtuple(table.name, [c.name for c in columns])  # type: ignore[misc]
+        self.postgresql = _Variant(columns, build(_any_of_array), asyncpg_dialect())
+        self.sqlite = _Variant(columns, build(_in_json_array), aiosqlite_dialect())
+
+    async def fetch(
+        self, connection: Connection | Engine, driver: Any, keys: Sequence[int], **named: Any
+    ) -> list[Any]:
+        """Rows for `keys` on `driver`, the asyncpg or aiosqlite connection of `connection`'s pool.
+
+        The engine's statement events fire on `connection`.
+        """
         sqlite = connection.dialect.name == "sqlite"
         variant = self.sqlite if sqlite else self.postgresql
-        parameters: tuple[Any, ...] = (json.dumps(list(keys)),) if sqlite else (list(keys),)
+        named["keys"] = json.dumps(list(keys)) if sqlite else list(keys)
+        parameters = tuple(named[name] for name in variant.parameters)
         context = SimpleNamespace()  # where a listener may keep state between its two events
         dispatch = connection.dispatch
         dispatch.before_cursor_execute(connection, None, variant.sql, parameters, context, False)
@@ -95,6 +116,28 @@ class DriverRead:
         return rows
 
 
+def _newest_per_user(table: Table, columns: list[Column[Any]]) -> DriverRead:
+    """Each user's newest `limit` rows below the `before` id, newest first, in one statement.
+
+    As resolvers.loaders reads a user's page, minus the columns no compiled field reads.
+    """
+
+    def build(match: Match) -> Select[Any]:
+        rank = func.row_number().over(partition_by=table.c.user_id, order_by=table.c.id.desc())
+        ranked = (
+            select(*columns, rank.label("rank"))
+            .where(match(table.c.user_id), table.c.id < bindparam("before", type_=BigInteger))
+            .subquery()
+        )
+        return (
+            select(*(ranked.c[c.name] for c in columns))
+            .where(ranked.c.rank <= bindparam("limit", type_=Integer))
+            .order_by(ranked.c.user_id, ranked.c.id.desc())
+        )
+
+    return DriverRead(table, build, columns)
+
+
 _USERS = User.__table__
 _GRANTS = CreditGrant.__table__
 
@@ -108,3 +151,10 @@ OPEN_GRANTS = DriverRead(
         .order_by(_GRANTS.c.expires_at.asc().nulls_last(), _GRANTS.c.id)
     ),
 )
+
+_EVENTS = CreditEvent.__table__
+_PAYMENTS = Payment.__table__
+# Without `allocations`: no compiled field reads it, and decoding its JSON was the largest part
+# of reading a support page of 100 users' events.
+NEWEST_EVENTS = _newest_per_user(_EVENTS, [c for c in _EVENTS.c if c.name != "allocations"])
+NEWEST_PAYMENTS = _newest_per_user(_PAYMENTS, list(_PAYMENTS.c))

@@ -11,6 +11,7 @@ from datetime import datetime
 from operator import itemgetter
 from typing import Any, NamedTuple
 
+from gateway.compiled.driver import NEWEST_EVENTS, NEWEST_PAYMENTS, DriverRead
 from gateway.compiled.resolver import (
     Args,
     Resolver,
@@ -28,6 +29,8 @@ from resolvers.entitlements import access as entitlements
 from resolvers.ledger import allowances
 from resolvers.loaders import unexpired
 from schema.connections import decode_cursor, encode_cursor, page_size
+
+_NO_CURSOR = 2**62
 
 
 class Page(NamedTuple):
@@ -81,15 +84,18 @@ def _subscription(user: Any) -> Any:
     return user if user.stripe_subscription_id else None
 
 
-def _paged(read: Any) -> Resolver:
+def _paged(read: DriverRead) -> Resolver:
     """A connection per user, every user's page read in one statement."""
 
     async def load(run: Run, users: list[Any], args: Args) -> list[Page]:
         size = page_size(args.get("first"))
         before = decode_cursor(args.get("after"))
         ids = [u.id for u in users]
-        groups = await read(await run.connection(), ids, limit=size + 1, before_id=before)
-        return [Page(rows, size) for rows in groups]
+        pages: dict[int, list[Any]] = {i: [] for i in ids}
+        # No cursor: below any id, as resolvers.loaders reads a first page.
+        for row in await run.fetch(read, ids, limit=size + 1, before=before or _NO_CURSOR):
+            pages[row.user_id].append(row)
+        return [Page(pages[i], size) for i in ids]
 
     return batch(load)
 
@@ -213,8 +219,8 @@ FIELDS: dict[str, dict[str, Resolver]] = {
         "trialEndsAt": datetime_attr("trial_ends_at"),
         "createdAt": datetime_attr("created_at"),
         "credits": source(lambda user: user),
-        "creditEvents": _paged(loaders.newest_events_by_user),
-        "payments": _paged(loaders.newest_payments_by_user),
+        "creditEvents": _paged(NEWEST_EVENTS),
+        "payments": _paged(NEWEST_PAYMENTS),
         "subscription": source(_subscription),
         "entitlements": with_run(_entitlements),
         "entitlement": with_run(_entitlement),

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.compiled.driver import OPEN_GRANTS, USERS_BY_ID
+from gateway.compiled.driver import OPEN_GRANTS, USERS_BY_ID, DriverRead
+from gateway.db import Database, LentConnection
 from schema.context import Context
 
 
@@ -30,8 +31,10 @@ class Run:
     """
 
     __slots__ = (
+        "_broken",
         "_connection",
         "_driver",
+        "_lent",
         "_opened",
         "catalog",
         "context",
@@ -48,33 +51,58 @@ class Run:
         self.grants: dict[int, list[Any]] = {}
         self._opened: AbstractAsyncContextManager[AsyncConnection] | None = None
         self._connection: AsyncConnection | None = None
-        # The driver's connection under it (asyncpg, aiosqlite), for gateway.compiled.driver.
-        self._driver: Any = None
+        # Reads on the driver itself: where the engine's events go, and the driver's connection.
+        self._driver: tuple[Connection | Engine, Any] | None = None
+        # A connection lent past SQLAlchemy (a plan that only reads on the driver, the viewer's).
+        self._lent: LentConnection | None = None
+        self._broken = False
 
     async def connection(self) -> AsyncConnection:
         if self._connection is None:
+            if self._lent is not None:
+                # One connection per request: holding two would let a full pool deadlock.
+                lent, self._lent, self._driver = self._lent, None, None
+                await lent.release()
             self._opened = self.context.db.connect()
             self._connection = await self._opened.__aenter__()
         return self._connection
 
-    async def driver(self) -> tuple[Connection, Any]:
-        """The connection and the driver's own (asyncpg, aiosqlite) under it."""
-        connection = await self.connection()
+    async def driver(self) -> tuple[Connection | Engine, Any]:
+        """Where statements' events go, and the driver's own connection (asyncpg, aiosqlite)."""
         if self._driver is None:
-            self._driver = (await connection.get_raw_connection()).driver_connection
-        return connection.sync_connection, self._driver
+            if self._connection is not None:
+                raw = await self._connection.get_raw_connection()
+                self._driver = (self._connection.sync_connection, raw.driver_connection)
+            else:
+                # gateway.db's Database and ReplicaReads lend; schema's UnitOfWork does not say so.
+                self._lent = await cast(Database, self.context.db).lend_driver()
+                self._driver = (self._lent.events, self._lent.driver)
+        return self._driver
 
     async def close(self) -> None:
+        self._driver = None
+        if self._lent is not None:
+            lent, self._lent = self._lent, None
+            await lent.release(broken=self._broken)
         if self._opened is not None:
             opened, self._opened, self._connection = self._opened, None, None
-            self._driver = None
             await opened.__aexit__(None, None, None)
+
+    async def fetch(self, read: DriverRead, keys: Sequence[int], **named: Any) -> list[Any]:
+        """The rows of a driver-level read (gateway.compiled.driver) for `keys`."""
+        events, driver = await self.driver()
+        try:
+            return await read.fetch(events, driver, keys, **named)
+        except BaseException:
+            # Failed or cancelled mid-statement: the connection's state is unknown.
+            self._broken = True
+            raise
 
     async def users_by_id(self, ids: Sequence[int]) -> list[Any]:
         """Users by id, each read once per request, the missing ones in one statement."""
         missing = list(dict.fromkeys(i for i in ids if i not in self.users))
         if missing:
-            found = {row.id: row for row in await USERS_BY_ID.fetch(*await self.driver(), missing)}
+            found = {row.id: row for row in await self.fetch(USERS_BY_ID, missing)}
             rows = [found.get(i) for i in missing]
             self.users.update(zip(missing, rows, strict=True))
         return [self.users[i] for i in ids]
@@ -84,7 +112,7 @@ class Run:
         missing = list(dict.fromkeys(i for i in user_ids if i not in self.grants))
         if missing:
             by_user: dict[int, list[Any]] = {i: [] for i in missing}
-            for grant in await OPEN_GRANTS.fetch(*await self.driver(), missing):
+            for grant in await self.fetch(OPEN_GRANTS, missing):
                 by_user[grant.user_id].append(grant)
             found = [by_user[i] for i in missing]
             self.grants.update(zip(missing, found, strict=True))
