@@ -28,7 +28,6 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, PoolProxiedConnection
 from sqlalchemy.util.concurrency import greenlet_spawn
 
-from gateway.live.notify import notify_changes
 from gateway.logs import log_entitlement_changes
 from resolvers.errors import Failure
 from resolvers.ledger.changes import changed_user_ids, take_changes
@@ -231,9 +230,8 @@ class Database:
                     if isinstance(result, Failure):
                         await session.rollback()
                     else:
+                        # PostgreSQL's listeners hear of it from triggers (migration 0007).
                         touched = changed_user_ids(changes)
-                        if touched and not self.is_sqlite:
-                            await notify_changes(session, touched)  # delivered on commit only
                         if self.before_commit is not None:
                             await self.before_commit(session, changes)
                         await session.commit()
