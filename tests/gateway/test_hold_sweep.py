@@ -8,7 +8,7 @@ from datetime import timedelta
 from sqlalchemy import select
 
 from gateway.runtime import Runtime
-from gateway.sweeps import sweep_holds
+from gateway.sweeps import sweep_holds, sweep_periodically
 from resolvers.ledger import holds
 from resolvers.ledger.entries import Actor
 from resolvers.models import CreditEvent, CreditHold, User
@@ -73,6 +73,44 @@ async def test_concurrent_sweeps_expire_each_run_out_hold_once(runtime: Runtime)
             )
         ).all()
     assert kinds == ["grant", "hold", "hold", "hold_expire"]
+
+
+async def test_the_servers_sweep_loops_record_a_run_out_hold_once_by_themselves(
+    runtime: Runtime,
+) -> None:
+    # Two of the loops `entitlements serve` runs (one per process), on a short period: nothing
+    # but the loops touches the hold once it has run out.
+    user = await make_user(runtime, credits_granted=10)
+    await hold(runtime, user.id, 4, ttl_seconds=60)
+    loops = [
+        asyncio.create_task(sweep_periodically(runtime.db, runtime.clock, every=0.05))
+        for _ in range(2)
+    ]
+    try:
+        await asyncio.sleep(0.3)
+        assert await statuses(runtime, user.id) == ["active"]  # not run out yet: left alone
+        runtime.clock.advance(seconds=61)
+        for _ in range(100):
+            if await statuses(runtime, user.id) == ["expired"]:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # more rounds of both loops: still written once
+    finally:
+        for loop in loops:
+            loop.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+    assert await statuses(runtime, user.id) == ["expired"]
+    async with runtime.db.read() as session:
+        kinds = (
+            await session.scalars(
+                select(CreditEvent.kind)
+                .where(CreditEvent.user_id == user.id)
+                .order_by(CreditEvent.id)
+            )
+        ).all()
+        row = await session.get(User, user.id)
+    assert kinds == ["grant", "hold", "hold_expire"]
+    assert (row.credits_available, row.credits_held) == (10, 0)
 
 
 async def test_holds_sweep_command_and_user_show_at_a_past_time(
