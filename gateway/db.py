@@ -31,6 +31,7 @@ from sqlalchemy.util.concurrency import greenlet_spawn
 from gateway.logs import log_entitlement_changes
 from resolvers.errors import Failure
 from resolvers.ledger.changes import changed_user_ids, take_changes
+from resolvers.ledger.spends import ONE_TRANSACTION
 from resolvers.unit_of_work import DatabaseUnreachable
 
 T = TypeVar("T")
@@ -223,6 +224,10 @@ class Database:
     async def _write(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             async with self._write_sessions() as session:
+                if self.before_commit is not None:
+                    # The outbox writes its events in this transaction: the change may not
+                    # commit on its own (resolvers.ledger.spends' autocommit spend).
+                    session.info[ONE_TRANSACTION] = True
                 touched: list[int] = []
                 try:
                     result = await work(session)

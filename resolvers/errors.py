@@ -138,6 +138,16 @@ class StripeEventFailed(Failure):
 
 
 @dataclass(frozen=True)
+class DeliveryNotFound(Failure):
+    code: ClassVar[str] = "DELIVERY_NOT_FOUND"
+    delivery_id: str
+
+    @property
+    def message(self) -> str:
+        return f"No outgoing delivery with id {self.delivery_id}"
+
+
+@dataclass(frozen=True)
 class HoldNotFound(Failure):
     code: ClassVar[str] = "HOLD_NOT_FOUND"
     hold_id: str

@@ -87,6 +87,12 @@ class HoldStatus(Enum):
     EXPIRED = "expired"
 
 
+@shows(domain.DeliveryNotFound)
+@strawberry.type
+class DeliveryNotFound(Error):
+    delivery_id: str
+
+
 @shows(domain.HoldNotFound)
 @strawberry.type
 class HoldNotFound(Error):

@@ -10,12 +10,14 @@ import strawberry
 from strawberry import Info, Private
 from strawberry.scalars import JSON
 
+from resolvers import errors as domain
+from resolvers.models import parse_row_id
 from resolvers.outbox import alerts, deliveries
 from resolvers.outbox.deliveries import DeliveryRow, DeliveryStatus
 from schema.connections import Connection, connection, decode_cursor, page_size
 from schema.context import Context
+from schema.errors import DeliveryNotFound, UserNotFound
 from schema.errors import InvalidInput as InvalidInputError
-from schema.errors import UserNotFound
 from schema.inputs import user_ref, write_for
 from schema.permissions import SUPPORT
 from schema.results import answer
@@ -136,8 +138,33 @@ SetLowBalanceThresholdResult = Annotated[
 ]
 
 
+RetryOutgoingDeliveryResult = Annotated[
+    OutgoingDelivery | DeliveryNotFound, strawberry.union("RetryOutgoingDeliveryResult")
+]
+
+
 @strawberry.type
 class OutboxMutation:
+    @strawberry.mutation(
+        permission_classes=[SUPPORT],
+        description="Send an outgoing delivery again at the next dispatch, whatever its status "
+        "(support; `entitlements deliveries retry` does the same).",
+    )
+    async def retry_outgoing_delivery(
+        self, info: Info, id: strawberry.ID
+    ) -> RetryOutgoingDeliveryResult:
+        ctx: Context = info.context
+        delivery_id = parse_row_id(str(id))
+        now = ctx.clock()
+        result: deliveries.DeliveryRow | domain.DeliveryNotFound = (
+            domain.DeliveryNotFound(delivery_id=str(id)[:32])
+            if delivery_id is None
+            else await ctx.db.write(
+                lambda session: deliveries.retry_delivery(session, delivery_id=delivery_id, now=now)
+            )
+        )
+        return answer(result, lambda row: OutgoingDelivery(row=row))
+
     @strawberry.mutation(
         permission_classes=[SUPPORT],
         description="Set one user's credits.low_balance threshold (support).",

@@ -8,6 +8,7 @@ import click
 
 from gateway.cli.command import echo_json, fail, sync
 from gateway.runtime import Runtime
+from resolvers.errors import DeliveryNotFound
 from resolvers.models import parse_row_id
 from resolvers.outbox import deliveries
 from resolvers.outbox.deliveries import DeliveryRow, DeliveryStatus
@@ -74,7 +75,7 @@ async def deliveries_retry(runtime: Runtime, delivery_id: str, as_json: bool) ->
     result = await runtime.db.write(
         lambda session: deliveries.retry_delivery(session, delivery_id=parsed, now=now)
     )
-    if isinstance(result, deliveries.DeliveryNotFound):
+    if isinstance(result, DeliveryNotFound):
         fail(result.message)
     document = describe_delivery(result)
     if as_json:

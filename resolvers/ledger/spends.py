@@ -9,7 +9,9 @@ When nothing has run in the session's transaction yet, the statement goes to asy
 outside any transaction: one statement is its own transaction, so the spend stays all or nothing,
 and the BEGIN and COMMIT round trips (two of the three, and a third of a spend's time when
 profiled) are not made. A 'fallback' has changed nothing; the Python rule then runs in a
-transaction of its own, which locks and reads the user again.
+transaction of its own, which locks and reads the user again. A unit of work that writes more
+after the change (the outbox's events, which must commit with it) marks its session with
+ONE_TRANSACTION, and the spend then runs inside the transaction like any statement.
 """
 
 from __future__ import annotations
@@ -87,6 +89,10 @@ _LOST_RACE = (
 )
 
 
+# session.info key: the unit of work commits more with this change, so nothing may commit alone.
+ONE_TRANSACTION = "one_transaction"
+
+
 def can_spend_in_database(session: AsyncSession) -> bool:
     bind = session.bind
     return bind is not None and bind.dialect.name == "postgresql"
@@ -119,7 +125,8 @@ async def spend_in_database(
     conn = await session.connection()
     driver = (await conn.get_raw_connection()).driver_connection
     row: Any
-    if isinstance(driver, asyncpg.Connection) and not driver.is_in_transaction():
+    alone = not session.info.get(ONE_TRANSACTION)
+    if alone and isinstance(driver, asyncpg.Connection) and not driver.is_in_transaction():
         try:
             row = await _spend_outside_transaction(conn, driver, parameters)
         except _LOST_RACE:

@@ -7,13 +7,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Any
 
 from sqlalchemy import and_, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from resolvers.errors import Failure
+from resolvers.errors import DeliveryNotFound
 from resolvers.models import OutgoingDelivery, OutgoingEvent
 
 GIVE_UP_AFTER = timedelta(days=3)
@@ -133,16 +133,6 @@ async def record_attempt(
         .values(**values)
     )
     return status
-
-
-@dataclass(frozen=True)
-class DeliveryNotFound(Failure):
-    code: ClassVar[str] = "DELIVERY_NOT_FOUND"
-    delivery_id: str
-
-    @property
-    def message(self) -> str:
-        return f"No outgoing delivery with id {self.delivery_id}"
 
 
 @dataclass(frozen=True)

@@ -230,6 +230,38 @@ async def test_outgoing_deliveries_are_for_support_and_page_by_cursor(
     assert error_codes(bad) == ["BAD_USER_INPUT"]
 
 
+RETRY = """mutation($id: ID!) { retryOutgoingDelivery(id: $id) {
+  __typename ... on OutgoingDelivery { id status attempts nextAttemptAt }
+  ... on DeliveryNotFound { code deliveryId } } }"""
+
+
+async def test_support_sends_a_delivery_again_from_graphql(
+    runtime: Runtime, gql: GraphQLClient, support: str, make_key: Any
+) -> None:
+    user = await make_user(runtime, credits_granted=30, calendar_allowances=False)
+    await send(gql, support, CONSUME, userId=str(user.id), amount=30)
+    async with runtime.db.read() as session:
+        delivery = (await session.scalars(select(OutgoingDelivery).limit(1))).one()
+    runtime.clock.advance(hours=1)
+    await runtime.db.write(lambda s: _mark_failed(s, delivery.id))
+    again = (await send(gql, support, RETRY, id=str(delivery.id)))["retryOutgoingDelivery"]
+    assert again["__typename"] == "OutgoingDelivery" and again["id"] == str(delivery.id)
+    assert again["status"] == "PENDING"
+    assert again["nextAttemptAt"].startswith(runtime.clock().isoformat()[:19])
+    for missing in ("999999", "not-an-id"):
+        answer = (await send(gql, support, RETRY, id=missing))["retryOutgoingDelivery"]
+        assert answer["__typename"] == "DeliveryNotFound"
+        assert (answer["code"], answer["deliveryId"]) == ("DELIVERY_NOT_FOUND", missing)
+    for role in ("service", "dashboard"):
+        body = await gql(RETRY, {"id": str(delivery.id)}, token=await make_key(role, f"{role}-r"))
+        assert error_codes(body) == ["FORBIDDEN"]
+
+
+async def _mark_failed(session: Any, delivery_id: int) -> None:
+    row = await session.get(OutgoingDelivery, delivery_id)
+    row.status = "failed"
+
+
 async def test_no_events_without_outgoing_webhooks(database_url: str, clock: Any) -> None:
     plain = Settings(database_url=database_url)
     runtime = Runtime(
