@@ -8,6 +8,7 @@ so a read that covers several commits sends the latest state once, never an olde
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncGenerator
 from contextlib import AbstractAsyncContextManager
@@ -28,6 +29,9 @@ log = logging.getLogger("schema.subscription")
 
 # Roles that may name the user they watch; viewers watch their own account only.
 WATCHING_ROLES = frozenset({"service", "support", "admin"})
+# A read that failed is tried again this often, 0.1 s, 0.2 s, 0.4 s, 0.8 s apart.
+READ_ATTEMPTS = 5
+READ_BACKOFF_SECONDS = 0.1
 
 
 @strawberry.type
@@ -99,14 +103,25 @@ def _watch(ctx: Context, user_id: int) -> AbstractAsyncContextManager[Wakeups]:
 
 
 async def _read(ctx: Context, user_id: int) -> AccountAt | None:
-    """The account and its position in one statement; None while the database is away (the
-    listener's or the poll's recovery wakes every subscriber to read again)."""
-    try:
-        async with ctx.db.connect() as conn:
-            return (await accounts_at_position(conn, [user_id])).get(user_id)
-    except Exception:
-        log.warning("subscription read failed; reading again on the next wake-up", exc_info=True)
-        return None
+    """The account and its position in one statement.
+
+    After the database came back, the first read may meet a pooled connection it dropped; that
+    connection is thrown away, so the read is tried again (with a short backoff) rather than
+    waiting for a wake-up that may not come. None while the database stays away: the listener's
+    or the poll's recovery then wakes every subscriber to read again.
+    """
+    for attempt in range(1, READ_ATTEMPTS + 1):
+        try:
+            async with ctx.db.connect() as conn:
+                return (await accounts_at_position(conn, [user_id])).get(user_id)
+        except Exception:
+            if attempt == READ_ATTEMPTS:
+                log.warning(
+                    "subscription read failed; reading again on the next wake-up", exc_info=True
+                )
+                return None
+            await asyncio.sleep(READ_BACKOFF_SECONDS * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")
 
 
 async def _watched_user(ctx: Context, email: str | None, user_id: strawberry.ID | None) -> int:

@@ -10,9 +10,11 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+from sqlalchemy.engine import make_url
 
 from gateway.listener import APPLICATION_NAME
 from tests.conftest import asyncpg_dsn, unique_email
+from tests.fakes.tcp_proxy import TcpProxy
 from tests.gateway.gateway_process import RunningGateway, serve
 from tests.gateway.live_client import (
     CREDITS,
@@ -129,6 +131,46 @@ async def test_the_subscription_resumes_with_the_right_state_after_the_listener_
         finally:
             await admin.close()
         await socket.close()
+
+
+async def test_the_subscription_resumes_with_the_right_state_after_a_database_restart(
+    database_url: str, backend: str, tmp_path: Path
+) -> None:
+    if backend != "postgresql":
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's")
+    # Process A reaches PostgreSQL through a proxy that goes down as a restart looks to it:
+    # every connection cut (the listener's too), new ones refused, then back.
+    url = make_url(database_url)
+    proxy = TcpProxy((url.host or "127.0.0.1", url.port or 5432))
+    proxy.start()
+    through_proxy = url.set(host="127.0.0.1", port=proxy.port).render_as_string(False)
+    try:
+        with (
+            start(through_proxy, tmp_path, "a") as a,
+            start(database_url, tmp_path, "b") as b,
+        ):
+            key = b.create_key("support", "live-support")
+            user_id, email = make_user(b)
+            socket = await connected(a.base, user_token(user_id))
+            await subscribe(socket, "1", CREDITS)
+            assert (await next_data(socket, "1"))["creditsChanged"]["available"] == 50
+
+            with proxy.down():
+                # Committed while A cannot reach the database: A hears of it from nobody.
+                event = await asyncio.to_thread(grant, b, key, email, 7)
+                await asyncio.sleep(2)  # A's listener tries again and is refused meanwhile
+            pushed = (await next_data(socket, "1", within=15))["creditsChanged"]
+            assert (pushed["available"], pushed["asOf"]) == (57, event["id"])
+
+            # Listening again: the next change, made on the other process, within the second.
+            event = await asyncio.to_thread(grant, b, key, email, 3)
+            committed = time.monotonic()
+            pushed = (await next_data(socket, "1"))["creditsChanged"]
+            assert time.monotonic() - committed <= PUSHED_WITHIN_SECONDS
+            assert (pushed["available"], pushed["asOf"]) == (60, event["id"])
+            await socket.close()
+    finally:
+        proxy.stop()
 
 
 async def test_a_viewer_cannot_watch_another_user_and_staff_see_only_the_one_named(
