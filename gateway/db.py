@@ -228,15 +228,12 @@ class Database:
                     # The outbox writes its events in this transaction: the change may not
                     # commit on its own (resolvers.ledger.spends' autocommit spend).
                     session.info[ONE_TRANSACTION] = True
-                touched: list[int] = []
                 try:
                     result = await work(session)
                     changes = take_changes(session)
                     if isinstance(result, Failure):
                         await session.rollback()
                     else:
-                        # PostgreSQL's listeners hear of it from triggers (migration 0007).
-                        touched = changed_user_ids(changes)
                         if self.before_commit is not None:
                             await self.before_commit(session, changes)
                         await session.commit()
@@ -251,7 +248,9 @@ class Database:
                 if not isinstance(result, Failure):
                     log_entitlement_changes(changes)
                     _installed.changes([change["action"] for change in changes])
-                    if touched and self.on_commit is not None:
+                    # SQLite's in-process push; PostgreSQL's listeners hear of it from
+                    # triggers (migration 0007), so nothing is derived for them here.
+                    if self.on_commit is not None and (touched := changed_user_ids(changes)):
                         self.on_commit(touched)
                 return result
         raise AssertionError("unreachable")
