@@ -31,7 +31,7 @@ from sqlalchemy.util.concurrency import greenlet_spawn
 from gateway.logs import log_entitlement_changes
 from resolvers.errors import Failure
 from resolvers.ledger.changes import changed_user_ids, take_changes
-from resolvers.ledger.spends import ONE_TRANSACTION
+from resolvers.ledger.statements import ONE_TRANSACTION
 from resolvers.unit_of_work import DatabaseUnreachable
 
 T = TypeVar("T")
@@ -226,7 +226,7 @@ class Database:
             async with self._write_sessions() as session:
                 if self.before_commit is not None:
                     # The outbox writes its events in this transaction: the change may not
-                    # commit on its own (resolvers.ledger.spends' autocommit spend).
+                    # commit on its own (resolvers.ledger.statements' autocommit changes).
                     session.info[ONE_TRANSACTION] = True
                 try:
                     result = await work(session)

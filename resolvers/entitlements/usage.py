@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers.catalog.model import Catalog
 from resolvers.entitlements.access import Entitlement, counting_period, entitlement_of
+from resolvers.entitlements.counting import count_in_database
 from resolvers.errors import (
     IdempotencyConflict,
     InvalidInput,
@@ -20,6 +21,7 @@ from resolvers.errors import (
 from resolvers.ledger.changes import record_change
 from resolvers.ledger.entries import Actor
 from resolvers.ledger.idempotency import KeyKind, check_key, earlier_use, find_key_use, fingerprint
+from resolvers.ledger.statements import runs_in_database
 from resolvers.models import UsageEvent, User
 from resolvers.users import UserRef, find_user
 
@@ -60,13 +62,99 @@ async def record_usage(
     | IdempotencyConflict
 ):
     """Count `quantity` uses of `feature` if the limit allows all of them; a negative quantity
-    gives usage back (never below zero). The same key counts once."""
+    gives usage back (never below zero). The same key counts once.
+
+    On PostgreSQL the common case of a user named by id is one statement (`count_in_database`);
+    what it does not handle, and every other database, goes to the Python rule.
+    """
+    if failure := _check_arguments(feature, quantity, actor, catalog, idempotency_key):
+        return failure
+    if user.user_id is not None and runs_in_database(session):
+        counted = await count_in_database(
+            session,
+            user_id=user.user_id,
+            feature=feature,
+            quantity=quantity,
+            actor=actor,
+            now=now,
+            catalog=catalog,
+            idempotency_key=idempotency_key,
+            digest=fingerprint("usage", user=user.user_id, feature=feature, quantity=quantity),
+        )
+        if isinstance(counted, tuple):
+            row, event = counted
+            entitlement = entitlement_of(catalog, row, feature, now)
+            return UsageRecorded(user=row, entitlement=entitlement, event=event)
+        if counted is not None:
+            return counted
+    return await _count_by_rule(
+        session,
+        user=user,
+        feature=feature,
+        quantity=quantity,
+        actor=actor,
+        now=now,
+        catalog=catalog,
+        idempotency_key=idempotency_key,
+    )
+
+
+async def record_usage_by_rule(
+    session: AsyncSession,
+    *,
+    user: UserRef,
+    feature: str,
+    quantity: int,
+    actor: Actor,
+    now: datetime,
+    catalog: Catalog,
+    idempotency_key: str | None = None,
+) -> (
+    UsageRecorded
+    | LimitExceeded
+    | NoAccess
+    | UnknownFeature
+    | UserNotFound
+    | InvalidInput
+    | IdempotencyConflict
+):
+    """record_usage by the Python rule alone, on any database: what the one-statement count on
+    PostgreSQL is held to (tests/resolvers/test_usage_differential.py)."""
+    if failure := _check_arguments(feature, quantity, actor, catalog, idempotency_key):
+        return failure
+    return await _count_by_rule(
+        session,
+        user=user,
+        feature=feature,
+        quantity=quantity,
+        actor=actor,
+        now=now,
+        catalog=catalog,
+        idempotency_key=idempotency_key,
+    )
+
+
+def _check_arguments(
+    feature: str, quantity: int, actor: Actor, catalog: Catalog, idempotency_key: str | None
+) -> InvalidInput | UnknownFeature | None:
     if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity == 0:
         return InvalidInput(field="quantity", reason="must be a whole number other than 0")
     if abs(quantity) > MAX_QUANTITY:
         return InvalidInput(field="quantity", reason=f"must be at most {MAX_QUANTITY:,} either way")
-    if failure := check_key(idempotency_key, actor.source) or check_feature(catalog, feature):
-        return failure
+    return check_key(idempotency_key, actor.source) or check_feature(catalog, feature)
+
+
+async def _count_by_rule(
+    session: AsyncSession,
+    *,
+    user: UserRef,
+    feature: str,
+    quantity: int,
+    actor: Actor,
+    now: datetime,
+    catalog: Catalog,
+    idempotency_key: str | None,
+) -> UsageRecorded | LimitExceeded | NoAccess | UserNotFound | IdempotencyConflict:
     # The user row's lock makes concurrent checks of one user's limits take turns: the count
     # read from it is the one this transaction writes back (SQLite: BEGIN IMMEDIATE does it).
     row = await find_user(session, user, lock=True)

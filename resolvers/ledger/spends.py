@@ -3,35 +3,23 @@
 The function (migration 0002) handles the common case of consume_credits; it answers
 'fallback' for anything else (a used key, an expiry, a due allowance) and the caller runs the
 Python rule. tests/resolvers/test_spend_differential.py holds the two to identical results and
-ledgers.
-
-When nothing has run in the session's transaction yet, the statement goes to asyncpg itself,
-outside any transaction: one statement is its own transaction, so the spend stays all or nothing,
-and the BEGIN and COMMIT round trips (two of the three, and a third of a spend's time when
-profiled) are not made. A 'fallback' has changed nothing; the Python rule then runs in a
-transaction of its own, which locks and reads the user again. A unit of work that writes more
-after the change (the outbox's events, which must commit with it) marks its session with
-ONE_TRANSACTION, and the spend then runs inside the transaction like any statement.
+ledgers. How the call runs (alone, outside a transaction, when it can): resolvers.ledger.statements.
 """
 
 from __future__ import annotations
 
-import json
-from datetime import UTC, datetime
-from types import SimpleNamespace
+from datetime import datetime
 from typing import Any
 
-import asyncpg
 from sqlalchemy import JSON, Integer, String, bindparam, text
-from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers.errors import InsufficientCredits, UserNotFound
 from resolvers.ledger.accounts import Account
 from resolvers.ledger.allowances import allowance_period
 from resolvers.ledger.changes import record_change
 from resolvers.ledger.entries import Actor, LedgerEvent
+from resolvers.ledger.statements import OneStatement, run_one_statement, runs_in_database
 from resolvers.models import UTCDateTime
 
 _TIME = UTCDateTime()
@@ -76,26 +64,13 @@ _SPEND = (
     )
 )
 
-
-# The statement as asyncpg runs it, compiled once; the parameters in _SPEND's order.
-_SPEND_SQL = str(_SPEND.compile(dialect=asyncpg_dialect()))
-_SPEND_PARAMETERS = tuple(_SPEND.compile(dialect=asyncpg_dialect()).positiontup or ())
-# A concurrent spend took the key first (unique violation), or a deadlock or serialization
-# failure: outside a transaction nothing was done, and the Python rule decides afresh.
-_LOST_RACE = (
-    asyncpg.UniqueViolationError,
-    asyncpg.DeadlockDetectedError,
-    asyncpg.SerializationError,
+_SPEND_CALL = OneStatement.of(
+    _SPEND, times=tuple(f"u_{name}" for name in _TIMES), json_columns=("o_allocations",)
 )
 
 
-# session.info key: the unit of work commits more with this change, so nothing may commit alone.
-ONE_TRANSACTION = "one_transaction"
-
-
 def can_spend_in_database(session: AsyncSession) -> bool:
-    bind = session.bind
-    return bind is not None and bind.dialect.name == "postgresql"
+    return runs_in_database(session)
 
 
 async def spend_in_database(
@@ -122,26 +97,9 @@ async def spend_in_database(
         "now": now,
         "period_start": allowance_period(now)[0],
     }
-    conn = await session.connection()
-    driver = (await conn.get_raw_connection()).driver_connection
-    row: Any
-    alone = not session.info.get(ONE_TRANSACTION)
-    if alone and isinstance(driver, asyncpg.Connection) and not driver.is_in_transaction():
-        try:
-            row = await _spend_outside_transaction(conn, driver, parameters)
-        except _LOST_RACE:
-            return None
-        except BaseException as exc:
-            if not driver.is_closed() and isinstance(exc, asyncpg.PostgresError):
-                raise
-            # SQLAlchemy did not see this failure: its pool must not lend the connection again,
-            # and the caller hears of it as from SQLAlchemy (the database went away).
-            await conn.invalidate()
-            if not isinstance(exc, Exception):
-                raise
-            raise OperationalError(_SPEND_SQL, None, exc, connection_invalidated=True) from exc
-    else:
-        row = (await conn.execute(_SPEND, parameters)).one()._mapping
+    row = await run_one_statement(session, _SPEND_CALL, parameters)
+    if row is None:
+        return None
     outcome = row["o_outcome"]
     if outcome == "not_found":
         return UserNotFound(user_id=user_id)
@@ -185,26 +143,3 @@ async def spend_in_database(
         actor=actor.name,
     )
     return account, event
-
-
-async def _spend_outside_transaction(
-    conn: AsyncConnection, driver: asyncpg.Connection, parameters: dict[str, Any]
-) -> dict[str, Any]:
-    """The spend's row, by asyncpg in autocommit; the engine's statement events still fire."""
-    arguments = tuple(parameters[name] for name in _SPEND_PARAMETERS)
-    sync = conn.sync_connection
-    dispatch = sync.dispatch
-    context = SimpleNamespace()  # where a listener may keep state between its two events
-    dispatch.before_cursor_execute(sync, None, _SPEND_SQL, arguments, context, False)
-    record = await driver.fetchrow(_SPEND_SQL, *arguments)
-    dispatch.after_cursor_execute(sync, None, _SPEND_SQL, arguments, context, False)
-    assert record is not None, "spend_credits answers one row"
-    row = dict(record)
-    for name in _TIMES:
-        # As UTCDateTime reads them: aware, in UTC.
-        if (value := row[f"u_{name}"]) is not None:
-            row[f"u_{name}"] = value.astimezone(UTC)
-    allocations = row["o_allocations"]
-    if isinstance(allocations, str):  # asyncpg's own json codec, where SQLAlchemy's is not set
-        row["o_allocations"] = json.loads(allocations)
-    return row
