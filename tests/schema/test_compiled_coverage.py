@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.app import create_app
+from gateway.compiled.fields import FIELDS, TYPE_OF
 from resolvers.ledger import credits, tiers
 from resolvers.ledger.entries import Actor
 from resolvers.users import UserRef
@@ -27,11 +28,14 @@ from schema.context import BadUserInput, Principal
 from tests.conftest import StatementCounter
 from tests.factories import make_user
 from tests.schema.conftest import GraphQLClient, data_of, user_token
-from tests.schema.test_compiled import both, documents, seed
+from tests.schema.test_compiled import SCHEMA, both, documents, seed
 
 SUPPORT = Principal(role="support", name="s")
 ADMIN = Principal(role="admin", name="a")
 DASHBOARD = Principal(role="dashboard", name="d")
+
+# User fields still on graphql-core (a TierChange's or CreditEvent's user may select them).
+UNCOMPILED = {"premiumOverlay"}
 
 CHANGES = """
 query Q($rid: String!) {
@@ -45,6 +49,23 @@ query Q($rid: String!) {
 }
 fragment Tier on TierChange { fromTier toTier createdAt who: actor user { id } }
 """
+
+
+def test_every_field_under_pricing_and_entitlement_changes_is_compiled() -> None:
+    # A field missing here would send every document that selects it to graphql-core.
+    for name in (
+        "Pricing",
+        "TierCard",
+        "TierEntitlement",
+        "CreditPackCard",
+        "Cta",
+        "CreditEvent",
+        "TierChange",
+        "EntitlementOverride",
+        "User",
+    ):
+        assert set(FIELDS[name]) == set(SCHEMA.get_type(name).fields) - UNCOMPILED, name
+    assert set(TYPE_OF) == {"EntitlementChange"}
 
 
 async def random_documents(
