@@ -125,17 +125,12 @@ class Query:
         principal = ctx.principal
         if principal is not None and principal.role == VIEWER and principal.user_id is not None:
             viewer = await ctx.loaders.user_by_id.load(principal.user_id)
-        chosen = pricing.negotiate_locale(
-            locale,
-            ctx.accept_language,
-            ctx.catalog.locales,
-            stored=viewer.locale if viewer is not None else None,
-        )
-        page = pricing.pricing(
+        page = pricing.pricing_page(
             catalog=ctx.catalog,
-            locale=chosen,
+            locale=locale,
             currency=currency,
-            user=viewer,
+            viewer=viewer,
+            accept_language=ctx.accept_language,
             app_base_url=ctx.app_base_url,
         )
         return _or_bad_input(page)

@@ -109,6 +109,19 @@ async def _complete(
                 output[key] = items
                 children.extend(value)
                 child_outputs.extend(items)
-        if children:
+        if not children:
+            continue
+        if plan.variants is None:
             assert plan.children is not None
             await _complete(run, plan.children, children, child_outputs, variables)
+            continue
+        # A union: the values of each member type are completed together, one batch per
+        # field and member, so statements still do not grow with the list.
+        assert plan.type_of is not None
+        members: dict[str, tuple[list[Any], list[dict[str, Any]]]] = {}
+        for value, child_output in zip(children, child_outputs, strict=True):
+            values_of, outputs_of = members.setdefault(plan.type_of(value), ([], []))
+            values_of.append(value)
+            outputs_of.append(child_output)
+        for member, (values_of, outputs_of) in members.items():
+            await _complete(run, plan.variants[member], values_of, outputs_of, variables)

@@ -6,12 +6,14 @@ differential tests run both on the same data and compare.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from operator import itemgetter
 from typing import Any, NamedTuple
 
 from gateway.compiled.driver import NEWEST_EVENTS, NEWEST_PAYMENTS, DriverRead
+from gateway.compiled.mirrored import mirrored
 from gateway.compiled.resolver import (
     Args,
     Resolver,
@@ -23,7 +25,8 @@ from gateway.compiled.resolver import (
     with_run,
 )
 from gateway.compiled.run import Fallback, Run
-from resolvers import loaders
+from resolvers import loaders, models
+from resolvers.catalog import pricing
 from resolvers.catalog.model import Tier
 from resolvers.entitlements import access as entitlements
 from resolvers.ledger import allowances
@@ -200,6 +203,18 @@ def _connection(node_type: str) -> dict[str, dict[str, Resolver]]:
     }
 
 
+# The member type of each value of a compiled union, by the row's class.
+_CHANGE_TYPES = {
+    models.CreditEvent: "CreditEvent",
+    models.TierChange: "TierChange",
+    models.EntitlementOverride: "EntitlementOverride",
+}
+
+# For each compiled union: the name of the member type a value is answered as.
+TYPE_OF: dict[str, Callable[[Any], str]] = {
+    "EntitlementChange": lambda row: _CHANGE_TYPES[type(row)],
+}
+
 # The arguments each compiled field reads; a selection passing any other runs on graphql-core.
 FIELD_ARGUMENTS: dict[tuple[str, str], frozenset[str]] = {
     ("User", "creditEvents"): frozenset({"first", "after"}),
@@ -302,6 +317,35 @@ FIELDS: dict[str, dict[str, Resolver]] = {
         "featureDescriptions": source(lambda plan: list(plan[0].copy[plan[1]].features)),
         "prices": source(lambda plan: [(a, c) for c, a in plan[0].prices.items()]),
     },
+    "TierChange": {
+        "id": id_attr("id"),
+        "fromTier": attr("from_tier"),
+        "toTier": attr("to_tier"),
+        "reason": attr("reason"),
+        "source": attr("source"),
+        "actor": attr("actor"),
+        "requestId": attr("request_id"),
+        "createdAt": datetime_attr("created_at"),
+        "user": batch(_user_of),
+    },
+    "EntitlementOverride": {
+        "id": id_attr("id"),
+        "feature": attr("feature"),
+        "hasAccess": attr("has_access"),
+        "limit": attr("usage_limit"),
+        "expiresAt": datetime_attr("expires_at"),
+        "reason": attr("reason"),
+        "source": attr("source"),
+        "actor": attr("actor"),
+        "requestId": attr("request_id"),
+        "createdAt": datetime_attr("created_at"),
+        "userId": id_attr("user_id"),
+    },
+    "Pricing": mirrored(pricing.Pricing),
+    "TierCard": mirrored(pricing.TierCard),
+    "TierEntitlement": mirrored(pricing.EntitlementLine),
+    "CreditPackCard": mirrored(pricing.CreditPackCard),
+    "Cta": mirrored(pricing.Cta),
     "Money": {"amount": source(itemgetter(0)), "currency": source(itemgetter(1))},
     "PageInfo": {
         "hasNextPage": source(lambda page: len(page.rows) > page.size),

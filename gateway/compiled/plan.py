@@ -42,7 +42,7 @@ from graphql.execution.collect_fields import (
 from graphql.execution.values import VariableValues, get_argument_values
 from graphql.language import Visitor, visit
 
-from gateway.compiled.fields import FIELD_ARGUMENTS, FIELDS
+from gateway.compiled.fields import FIELD_ARGUMENTS, FIELDS, TYPE_OF
 from gateway.compiled.resolver import Kind, Resolver
 from gateway.compiled.roots import ROOT_ARGUMENTS, ROOTS
 
@@ -72,6 +72,9 @@ class FieldPlan:
     bind: tuple[GraphQLField, FieldNode] | None
     children: list[FieldPlan] | None
     typename: str | None = None
+    # A union: the member type each value is answered as, and the plans of each member.
+    type_of: Callable[[Any], str] | None = None
+    variants: dict[str, list[FieldPlan]] | None = None
 
 
 def compile_operation(
@@ -160,12 +163,18 @@ class Operation:
             named = get_named_type(field.type)
             shape = Shape.LEAF
             children = None
+            variants = None
             if is_object_type(named):
                 shape = Shape.OBJECTS if _is_list(field) else Shape.OBJECT
-                sub = collect_subfields(
-                    self.schema, self.fragments, variables, self.operation, named, details
-                ).grouped_field_set
-                children = self._plans(named, sub, FIELDS[named.name], variables)
+                children = self._members(named, details, variables)
+            elif is_abstract_type(named):
+                shape = Shape.OBJECTS if _is_list(field) else Shape.OBJECT
+                # Fields are collected for each member as graphql-core collects them for the
+                # value's runtime type: fragments on other members fall away.
+                variants = {
+                    member.name: self._members(member, details, variables)
+                    for member in self.schema.get_possible_types(named)  # type: ignore[arg-type]
+                }
             reads_variables = any(
                 _reads_variable(argument.value) for argument in node.arguments or ()
             )
@@ -180,9 +189,22 @@ class Operation:
                     args={} if reads_variables else get_argument_values(field, node, variables),
                     bind=(field, node) if reads_variables else None,
                     children=children,
+                    type_of=TYPE_OF[named.name] if variants is not None else None,
+                    variants=variants,
                 )
             )
         return plans
+
+    def _members(
+        self,
+        object_type: GraphQLObjectType,
+        details: list[FieldDetails],
+        variables: VariableValues,
+    ) -> list[FieldPlan]:
+        sub = collect_subfields(
+            self.schema, self.fragments, variables, self.operation, object_type, details
+        ).grouped_field_set
+        return self._plans(object_type, sub, FIELDS[object_type.name], variables)
 
 
 def _is_list(field: GraphQLField) -> bool:
@@ -209,7 +231,7 @@ def _has_known_permissions(field: GraphQLField) -> bool:
 
 
 def _is_supported_type(field: GraphQLField) -> bool:
-    """A leaf, an object, or a list of non-null items (of either); nothing abstract or nested."""
+    """A leaf, an object, a compiled union, or a list of non-null items (of one); not nested."""
     field_type = field.type
     if isinstance(field_type, GraphQLNonNull):
         field_type = field_type.of_type
@@ -218,6 +240,8 @@ def _is_supported_type(field: GraphQLField) -> bool:
         if not isinstance(item, GraphQLNonNull) or isinstance(item.of_type, GraphQLList):
             return False
         field_type = item.of_type
+    if is_abstract_type(field_type):
+        return field_type.name in TYPE_OF  # type: ignore[union-attr]
     return is_leaf_type(field_type) or is_object_type(field_type)
 
 
@@ -229,6 +253,12 @@ def _is_covered(
     spreading: set[str],
 ) -> bool:
     """Whether every field the selection may ever select (any @skip/@include) is compiled."""
+    if is_abstract_type(parent):
+        # Covered when it is covered on every member the value may turn out to be.
+        return parent.name in TYPE_OF and all(
+            _is_covered(schema, selection_set, member, fragments, spreading)
+            for member in schema.get_possible_types(parent)  # type: ignore[arg-type]
+        )
     table = ROOTS if parent is schema.query_type else FIELDS.get(parent.name)
     if table is None:
         return False

@@ -9,11 +9,15 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.compiled.fields import Page
 from gateway.compiled.resolver import Args, Resolver, batch, with_run
 from gateway.compiled.run import Fallback, Run
 from resolvers import loaders
+from resolvers.catalog import pricing
+from resolvers.errors import InvalidInput
+from resolvers.ledger import changes
 from resolvers.models import Payment, parse_row_id
 from resolvers.users import normalize_email, users_page_statement
 from schema.connections import decode_cursor, page_size
@@ -97,6 +101,30 @@ def _plans(_root: None, run: Run, args: Args) -> list[tuple[Any, str]]:
     return [(tier, chosen) for tier in catalog.tiers]
 
 
+async def _pricing(run: Run, roots: list[None], args: Args) -> list[pricing.Pricing]:
+    context = run.context
+    (viewer,) = await _viewer(run, roots, {})
+    page = pricing.pricing_page(
+        catalog=run.catalog,
+        locale=args.get("locale"),
+        currency=args.get("currency"),
+        viewer=viewer,
+        accept_language=context.accept_language,
+        app_base_url=context.app_base_url,
+    )
+    if isinstance(page, InvalidInput):
+        raise Fallback("refused currency: graphql-core gives the error")
+    return [page]
+
+
+async def _entitlement_changes(run: Run, _roots: list[None], args: Args) -> list[list[Any]]:
+    # The resolvers' own read, on this request's connection: the rows are the ORM objects the
+    # Strawberry resolver gets, so the union's member is told apart by their class.
+    async with AsyncSession(bind=await run.connection()) as session:
+        rows = await changes.changes_by_request_id(session, args["requestId"])
+    return [rows]
+
+
 # The arguments each compiled root field reads (see fields.FIELD_ARGUMENTS).
 ROOT_ARGUMENTS: dict[tuple[str, str], frozenset[str]] = {
     ("Query", "user"): frozenset({"email", "id"}),
@@ -104,6 +132,8 @@ ROOT_ARGUMENTS: dict[tuple[str, str], frozenset[str]] = {
     ("Query", "plans"): frozenset({"locale"}),
     ("Query", "payment"): frozenset({"ref"}),
     ("Query", "payments"): frozenset({"first", "after"}),
+    ("Query", "pricing"): frozenset({"locale", "currency"}),
+    ("Query", "entitlementChanges"): frozenset({"requestId"}),
 }
 
 ROOTS: dict[str, Resolver] = {
@@ -113,4 +143,6 @@ ROOTS: dict[str, Resolver] = {
     "plans": with_run(_plans),
     "payments": batch(_payments),
     "payment": batch(_payment),
+    "pricing": batch(_pricing),
+    "entitlementChanges": batch(_entitlement_changes),
 }

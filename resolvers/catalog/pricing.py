@@ -230,6 +230,29 @@ def pricing(
     )
 
 
+def pricing_page(
+    *,
+    catalog: Catalog,
+    locale: str | None,
+    currency: str | None,
+    viewer: User | None,
+    accept_language: str | None,
+    app_base_url: str,
+) -> Pricing | InvalidInput:
+    """The `pricing` field as any caller asks for it: the locale from the argument, else the
+    viewer's stored locale, else Accept-Language, else en; CTAs for the viewer (None: anyone
+    else). Both executors of the gateway call this one function."""
+    chosen = negotiate_locale(
+        locale,
+        accept_language,
+        catalog.locales,
+        stored=viewer.locale if viewer is not None else None,
+    )
+    return pricing(
+        catalog=catalog, locale=chosen, currency=currency, user=viewer, app_base_url=app_base_url
+    )
+
+
 _PORTAL_KINDS = (CtaKind.CURRENT, CtaKind.DOWNGRADE, CtaKind.MANAGE)
 
 

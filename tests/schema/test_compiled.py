@@ -17,7 +17,14 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from graphql import ExecutionResult, get_named_type, is_leaf_type, parse, validate
+from graphql import (
+    ExecutionResult,
+    get_named_type,
+    is_abstract_type,
+    is_leaf_type,
+    parse,
+    validate,
+)
 from graphql import execute as graphql_execute
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -28,7 +35,7 @@ from gateway.compiled import execution
 from gateway.compiled.fields import FIELDS
 from gateway.compiled.plan import compile_operation
 from resolvers.entitlements import overrides, usage
-from resolvers.ledger import credits
+from resolvers.ledger import credits, tiers
 from resolvers.models import Payment, User
 from resolvers.users import UserRef
 from schema import schema
@@ -86,6 +93,8 @@ def arguments(draw: st.DrawFn, field_name: str, doc: Document, args: list[str]) 
 @st.composite
 def selection_set(draw: st.DrawFn, type_name: str, doc: Document, depth: int) -> str:
     graphql_type = SCHEMA.get_type(type_name)
+    if is_abstract_type(graphql_type):
+        return draw(member_selections(graphql_type, doc, depth))
     names = sorted(FIELDS[type_name])
     picked = draw(st.lists(st.sampled_from([*names, "__typename"]), min_size=1, max_size=5))
     parts = []
@@ -117,6 +126,31 @@ def selection_set(draw: st.DrawFn, type_name: str, doc: Document, depth: int) ->
 
 
 @st.composite
+def member_selections(draw: st.DrawFn, union: Any, doc: Document, depth: int) -> str:
+    """A union's selection: fragments on some of its members (each inline, named, or on the
+    union itself), __typename, all of it possibly under @skip/@include."""
+    members = [m.name for m in SCHEMA.get_possible_types(union)]
+    picked = draw(st.lists(st.sampled_from([*members, union.name, "__typename"]), max_size=4))
+    parts = []
+    for name in picked or ["__typename"]:
+        if name == "__typename":
+            parts.append(draw(decorated("__typename", doc)))
+            continue
+        # On the union itself only __typename may be selected: its fragment holds one.
+        body = "__typename" if name == union.name else draw(selection_set(name, doc, depth))
+        if name != union.name:
+            body = body[1:-1].strip()  # the braces come from the fragment
+        if draw(st.booleans()):
+            # A fragment's directives stand before its selection set.
+            parts.append(draw(decorated(f"... on {name}", doc)) + f" {{ {body} }}")
+        else:
+            fragment = f"F{next(doc.names)}"
+            doc.fragments.append(f"fragment {fragment} on {name} {{ {body} }}")
+            parts.append(draw(decorated(f"...{fragment}", doc)))
+    return f"{{ {' '.join(parts)} }}"
+
+
+@st.composite
 def decorated(draw: st.DrawFn, text: str, doc: Document) -> str:
     choice = draw(st.integers(0, 5))
     if choice == 0:
@@ -127,9 +161,11 @@ def decorated(draw: st.DrawFn, text: str, doc: Document) -> str:
 
 
 @st.composite
-def documents(draw: st.DrawFn, emails: list[str], ids: list[int]) -> tuple[str, dict[str, Any]]:
+def documents(
+    draw: st.DrawFn, emails: list[str], ids: list[int], roots: list[str] | None = None
+) -> tuple[str, dict[str, Any]]:
     doc = Document()
-    root = draw(st.sampled_from(["viewer", "user", "users", "plans", "payments", "payment"]))
+    root = draw(st.sampled_from(roots or [*ROOTS_DRAWN, "pricing", "entitlementChanges"]))
     if root == "viewer":
         text = "viewer " + draw(selection_set("User", doc, MAX_DEPTH))
     elif root == "user":
@@ -149,10 +185,39 @@ def documents(draw: st.DrawFn, emails: list[str], ids: list[int]) -> tuple[str, 
         ref = draw(st.sampled_from([*(f"cs_{i}" for i in ids), *map(str, ids), " cs_1 ", "x"]))
         argument = doc.variable("String!", ref) if draw(st.booleans()) else f'"{ref}"'
         text = f"payment(ref: {argument}) " + draw(selection_set("Payment", doc, 4))
+    elif root == "pricing":
+        text = "pricing" + draw(pricing_arguments(doc))
+        text += " " + draw(selection_set("Pricing", doc, 3))
+    elif root == "entitlementChanges":
+        # Mostly the request id the seed wrote under: lists with every member of the union.
+        request_id = draw(st.sampled_from(["req-test", "req-test", "req-test", "req-none", ""]))
+        argument = doc.variable("String!", request_id) if draw(st.booleans()) else f'"{request_id}"'
+        text = f"entitlementChanges(requestId: {argument}) "
+        text += draw(selection_set("EntitlementChange", doc, 3))
     else:
         locale = draw(st.sampled_from(["", '(locale: "nl")', '(locale: "xx")']))
         text = f"plans{locale} " + draw(selection_set("Plan", doc, 1))
     return doc.text(text), doc.values()
+
+
+ROOTS_DRAWN = ["viewer", "user", "users", "plans", "payments", "payment"]
+# Locales the catalog has (en, nl, de), with a region, unknown, malformed; currencies it sells
+# (in any case) and one it does not (BAD_USER_INPUT).
+LOCALES = [None, "nl", "de", "de-DE", "en-US", "en-GB", "nl-BE", "xx", "fr", "!!"]
+CURRENCIES = [None, "EUR", "usd", "GBP"]
+
+
+@st.composite
+def pricing_arguments(draw: st.DrawFn, doc: Document) -> str:
+    given_args = []
+    for name, values in (("locale", LOCALES), ("currency", CURRENCIES)):
+        if (value := draw(st.sampled_from(values))) is None and draw(st.booleans()):
+            continue  # not given at all, rather than given as null
+        literal = "null" if value is None else f'"{value}"'
+        given_args.append(
+            f"{name}: {doc.variable('String', value) if draw(st.booleans()) else literal}"
+        )
+    return f"({', '.join(given_args)})" if given_args else ""
 
 
 async def seed(runtime, clock) -> tuple[list[str], list[int]]:
@@ -236,6 +301,19 @@ async def seed(runtime, clock) -> tuple[list[str], list[int]]:
                 expires_at=clock.now + timedelta(days=days),
             )
             assert isinstance(changed, overrides.OverrideSet), changed
+        # Tier changes under the same request id as the grants and overrides (req-test): the
+        # entitlementChanges of it hold every member of its union.
+        for tier in ("pro", "free"):
+            moved = await tiers.set_tier(
+                session,
+                user=UserRef(user_id=made[3].id),
+                tier=tier,
+                reason="seed",
+                actor=SUPPORT,
+                now=clock.now,
+                catalog=runtime.catalog,
+            )
+            assert isinstance(moved, tiers.TierSet), moved
 
     await runtime.db.write(extras)
     await runtime.db.write(entitlement_data)
@@ -243,7 +321,9 @@ async def seed(runtime, clock) -> tuple[list[str], list[int]]:
     return [u.email for u in made] + ["nobody@example.com"], [u.id for u in made] + [999]
 
 
-def context_for(runtime, principal: Principal | None) -> Context:
+def context_for(
+    runtime, principal: Principal | None, accept_language: str | None = None
+) -> Context:
     return Context(
         db=runtime.db,
         catalog=runtime.catalog,
@@ -251,17 +331,29 @@ def context_for(runtime, principal: Principal | None) -> Context:
         request_id="req-compiled",
         principal=principal,
         app_base_url="http://app.test",
+        accept_language=accept_language,
     )
 
 
-async def both(runtime, principal, query: str, variables: dict[str, Any]):
+async def both(
+    runtime,
+    principal,
+    query: str,
+    variables: dict[str, Any],
+    accept_language: str | None = None,
+):
     document = parse(query)
     assert validate(SCHEMA, document) == [], query
     plan = compile_operation(SCHEMA, document, "Q")
     assert plan is not None, f"not compiled: {query}"
-    compiled = await execution.execute(plan, context_for(runtime, principal), variables)
+    compiled = await execution.execute(
+        plan, context_for(runtime, principal, accept_language), variables
+    )
     result = graphql_execute(
-        SCHEMA, document, context_value=context_for(runtime, principal), variable_values=variables
+        SCHEMA,
+        document,
+        context_value=context_for(runtime, principal, accept_language),
+        variable_values=variables,
     )
     if not isinstance(result, ExecutionResult):
         result = await result
@@ -286,10 +378,20 @@ async def test_random_selections_answer_the_same_on_both_executors(runtime, cloc
         deadline=None,
         suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     )
-    @given(document=documents(emails, ids), principal=st.sampled_from(principals))
-    def check(document: tuple[str, dict[str, Any]], principal: Principal | None) -> None:
+    @given(
+        document=documents(emails, ids),
+        principal=st.sampled_from(principals),
+        accept_language=st.sampled_from([None, "de-DE,de;q=0.9", "nl, en;q=0.5", "xx"]),
+    )
+    def check(
+        document: tuple[str, dict[str, Any]],
+        principal: Principal | None,
+        accept_language: str | None,
+    ) -> None:
         query, variables = document
-        future = asyncio.run_coroutine_threadsafe(both(runtime, principal, query, variables), loop)
+        future = asyncio.run_coroutine_threadsafe(
+            both(runtime, principal, query, variables, accept_language), loop
+        )
         compiled, result = future.result()
         if result.errors:
             assert compiled is None, (query, result.errors)
@@ -300,6 +402,9 @@ async def test_random_selections_answer_the_same_on_both_executors(runtime, cloc
 
     await asyncio.to_thread(check)
     assert len(answered) > 30  # most random documents are answered without errors
+    # Anyone may read the pricing page: it is among the answers (entitlementChanges, which
+    # only support reads, is checked on its own in test_compiled_coverage.py).
+    assert any("pricing" in q for q in answered)
 
 
 async def test_a_refused_field_or_a_bad_argument_is_left_to_graphql_core(runtime, clock) -> None:
@@ -346,7 +451,7 @@ async def test_uncovered_fields_and_mutations_are_not_compiled() -> None:
     for query in [
         'query Q { viewer { premiumOverlay(sessionId: "s") { eligible } } }',
         "query Q { __schema { queryType { name } } }",
-        'query Q { entitlementChanges(requestId: "r") { __typename } }',
+        "query Q { metrics { days } }",
         'mutation Q { trackEvent(input: {name: "x", sessionId: "s"}) { __typename } }',
     ]:
         assert compile_operation(SCHEMA, parse(query), "Q") is None, query
