@@ -11,8 +11,13 @@ a writer's lock, and the listener must keep hearing meanwhile.
 
 from __future__ import annotations
 
+import asyncpg
+
 from gateway.db import Database
 from gateway.listener import APPLICATION_NAME
+
+ATTEMPTS = 3
+DEADLOCK = "40P01"
 
 # Inserted in id order and locked in id order: two registrations never wait on each other in
 # a circle. The users selected (not the ids given) so that a user deleted since is left out.
@@ -49,15 +54,23 @@ async def register(db: Database, listener_pid: int, user_ids: list[int]) -> None
     Returns after the commit: a subscriber reading after it misses no change.
     """
     ids = sorted(user_ids)
-    lent = await db.lend_driver()
-    broken = True
-    try:
-        async with lent.driver.transaction():
-            await lent.driver.execute(_INSERT, ids, listener_pid)
-            await lent.driver.execute(_WAIT_FOR_WRITERS, ids)
-        broken = False
-    finally:
-        await lent.release(broken=broken)
+    for attempt in range(1, ATTEMPTS + 1):
+        lent = await db.lend_driver()
+        broken = True
+        try:
+            async with lent.driver.transaction():
+                await lent.driver.execute(_INSERT, ids, listener_pid)
+                await lent.driver.execute(_WAIT_FOR_WRITERS, ids)
+            broken = False
+            return
+        except asyncpg.PostgresError as exc:
+            # A writer that locks several users out of id order can deadlock with a
+            # registration of many; PostgreSQL aborts one of the two, and this one tries again.
+            if exc.sqlstate != DEADLOCK or attempt == ATTEMPTS:
+                raise
+            broken = False  # the transaction was aborted, the connection is fine
+        finally:
+            await lent.release(broken=broken)
 
 
 async def unregister(db: Database, listener_pid: int, user_ids: list[int]) -> None:
