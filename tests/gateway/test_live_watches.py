@@ -92,6 +92,14 @@ async def test_a_write_nobody_watches_sends_no_notification_and_a_watched_one_do
             assert await asyncio.wait_for(heard.get(), PUSHED_WITHIN_SECONDS) == str(user_id)
             pushed = (await next_data(socket, "1"))["creditsChanged"]
             assert (pushed["available"], pushed["asOf"]) == (61, event["id"])
+
+            # Past the gateway (the CLI, a cron job) the triggers notify just the same.
+            spent = await asyncio.to_thread(
+                a.cli, "adjust", "--user", email, "--consume-credits", "1", "--reason", "cli"
+            )
+            assert spent.returncode == 0, spent.stderr
+            assert await asyncio.wait_for(heard.get(), PUSHED_WITHIN_SECONDS) == str(user_id)
+            assert (await next_data(socket, "1"))["creditsChanged"]["available"] == 60
             await socket.close()
         finally:
             await listening.close()
