@@ -39,6 +39,9 @@ class Listener:
         self.db = db
         self.listening = asyncio.Event()
         self.connects = 0
+        # The server pid of the LISTEN session while it is up: live_watches names the listener
+        # by it (gateway.live.watches). None while not listening.
+        self.backend_pid: int | None = None
         self._channels: dict[str, Channel] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -84,6 +87,7 @@ class Listener:
                 failures += 1
             finally:
                 self.listening.clear()
+                self.backend_pid = None
             await asyncio.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])
 
     async def _listen_once(self) -> None:
@@ -97,6 +101,7 @@ class Listener:
             for channel in self._channels.values():
                 await connection.add_listener(channel.name, self._dispatch)
             self.connects += 1
+            self.backend_pid = connection.get_server_pid()
             self.listening.set()
             log_fields(log, logging.INFO, event="listener_up", channels=sorted(self._channels))
             for channel in self._channels.values():

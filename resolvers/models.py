@@ -392,3 +392,17 @@ class OutboxLease(Base):
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     holder: Mapped[str | None] = mapped_column(String(64))
     expires_at: Mapped[datetime | None]
+
+
+class LiveWatch(Base):
+    """A user some process's live subscription watches: the triggers notify only for these.
+
+    `listener_pid` is the backend pid of that process's LISTEN connection (gateway.live.watches).
+    """
+
+    __tablename__ = "live_watches"
+
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    listener_pid: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -1,9 +1,9 @@
 """Hearing which users a committed transaction changed, on every gateway process.
 
 On PostgreSQL, triggers (migration 0007) send a NOTIFY from the changing transaction, delivered
-when, and only when, it commits; each process hears it on its one LISTEN connection
-(gateway.listener). SQLite has no such thing: its processes poll the ledger position instead
-(gateway.live.feed).
+when, and only when, it commits, and since migration 0008 only for a user some process watches
+(gateway.live.watches); each process hears it on its one LISTEN connection (gateway.listener).
+SQLite has no such thing: its processes poll the ledger position instead (gateway.live.feed).
 """
 
 from __future__ import annotations
