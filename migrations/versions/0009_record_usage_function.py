@@ -1,7 +1,7 @@
 """PostgreSQL function record_usage: a plain recordUsage in one round trip.
 
 Revision ID: 0009
-Revises: 0007
+Revises: 0008
 Create Date: 2026-12-03 19:00:00
 
 The same rule as resolvers/entitlements/usage.py:record_usage for the common case, with the
@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = "0009"
-down_revision: str | None = "0007"
+down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
