@@ -157,17 +157,24 @@ async def count_in_database(
         fingerprint=digest,
         created_at=now,
     )
+    record_usage_change(session, user=user, event=event, limit=limit, actor=actor)
+    return user, event
+
+
+def record_usage_change(
+    session: AsyncSession, *, user: User, event: UsageEvent, limit: int | None, actor: Actor
+) -> None:
+    """The one `entitlement_change` line of a count, whichever path made it."""
     record_change(
         session,
         action="usage_recorded",
         request_id=actor.request_id,
         user_id=user.id,
         email=user.email,
-        feature=feature,
+        feature=event.feature,
         quantity=event.quantity,
-        usage_after=used,
+        usage_after=event.used_after,
         limit=limit,
         source=actor.source,
         actor=actor.name,
     )
-    return user, event

@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers.catalog.model import Catalog
 from resolvers.entitlements.access import Entitlement, counting_period, entitlement_of
-from resolvers.entitlements.counting import count_in_database
+from resolvers.entitlements.counting import count_in_database, record_usage_change
 from resolvers.errors import (
     IdempotencyConflict,
     InvalidInput,
@@ -18,7 +18,6 @@ from resolvers.errors import (
     UnknownFeature,
     UserNotFound,
 )
-from resolvers.ledger.changes import record_change
 from resolvers.ledger.entries import Actor
 from resolvers.ledger.idempotency import KeyKind, check_key, earlier_use, find_key_use, fingerprint
 from resolvers.ledger.statements import runs_in_database
@@ -197,19 +196,7 @@ async def _count_by_rule(
     )
     session.add(event)
     await session.flush()
-    record_change(
-        session,
-        action="usage_recorded",
-        request_id=actor.request_id,
-        user_id=row.id,
-        email=row.email,
-        feature=feature,
-        quantity=event.quantity,
-        usage_after=used,
-        limit=before.limit,
-        source=actor.source,
-        actor=actor.name,
-    )
+    record_usage_change(session, user=row, event=event, limit=before.limit, actor=actor)
     return UsageRecorded(
         user=row, entitlement=entitlement_of(catalog, row, feature, now), event=event
     )
