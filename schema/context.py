@@ -91,6 +91,9 @@ class Context:
     # Subscriptions (websocket connections only): where to wait for changes.
     live: LiveChanges | None = None
     _loaders: Loaders | None = field(default=None, repr=False)
+    # What a mutation root field's write gave (a result, or the exception it raised), by response
+    # key, when the compiled executor made the write: graphql-core answers with it, not again.
+    _written: dict[str, Any] | None = field(default=None, repr=False)
 
     def forget_loaded(self) -> None:
         """A long-lived (websocket) context reads afresh after this: its loaders cache."""
@@ -101,6 +104,15 @@ class Context:
         if self._loaders is None:
             self._loaders = Loaders(self.db.connect)
         return self._loaders
+
+    def remember_written(self, key: str, outcome: Any) -> None:
+        if self._written is None:
+            self._written = {}
+        self._written[key] = outcome
+
+    def written(self, key: str) -> Any | None:
+        """What the write of the root field answered as `key` gave, None when not made yet."""
+        return None if self._written is None else self._written.get(key)
 
     def actor(self, source: str) -> Actor:
         name = self.principal.name if self.principal else "anonymous"

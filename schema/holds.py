@@ -9,6 +9,7 @@ import strawberry
 from strawberry import Info, Private
 
 from resolvers.ledger import holds
+from schema.context import Context
 from schema.errors import (
     HoldNotActive,
     HoldNotFound,
@@ -21,7 +22,7 @@ from schema.errors import InvalidInput as InvalidInputError
 from schema.inputs import user_ref, write_for
 from schema.mutation import CreditChange, CreditChangeResult
 from schema.permissions import SPEND
-from schema.results import answer
+from schema.results import answer, written_once
 from schema.users import User
 
 
@@ -118,59 +119,71 @@ class HoldMutation:
         "release it, or it expires by itself. Same idempotencyKey, same hold.",
     )
     async def reserve_credits(self, info: Info, input: ReserveCreditsInput) -> ReserveCreditsResult:
-        ctx = info.context
-        now = ctx.clock()
-        result = await write_for(
-            ctx.db,
-            user_ref(input.email, input.user_id),
-            lambda session, user: holds.reserve_credits(
-                session,
-                user=user,
-                amount=input.amount,
-                reason=input.reason,
-                actor=ctx.spend_actor(),
-                now=now,
-                catalog=ctx.catalog,
-                ttl_seconds=input.ttl_seconds,
-                idempotency_key=input.idempotency_key,
-            ),
-        )
-        return answer(result, CreditHold.of)
+        return await written_once(info, lambda ctx: run_reserve_credits(ctx, input))
 
     @strawberry.mutation(
         permission_classes=[SPEND],
         description="Spend the actual cost of an active hold; the rest goes back.",
     )
     async def settle_hold(self, info: Info, input: SettleHoldInput) -> CreditChangeResult:
-        ctx = info.context
-        now = ctx.clock()
-        result = await ctx.db.write(
-            lambda session: holds.settle_hold(
-                session,
-                hold_id=str(input.hold_id),
-                amount=input.amount,
-                reason=input.reason,
-                actor=ctx.spend_actor(),
-                now=now,
-                idempotency_key=input.idempotency_key,
-            )
-        )
-        return answer(result, CreditChange.of)
+        return await written_once(info, lambda ctx: run_settle_hold(ctx, input))
 
     @strawberry.mutation(
         permission_classes=[SPEND],
         description="Give an active hold's credits back, all of them.",
     )
     async def release_hold(self, info: Info, input: ReleaseHoldInput) -> ReleaseHoldResult:
-        ctx = info.context
-        now = ctx.clock()
-        result = await ctx.db.write(
-            lambda session: holds.release_hold(
-                session,
-                hold_id=str(input.hold_id),
-                actor=ctx.spend_actor(),
-                now=now,
-                idempotency_key=input.idempotency_key,
-            )
+        return await written_once(info, lambda ctx: run_release_hold(ctx, input))
+
+
+# The writes of the hold mutations, shared with the compiled executor (gateway.compiled.writes).
+
+
+async def run_reserve_credits(ctx: Context, input: ReserveCreditsInput) -> ReserveCreditsResult:
+    now = ctx.clock()
+    result = await write_for(
+        ctx.db,
+        user_ref(input.email, input.user_id),
+        lambda session, user: holds.reserve_credits(
+            session,
+            user=user,
+            amount=input.amount,
+            reason=input.reason,
+            actor=ctx.spend_actor(),
+            now=now,
+            catalog=ctx.catalog,
+            ttl_seconds=input.ttl_seconds,
+            idempotency_key=input.idempotency_key,
+        ),
+    )
+    return answer(result, CreditHold.of)
+
+
+async def run_settle_hold(ctx: Context, input: SettleHoldInput) -> CreditChangeResult:
+    now = ctx.clock()
+    result = await ctx.db.write(
+        lambda session: holds.settle_hold(
+            session,
+            hold_id=str(input.hold_id),
+            amount=input.amount,
+            reason=input.reason,
+            actor=ctx.spend_actor(),
+            now=now,
+            idempotency_key=input.idempotency_key,
         )
-        return answer(result, CreditHold.of)
+    )
+    return answer(result, CreditChange.of)
+
+
+async def run_release_hold(ctx: Context, input: ReleaseHoldInput) -> ReleaseHoldResult:
+    now = ctx.clock()
+    result = await ctx.db.write(
+        lambda session: holds.release_hold(
+            session,
+            hold_id=str(input.hold_id),
+            actor=ctx.spend_actor(),
+            now=now,
+            idempotency_key=input.idempotency_key,
+        )
+    )
+    return answer(result, CreditHold.of)

@@ -49,7 +49,7 @@ from schema.inputs import (
 )
 from schema.insights import TrackedEvent
 from schema.permissions import CHECKOUT, PORTAL, SERVICE, SPEND, SUPPORT, TRACK
-from schema.results import answer
+from schema.results import answer, written_once
 from schema.users import User
 
 
@@ -159,67 +159,18 @@ class Mutation(EntitlementMutations):
         description="Give a user credits (support). Same idempotencyKey, same result.",
     )
     async def grant_credits(self, info: Info, input: GrantCreditsInput) -> CreditChangeResult:
-        ctx: Context = info.context
-        now = ctx.clock()
-        result = await write_for(
-            ctx.db,
-            user_ref(input.email, input.user_id),
-            lambda session, user: credits.grant_ai_credits(
-                session,
-                user=user,
-                amount=input.amount,
-                reason=input.reason,
-                actor=ctx.actor("support"),
-                now=now,
-                expires_at=input.expires_at,
-                idempotency_key=input.idempotency_key,
-                catalog=ctx.catalog,
-            ),
-        )
-        return answer(result, CreditChange.of)
+        return await written_once(info, lambda ctx: run_grant_credits(ctx, input))
 
     @strawberry.mutation(
         permission_classes=[SPEND],
         description="Spend a user's credits, all or nothing. Same idempotencyKey, spent once.",
     )
     async def consume_credits(self, info: Info, input: ConsumeCreditsInput) -> CreditChangeResult:
-        ctx: Context = info.context
-        now = ctx.clock()
-        result = await write_for(
-            ctx.db,
-            user_ref(input.email, input.user_id),
-            lambda session, user: credits.consume_credits(
-                session,
-                user=user,
-                amount=input.amount,
-                reason=input.reason,
-                actor=ctx.spend_actor(),
-                now=now,
-                catalog=ctx.catalog,
-                idempotency_key=input.idempotency_key,
-            ),
-        )
-        return answer(result, CreditChange.of)
+        return await written_once(info, lambda ctx: run_consume_credits(ctx, input))
 
     @strawberry.mutation(permission_classes=[SUPPORT], description="Reset a user's tier (support).")
     async def set_tier(self, info: Info, input: SetTierInput) -> SetTierResult:
-        ctx: Context = info.context
-        now = ctx.clock()
-        result = await write_for(
-            ctx.db,
-            user_ref(input.email, input.user_id),
-            lambda session, user: tiers.set_tier(
-                session,
-                user=user,
-                tier=input.tier,
-                reason=input.reason,
-                actor=ctx.actor("support"),
-                now=now,
-                catalog=ctx.catalog,
-                idempotency_key=input.idempotency_key,
-            ),
-        )
-        return answer(result, TierUpdate.of)
+        return await written_once(info, lambda ctx: run_set_tier(ctx, input))
 
     @strawberry.mutation(
         permission_classes=[SERVICE],
@@ -356,3 +307,65 @@ def _own_or_named_user(
         assert principal.user_id is not None
         return UserRef(user_id=principal.user_id)
     return user_ref(email, user_id)
+
+
+# The writes of the credit and tier mutations: the Strawberry resolvers above and the compiled
+# executor (gateway.compiled.writes) both call these, once per request (see written_once).
+
+
+async def run_grant_credits(ctx: Context, input: GrantCreditsInput) -> CreditChangeResult:
+    now = ctx.clock()
+    result = await write_for(
+        ctx.db,
+        user_ref(input.email, input.user_id),
+        lambda session, user: credits.grant_ai_credits(
+            session,
+            user=user,
+            amount=input.amount,
+            reason=input.reason,
+            actor=ctx.actor("support"),
+            now=now,
+            expires_at=input.expires_at,
+            idempotency_key=input.idempotency_key,
+            catalog=ctx.catalog,
+        ),
+    )
+    return answer(result, CreditChange.of)
+
+
+async def run_consume_credits(ctx: Context, input: ConsumeCreditsInput) -> CreditChangeResult:
+    now = ctx.clock()
+    result = await write_for(
+        ctx.db,
+        user_ref(input.email, input.user_id),
+        lambda session, user: credits.consume_credits(
+            session,
+            user=user,
+            amount=input.amount,
+            reason=input.reason,
+            actor=ctx.spend_actor(),
+            now=now,
+            catalog=ctx.catalog,
+            idempotency_key=input.idempotency_key,
+        ),
+    )
+    return answer(result, CreditChange.of)
+
+
+async def run_set_tier(ctx: Context, input: SetTierInput) -> SetTierResult:
+    now = ctx.clock()
+    result = await write_for(
+        ctx.db,
+        user_ref(input.email, input.user_id),
+        lambda session, user: tiers.set_tier(
+            session,
+            user=user,
+            tier=input.tier,
+            reason=input.reason,
+            actor=ctx.actor("support"),
+            now=now,
+            catalog=ctx.catalog,
+            idempotency_key=input.idempotency_key,
+        ),
+    )
+    return answer(result, TierUpdate.of)

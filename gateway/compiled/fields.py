@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 from gateway.compiled.driver import NEWEST_EVENTS, NEWEST_PAYMENTS, DriverRead
 from gateway.compiled.mirrored import mirrored
+from gateway.compiled.payloads import PAYLOAD_FIELDS, PAYLOAD_TYPE_OF
 from gateway.compiled.resolver import (
     Args,
     Resolver,
@@ -213,6 +214,7 @@ _CHANGE_TYPES = {
 # For each compiled union: the name of the member type a value is answered as.
 TYPE_OF: dict[str, Callable[[Any], str]] = {
     "EntitlementChange": lambda row: _CHANGE_TYPES[type(row)],
+    **PAYLOAD_TYPE_OF,
 }
 
 # The arguments each compiled field reads; a selection passing any other runs on graphql-core.
@@ -354,4 +356,5 @@ FIELDS: dict[str, dict[str, Resolver]] = {
     **_connection("User"),
     **_connection("CreditEvent"),
     **_connection("Payment"),
+    **PAYLOAD_FIELDS,
 }

@@ -1,5 +1,8 @@
 """The compiler: a validated query operation becomes a tree of field plans, built once.
 
+A mutation compiles too when its one root field is a compiled write (gateway.compiled.writes):
+the write runs as under graphql-core, and its result's selection set is answered from the plan.
+
 Fields are collected exactly as graphql-core collects them (fragments expanded, fields merged,
 `@skip`/`@include` applied), so a tree depends on the values of the variables those directives
 read; one tree is kept per combination of them. Arguments that read variables are bound per
@@ -45,8 +48,9 @@ from graphql.language import Visitor, visit
 from gateway.compiled.fields import FIELD_ARGUMENTS, FIELDS, TYPE_OF
 from gateway.compiled.resolver import Kind, Resolver
 from gateway.compiled.roots import ROOT_ARGUMENTS, ROOTS
+from gateway.compiled.writes import WRITE_ARGUMENTS, WRITES, write_resolver
 
-COMPILED_ARGUMENTS = {**ROOT_ARGUMENTS, **FIELD_ARGUMENTS}
+COMPILED_ARGUMENTS = {**ROOT_ARGUMENTS, **WRITE_ARGUMENTS, **FIELD_ARGUMENTS}
 
 # Combinations of @skip/@include variables kept per operation; beyond that, a tree is rebuilt.
 MAX_TREES = 16
@@ -80,7 +84,7 @@ class FieldPlan:
 def compile_operation(
     schema: GraphQLSchema, document: DocumentNode, operation_name: str | None
 ) -> Operation | None:
-    """The plan of a query operation, or None when it touches anything not compiled."""
+    """The plan of an operation, or None when it touches anything not compiled."""
     operation = None
     fragments: dict[str, FragmentDetails] = {}
     for definition in document.definitions:
@@ -92,18 +96,29 @@ def compile_operation(
             if definition.variable_definitions:
                 return None  # fragment arguments (experimental): graphql-core only
             fragments[definition.name.value] = FragmentDetails(definition)
-    if operation is None or operation.operation != OperationType.QUERY:
+    if operation is None:
         return None
-    query_type = schema.query_type
-    if query_type is None or not _is_covered(
-        schema, operation.selection_set, query_type, fragments, set()
-    ):
+    if operation.operation == OperationType.QUERY:
+        root = schema.query_type
+    elif operation.operation == OperationType.MUTATION and _is_one_write(operation):
+        root = schema.mutation_type
+    else:
+        return None
+    if root is None or not _is_covered(schema, operation.selection_set, root, fragments, set()):
         return None
     finder = _DirectiveVariables()
     visit(operation, finder)
     for details in fragments.values():
         visit(details.definition, finder)
-    return Operation(schema, operation, fragments, tuple(sorted(finder.names)))
+    return Operation(schema, root, operation, fragments, tuple(sorted(finder.names)))
+
+
+def _is_one_write(operation: OperationDefinitionNode) -> bool:
+    """One root field (besides __typename), written out: several writes are graphql-core's."""
+    selections = operation.selection_set.selections
+    if not all(isinstance(s, FieldNode) for s in selections):
+        return False
+    return sum(s.name.value != "__typename" for s in selections) == 1  # type: ignore[attr-defined]
 
 
 class Operation:
@@ -112,11 +127,14 @@ class Operation:
     def __init__(
         self,
         schema: GraphQLSchema,
+        root: GraphQLObjectType,
         operation: OperationDefinitionNode,
         fragments: dict[str, FragmentDetails],
         directive_variables: tuple[str, ...],
     ) -> None:
         self.schema = schema
+        self.root = root
+        self.is_mutation = operation.operation == OperationType.MUTATION
         self.operation = operation
         self.fragments = fragments
         self.directive_variables = directive_variables
@@ -134,12 +152,20 @@ class Operation:
         return tree
 
     def _build(self, variables: VariableValues) -> list[FieldPlan]:
-        query_type = self.schema.query_type
-        assert query_type is not None
+        root = self.root
         grouped = collect_fields(
-            self.schema, self.fragments, variables, query_type, self.operation
+            self.schema, self.fragments, variables, root, self.operation
         ).grouped_field_set
-        return self._plans(query_type, grouped, ROOTS, variables)
+        table: Mapping[str, Resolver] = ROOTS
+        if self.is_mutation:
+            # The write remembers its outcome under the key it is answered as (see writes).
+            writes: dict[str, Resolver] = {}
+            for key, details in grouped.items():
+                name = details[0].node.name.value
+                if name != "__typename":
+                    writes[name] = write_resolver(self.schema, root.fields[name], name, key)
+            table = writes
+        return self._plans(root, grouped, table, variables)
 
     def _plans(
         self,
@@ -259,7 +285,13 @@ def _is_covered(
             _is_covered(schema, selection_set, member, fragments, spreading)
             for member in schema.get_possible_types(parent)  # type: ignore[arg-type]
         )
-    table = ROOTS if parent is schema.query_type else FIELDS.get(parent.name)
+    table: Mapping[str, Any] | None
+    if parent is schema.query_type:
+        table = ROOTS
+    elif parent is schema.mutation_type:
+        table = WRITES
+    else:
+        table = FIELDS.get(parent.name)
     if table is None:
         return False
     for selection in selection_set.selections:

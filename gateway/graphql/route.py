@@ -61,7 +61,8 @@ class GraphQLRoute:
         registered_documents: Mapping[str, str] | None = None,
     ) -> None:
         self.schema = schema
-        # "both" (tests): every compiled answer is checked against graphql-core's.
+        # "both" (tests): every compiled answer is checked against graphql-core's; for a
+        # mutation, graphql-core answers from the outcome of the write the compiled run made.
         self.executor = executor
         self.runtime = runtime
         self.authenticator = authenticator
@@ -87,7 +88,7 @@ class GraphQLRoute:
             raise SavedQueryError(f"{what}: {prepared.errors[0].message}")
         for name, operation in prepared.operation_types.items():
             self.operation_labels.label(name)
-            if operation == OperationType.QUERY:
+            if operation != OperationType.SUBSCRIPTION:
                 prepared.plan(self.schema, name)
         return prepared
 
@@ -213,7 +214,9 @@ class GraphQLRoute:
         if gql.document_id is not None:
             context.db = self.runtime.dashboard_db
         compiled = None
-        if operation == OperationType.QUERY and self.executor != "graphql-core":
+        # Queries, and the writes of gateway.compiled.writes; a write made by the compiled
+        # executor is never made again: graphql-core, if it answers, answers with its outcome.
+        if self.executor != "graphql-core":
             compiled = await self.run_compiled(prepared, gql, context)
             if compiled is not None and self.executor == "compiled":
                 return json_response({"data": compiled}, headers=_cache_headers(request, gql))
