@@ -62,9 +62,9 @@ class Document:
         self.variables[name] = (graphql_type, value)
         return f"${name}"
 
-    def text(self, root: str) -> str:
+    def text(self, root: str, operation: str = "query") -> str:
         definitions = ", ".join(f"${n}: {t}" for n, (t, _) in self.variables.items())
-        head = f"query Q({definitions})" if definitions else "query Q"
+        head = f"{operation} Q({definitions})" if definitions else f"{operation} Q"
         return "\n".join([f"{head} {{ {root} }}", *self.fragments])
 
     def values(self) -> dict[str, Any]:
