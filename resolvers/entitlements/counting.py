@@ -1,8 +1,10 @@
 """Usage counted in one round trip on PostgreSQL: the usage rule as the `record_usage` function.
 
-The function (migration 0009) handles the common case of resolvers/entitlements/usage.py:
-record_usage; it answers 'fallback' for anything else (a used key, an override of the feature, a
-tier the catalog does not name) and the caller runs the Python rule.
+The function (migration 0009; since 0010 it locks the key before the user row, as
+resolvers/ledger/idempotency.py:lock_key does) handles the common case of
+resolvers/entitlements/usage.py:record_usage; it answers 'fallback' for anything else (a used
+key, an override of the feature, a tier the catalog does not name) and the caller runs the
+Python rule.
 tests/resolvers/test_usage_differential.py holds the two to identical results and usage records.
 How the call runs (alone, outside a transaction, when it can): resolvers.ledger.statements.
 """

@@ -13,7 +13,7 @@ from resolvers.entitlements.usage import MAX_QUANTITY, check_feature
 from resolvers.errors import IdempotencyConflict, InvalidInput, UnknownFeature, UserNotFound
 from resolvers.ledger.changes import record_change
 from resolvers.ledger.entries import Actor, check_change_args
-from resolvers.ledger.idempotency import KeyKind, earlier_use, find_key_use, fingerprint
+from resolvers.ledger.idempotency import KeyKind, earlier_use, find_key_use, fingerprint, lock_key
 from resolvers.models import EntitlementOverride, User
 from resolvers.users import UserRef, find_user
 
@@ -52,6 +52,7 @@ async def set_entitlement_override(
         return InvalidInput(field="limit", reason=f"must be 0 to {MAX_QUANTITY:,}")
     if limit is not None and not has_access:
         return InvalidInput(field="limit", reason="a limit needs hasAccess: true")
+    await lock_key(session, idempotency_key)  # the key's lock first, then the row's
     row = await find_user(session, user, lock=True)
     if row is None:
         return user.not_found()

@@ -19,7 +19,14 @@ from resolvers.errors import (
     UserNotFound,
 )
 from resolvers.ledger.entries import Actor
-from resolvers.ledger.idempotency import KeyKind, check_key, earlier_use, find_key_use, fingerprint
+from resolvers.ledger.idempotency import (
+    KeyKind,
+    check_key,
+    earlier_use,
+    find_key_use,
+    fingerprint,
+    lock_key,
+)
 from resolvers.ledger.statements import runs_in_database
 from resolvers.models import UsageEvent, User
 from resolvers.users import UserRef, find_user
@@ -156,6 +163,7 @@ async def _count_by_rule(
 ) -> UsageRecorded | LimitExceeded | NoAccess | UserNotFound | IdempotencyConflict:
     # The user row's lock makes concurrent checks of one user's limits take turns: the count
     # read from it is the one this transaction writes back (SQLite: BEGIN IMMEDIATE does it).
+    await lock_key(session, idempotency_key)  # the key's lock first, then the row's
     row = await find_user(session, user, lock=True)
     if row is None:
         return user.not_found()

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import bindparam, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from resolvers.ledger.idempotency import KEY_USE, KeyUse, find_key_use, key_use_of
+from resolvers.ledger.idempotency import KEY_USE, KeyUse, find_key_use, key_use_of, lock_key
 from resolvers.models import User
 from resolvers.users import UserRef, normalize_email
 
@@ -63,8 +63,7 @@ _COLUMNS = tuple(f.name for f in fields(Account) if f.name in USERS.c)
 
 def _lock_by(column: Any) -> Any:
     # The key's earlier use rides on the lock statement: one round trip fewer per keyed change.
-    # A concurrent first use of the same key that commits after this statement's snapshot is
-    # caught by the unique index on insert; the unit of work then retries and the retry sees it.
+    # The key's own lock is held by then (lock_key), so no other use of it can be in flight.
     return (
         select(
             *(USERS.c[name] for name in _COLUMNS),
@@ -89,7 +88,10 @@ async def lock_account(
     """Lock the user `ref` names for this transaction, and look up where the key was used.
 
     Given an `Account` (already locked by the caller in this transaction), returns it as is,
-    with the key's use looked up if it was not: a lock is taken once per change.
+    with the key's use looked up if it was not: a lock is taken once per change. A key is
+    locked before the row (`lock_key`); the keys an account comes with later are the
+    gateway's own (a Stripe payment's grant, an allowance), each used by one kind of change of
+    this user only, so the row lock and the table's unique index suffice for them.
     """
     if isinstance(ref, Account):
         if idempotency_key is not None and ref.key != idempotency_key:
@@ -102,6 +104,7 @@ async def lock_account(
         stmt, value = _LOCK_BY_EMAIL, normalize_email(ref.email)
     else:
         return None
+    await lock_key(session, idempotency_key)
     conn = await session.connection()
     row = (await conn.execute(stmt, {"ref": value, "idempotency_key": idempotency_key})).first()
     if row is None:

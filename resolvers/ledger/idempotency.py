@@ -7,11 +7,14 @@ kind of change, it is an IdempotencyConflict. The one place a key's earlier use 
 `KEY_USE` below: the lock statement carries it (resolvers.ledger.accounts), and so does the
 PostgreSQL spend function (migration 0005).
 
-Two first uses of one key at once: each table's unique index stops two of one kind, and changes
-of one user take turns on its row lock, after which recordUsage, overrides and the spend
-function look the key up afresh. On PostgreSQL, a grant, tier change or hold reads the key in
-its lock statement's snapshot, so a usage report or override of the same user committed while
-it waited for the lock goes unseen; one table of keys with a unique index would close that.
+Two first uses of one key at once, of any kinds and for any users: each table's unique index
+only stops two of one kind, and a user's row lock only orders changes of that user. So on
+PostgreSQL every keyed change first takes the key's own lock (`lock_key`: a transaction advisory
+lock on the key's hash, held to COMMIT), then the user row, and only then looks the key up: the
+second of two uses waits for the first to commit and sees it. The spend and usage functions
+take the same lock the same way (migration 0010); one order everywhere, key then user, so two
+changes never wait on each other in a circle. SQLite has one writer at a time (BEGIN
+IMMEDIATE): the lookup after it already sees every committed use.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import bindparam, literal_column, select, union_all
+from sqlalchemy import String, bindparam, func, literal_column, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers.errors import IdempotencyConflict, InvalidInput
@@ -34,6 +37,9 @@ RESERVED_KEY_PREFIXES = ("allowance:", "stripe:")
 # The sources whose keys come from outside the gateway.
 CALLER_SOURCES = ("support", "usage")
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
+# What a key's advisory lock hashes: the key in a scope of its own, so it never takes the lock
+# of another use of advisory locks. Migration 0010's functions hash the same text.
+KEY_LOCK_SCOPE = "idempotency:"
 
 
 class KeyKind(StrEnum):
@@ -101,6 +107,21 @@ async def find_key_use(session: AsyncSession, key: str | None) -> KeyUse | None:
     return key_use_of((await conn.execute(_FIND, {"idempotency_key": key})).first())
 
 
+async def lock_key(session: AsyncSession, key: str | None) -> None:
+    """Take `key`'s lock for this transaction (PostgreSQL), before the user row's lock.
+
+    Its own statement: the key lookup after it must read in a snapshot taken once the lock is
+    granted, so that a use committed while this transaction waited is seen.
+    """
+    if key is None:
+        return
+    bind = session.bind
+    if bind is None or bind.dialect.name != "postgresql":
+        return
+    conn = await session.connection()
+    await conn.execute(_LOCK_KEY, {"scoped_key": KEY_LOCK_SCOPE + key})
+
+
 def _uses(table: Any, kind: KeyKind) -> Any:
     return select(
         literal_column(f"'{kind.value}'").label("key_kind"),
@@ -123,3 +144,6 @@ KEY_USE = (
     .subquery("key_use")
 )
 _FIND = select(KEY_USE.c.key_kind, KEY_USE.c.key_row_id, KEY_USE.c.key_fingerprint)
+_LOCK_KEY = select(
+    func.pg_advisory_xact_lock(func.hashtextextended(bindparam("scoped_key", type_=String), 0))
+)

@@ -1,8 +1,9 @@
 """A spend in one round trip on PostgreSQL: the ledger's spend rule as the `spend_credits` function.
 
-The function (migration 0002) handles the common case of consume_credits; it answers
-'fallback' for anything else (a used key, an expiry, a due allowance) and the caller runs the
-Python rule. tests/resolvers/test_spend_differential.py holds the two to identical results and
+The function (migration 0002; since 0010 it locks the key before the user row, as
+resolvers/ledger/idempotency.py:lock_key does) handles the common case of consume_credits; it
+answers 'fallback' for anything else (a used key, an expiry, a due allowance) and the caller runs
+the Python rule. tests/resolvers/test_spend_differential.py holds the two to identical results and
 ledgers. How the call runs (alone, outside a transaction, when it can): resolvers.ledger.statements.
 """
 
