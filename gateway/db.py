@@ -9,7 +9,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -28,6 +27,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, PoolProxiedConnection
 from sqlalchemy.util.concurrency import greenlet_spawn
 
+from gateway.local_reads import TEXT_FACTORY, LocalReads
 from gateway.logs import log_entitlement_changes
 from resolvers.errors import Failure
 from resolvers.ledger.changes import changed_user_ids, take_changes
@@ -152,6 +152,8 @@ class Database:
                 kwargs["connect_args"] = {"ssl": False}
         self._connect_args: dict[str, Any] = kwargs.get("connect_args", {})
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        # SQLite: compiled by-key reads on the loop's own read-only connections.
+        self.local_reads = LocalReads.of(url, self.engine.sync_engine) if self.is_sqlite else None
         if self.is_sqlite:
             _configure_sqlite(self.engine)
         _meter(self.engine)
@@ -268,6 +270,8 @@ class Database:
         )
 
     async def dispose(self) -> None:
+        if self.local_reads is not None:
+            self.local_reads.close()
         await self.engine.dispose()
 
 
@@ -306,6 +310,7 @@ class ReplicaReads:
         self.primary = primary
         self.replica = replica
         self.is_sqlite = replica.is_sqlite
+        self.local_reads = replica.local_reads
 
     def connect(self) -> AbstractAsyncContextManager[AsyncConnection]:
         return self.replica.connect()
@@ -367,9 +372,6 @@ def ensure_sqlite_directory(url: str) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
 
 
-_TEXT = partial(str, encoding="utf-8", errors="replace")
-
-
 def _configure_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
@@ -383,7 +385,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor.close()
         # SQLite stores any bytes as TEXT; one invalid UTF-8 sequence would make every read of
         # its row fail. Shown as U+FFFD instead (partial of a builtin: no Python frame per value).
-        record.driver_connection.text_factory = _TEXT
+        record.driver_connection.text_factory = TEXT_FACTORY
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:

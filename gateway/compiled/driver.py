@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections import namedtuple
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import SimpleNamespace
 from typing import Any
 
@@ -36,13 +36,15 @@ from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.dialects.sqlite.aiosqlite import dialect as aiosqlite_dialect
 from sqlalchemy.engine import Connection, Dialect, Engine
 
+from gateway.local_reads import Snapshot
 from resolvers.models import CreditEvent, CreditGrant, Payment, User
 
 Match = Callable[[ColumnElement[Any]], ColumnElement[bool]]
 
 
 def _any_of_array(column: ColumnElement[Any]) -> ColumnElement[bool]:
-    return column == func.any(bindparam("keys", type_=ARRAY(Integer)))
+    key_type = String if isinstance(column.type, String) else Integer
+    return column == func.any(bindparam("keys", type_=ARRAY(key_type)))
 
 
 def _in_json_array(column: ColumnElement[Any]) -> ColumnElement[bool]:
@@ -70,7 +72,8 @@ class _Variant:
 
 
 class DriverRead:
-    """One SELECT of a table's columns by a list of integer keys, for asyncpg and aiosqlite.
+    """One SELECT of a table's columns by a list of keys (integers, or text for a text column),
+    for asyncpg, aiosqlite and the loop's own SQLite reads (gateway.local_reads).
 
     `columns` (default: all of the table's) are what `build` selects, in that order; further
     parameters of the statement are given by name to `fetch`.
@@ -96,8 +99,7 @@ class DriverRead:
         """
         sqlite = connection.dialect.name == "sqlite"
         variant = self.sqlite if sqlite else self.postgresql
-        named["keys"] = json.dumps(list(keys)) if sqlite else list(keys)
-        parameters = tuple(named[name] for name in variant.parameters)
+        parameters = _parameters(variant, sqlite, keys, named)
         context = SimpleNamespace()  # where a listener may keep state between its two events
         dispatch = connection.dispatch
         dispatch.before_cursor_execute(connection, None, variant.sql, parameters, context, False)
@@ -106,6 +108,21 @@ class DriverRead:
         else:
             records = await driver.fetch(variant.sql, *parameters)
         dispatch.after_cursor_execute(connection, None, variant.sql, parameters, context, False)
+        return self._rows(variant, records)
+
+    def fetch_local(self, snapshot: Snapshot, keys: Sequence[Any], **named: Any) -> list[Any]:
+        """Rows for `keys` read in `snapshot` (gateway.local_reads), on the loop, as `fetch`'s."""
+        variant = self.sqlite
+        parameters = _parameters(variant, True, keys, named)
+        context = SimpleNamespace()
+        events = snapshot.events
+        dispatch = events.dispatch
+        dispatch.before_cursor_execute(events, None, variant.sql, parameters, context, False)
+        records = snapshot.fetchall(variant.sql, parameters)
+        dispatch.after_cursor_execute(events, None, variant.sql, parameters, context, False)
+        return self._rows(variant, records)
+
+    def _rows(self, variant: _Variant, records: Iterable[Any]) -> list[Any]:
         make, processed = self.row._make, variant.processed
         rows = []
         for record in records:
@@ -114,6 +131,13 @@ class DriverRead:
                 values[i] = process(values[i])
             rows.append(make(values))
         return rows
+
+
+def _parameters(
+    variant: _Variant, sqlite: bool, keys: Sequence[Any], named: dict[str, Any]
+) -> tuple[Any, ...]:
+    named["keys"] = json.dumps(list(keys)) if sqlite else list(keys)
+    return tuple(named[name] for name in variant.parameters)
 
 
 def _newest_per_user(table: Table, columns: list[Column[Any]]) -> DriverRead:
@@ -142,6 +166,8 @@ _USERS = User.__table__
 _GRANTS = CreditGrant.__table__
 
 USERS_BY_ID = DriverRead(_USERS, lambda match: select(_USERS).where(match(_USERS.c.id)))
+# As resolvers.loaders.users_by_email: the caller gives normalized (lower-cased) addresses.
+USERS_BY_EMAIL = DriverRead(_USERS, lambda match: select(_USERS).where(match(_USERS.c.email)))
 # As resolvers.loaders reads them: credits left, soonest expiry first (none last), then oldest.
 OPEN_GRANTS = DriverRead(
     _GRANTS,

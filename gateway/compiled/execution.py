@@ -37,7 +37,7 @@ async def execute(
         variables = coerced
     tree = operation.tree(variables)
     data: dict[str, Any] = {}
-    run = Run(context)
+    run = Run(context, by_key=operation.reads_by_key)
     try:
         await _complete(run, tree, [None], [data], variables)
     except (Fallback, BadUserInput):

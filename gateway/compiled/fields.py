@@ -183,7 +183,7 @@ def _by_payment(read: Any) -> Resolver:
     async def load(run: Run, payments: list[Any], _args: Args) -> list[list[Any]]:
         return await read(await run.connection(), [p.id for p in payments])
 
-    return batch(load)
+    return batch(load, connection=True)
 
 
 def _end_cursor(page: Page) -> str | None:

@@ -140,6 +140,10 @@ class Operation:
         self.directive_variables = directive_variables
         self.variable_definitions = operation.variable_definitions or ()
         self._trees: dict[tuple[Any, ...], list[FieldPlan]] = {}
+        # Whether every field reads by key only (Run.fetch), so that SQLite may read it on the
+        # loop (gateway.local_reads); cleared for good by the first tree with a field that
+        # reads through SQLAlchemy, since one request must read in one snapshot.
+        self.reads_by_key = True
 
     def tree(self, variables: VariableValues) -> list[FieldPlan]:
         coerced = variables.coerced
@@ -186,6 +190,8 @@ class Operation:
                 continue
             field = parent.fields[name]
             resolver = table[name]
+            if resolver.connection:
+                self.reads_by_key = False
             named = get_named_type(field.type)
             shape = Shape.LEAF
             children = None

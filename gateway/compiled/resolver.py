@@ -24,6 +24,9 @@ class Kind(IntEnum):
 class Resolver:
     kind: Kind
     fn: Callable[..., Any]
+    # Reads through SQLAlchemy (Run.connection), not only by key (Run.fetch): a plan with such
+    # a field reads on one pooled connection, not on SQLite's local reads (gateway.local_reads).
+    connection: bool = False
 
 
 def attr(name: str) -> Resolver:
@@ -38,8 +41,10 @@ def with_run(fn: Callable[[Any, Run, Args], Any]) -> Resolver:
     return Resolver(Kind.WITH_RUN, fn)
 
 
-def batch(fn: Callable[[Run, list[Any], Args], Awaitable[list[Any]]]) -> Resolver:
-    return Resolver(Kind.BATCH, fn)
+def batch(
+    fn: Callable[[Run, list[Any], Args], Awaitable[list[Any]]], *, connection: bool = False
+) -> Resolver:
+    return Resolver(Kind.BATCH, fn, connection)
 
 
 def datetime_attr(name: str) -> Resolver:

@@ -11,10 +11,10 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.compiled.driver import USERS_BY_EMAIL
 from gateway.compiled.fields import Page
 from gateway.compiled.resolver import Args, Resolver, batch, with_run
 from gateway.compiled.run import Fallback, Run
-from resolvers import loaders
 from resolvers.catalog import pricing
 from resolvers.errors import InvalidInput
 from resolvers.ledger import changes
@@ -42,10 +42,9 @@ async def _user(run: Run, _roots: list[None], args: Args) -> list[Any]:
         if (row_id := parse_row_id(str(user_id))) is None:
             return [None]
         return await run.users_by_id([row_id])
-    (row,) = await loaders.users_by_email(await run.connection(), [normalize_email(email)])
-    if row is not None:
-        run.remember_users([row])
-    return [row]
+    rows = await run.fetch(USERS_BY_EMAIL, [normalize_email(email)])
+    run.remember_users(rows)
+    return [rows[0] if rows else None]
 
 
 async def _users(run: Run, _roots: list[None], args: Args) -> list[Page]:
@@ -139,10 +138,10 @@ ROOT_ARGUMENTS: dict[tuple[str, str], frozenset[str]] = {
 ROOTS: dict[str, Resolver] = {
     "viewer": batch(_viewer),
     "user": batch(_user),
-    "users": batch(_users),
+    "users": batch(_users, connection=True),
     "plans": with_run(_plans),
-    "payments": batch(_payments),
-    "payment": batch(_payment),
+    "payments": batch(_payments, connection=True),
+    "payment": batch(_payment, connection=True),
     "pricing": batch(_pricing),
-    "entitlementChanges": batch(_entitlement_changes),
+    "entitlementChanges": batch(_entitlement_changes, connection=True),
 }

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.compiled.driver import OPEN_GRANTS, USERS_BY_ID, DriverRead
 from gateway.db import Database, LentConnection
+from gateway.local_reads import LocalReads, Snapshot
 from schema.context import Context
 
 
@@ -28,6 +29,8 @@ class Run:
 
     Statements run one after another on a single connection: a plan fetches level by level,
     so there is never more than one statement in flight, and one pool checkout per request.
+    On SQLite, a plan that reads by key only (`by_key`) reads in one snapshot on the loop
+    itself (gateway.local_reads) instead.
     """
 
     __slots__ = (
@@ -35,7 +38,9 @@ class Run:
         "_connection",
         "_driver",
         "_lent",
+        "_local",
         "_opened",
+        "_snapshot",
         "catalog",
         "context",
         "grants",
@@ -43,7 +48,7 @@ class Run:
         "users",
     )
 
-    def __init__(self, context: Context) -> None:
+    def __init__(self, context: Context, *, by_key: bool = False) -> None:
         self.context = context
         self.catalog = context.catalog
         self.now: datetime = context.clock()
@@ -56,8 +61,16 @@ class Run:
         # A connection lent past SQLAlchemy (a plan that only reads on the driver, the viewer's).
         self._lent: LentConnection | None = None
         self._broken = False
+        # Whether to read on SQLite's local reads: not begun yet (True), begun (`_snapshot`).
+        self._local = by_key
+        self._snapshot: Snapshot | None = None
 
     async def connection(self) -> AsyncConnection:
+        if self._snapshot is not None:
+            # Unreachable for a compiled plan (a field that reads through SQLAlchemy clears
+            # Operation.reads_by_key); a new caller would otherwise read in two snapshots.
+            raise AssertionError("a by-key plan asked for a SQLAlchemy connection")
+        self._local = False
         if self._connection is None:
             if self._lent is not None:
                 # One connection per request: holding two would let a full pool deadlock.
@@ -81,6 +94,9 @@ class Run:
 
     async def close(self) -> None:
         self._driver = None
+        if self._snapshot is not None:
+            snapshot, self._snapshot = self._snapshot, None
+            snapshot.end(broken=self._broken)
         if self._lent is not None:
             lent, self._lent = self._lent, None
             await lent.release(broken=self._broken)
@@ -90,6 +106,14 @@ class Run:
 
     async def fetch(self, read: DriverRead, keys: Sequence[int], **named: Any) -> list[Any]:
         """The rows of a driver-level read (gateway.compiled.driver) for `keys`."""
+        if self._local:
+            snapshot = self._snapshot or self._begin_local()
+            if snapshot is not None:
+                try:
+                    return read.fetch_local(snapshot, keys, **named)
+                except BaseException:
+                    self._broken = True
+                    raise
         events, driver = await self.driver()
         try:
             return await read.fetch(events, driver, keys, **named)
@@ -97,6 +121,19 @@ class Run:
             # Failed or cancelled mid-statement: the connection's state is unknown.
             self._broken = True
             raise
+
+    def _begin_local(self) -> Snapshot | None:
+        """This request's snapshot on SQLite's local reads, or None: read on the pool.
+
+        A file SQLite cannot read now raises sqlite3.Error: graphql-core answers instead.
+        """
+        # gateway.db's Database and ReplicaReads have local reads; schema's UnitOfWork does not.
+        reads: LocalReads | None = getattr(self.context.db, "local_reads", None)
+        snapshot = reads.begin() if reads is not None else None
+        if snapshot is None:
+            self._local = False
+        self._snapshot = snapshot
+        return snapshot
 
     async def users_by_id(self, ids: Sequence[int]) -> list[Any]:
         """Users by id, each read once per request, the missing ones in one statement."""
