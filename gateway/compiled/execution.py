@@ -75,9 +75,14 @@ async def _complete(
             principal = run.context.principal
             if principal is None or principal.role not in plan.roles:
                 raise Fallback("refused: graphql-core gives the error")
-        args = plan.args if plan.bind is None else get_argument_values(*plan.bind, variables)
-        if args and argument_problem(args) is not None:
-            raise Fallback("refused text: graphql-core gives the error")
+        if plan.bind is None:
+            args = plan.args
+            if plan.refused:
+                raise Fallback("refused text: graphql-core gives the error")
+        else:
+            args = get_argument_values(*plan.bind, variables)
+            if args and argument_problem(args) is not None:
+                raise Fallback("refused text: graphql-core gives the error")
         fn = plan.fn
         kind = plan.kind
         if kind is Kind.SOURCE:

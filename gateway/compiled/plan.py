@@ -49,6 +49,7 @@ from gateway.compiled.fields import FIELD_ARGUMENTS, FIELDS, TYPE_OF
 from gateway.compiled.resolver import Kind, Resolver
 from gateway.compiled.roots import ROOT_ARGUMENTS, ROOTS
 from gateway.compiled.writes import WRITE_ARGUMENTS, WRITES, write_resolver
+from schema.arguments import argument_problem
 
 COMPILED_ARGUMENTS = {**ROOT_ARGUMENTS, **WRITE_ARGUMENTS, **FIELD_ARGUMENTS}
 
@@ -79,6 +80,8 @@ class FieldPlan:
     # A union: the member type each value is answered as, and the plans of each member.
     type_of: Callable[[Any], str] | None = None
     variants: dict[str, list[FieldPlan]] | None = None
+    # Literal arguments whose text schema.arguments refuses: checked once, here, not per request.
+    refused: bool = False
 
 
 def compile_operation(
@@ -210,6 +213,7 @@ class Operation:
             reads_variables = any(
                 _reads_variable(argument.value) for argument in node.arguments or ()
             )
+            args = {} if reads_variables else get_argument_values(field, node, variables)
             plans.append(
                 FieldPlan(
                     key=key,
@@ -218,11 +222,12 @@ class Operation:
                     fn=resolver.fn,
                     non_null=isinstance(field.type, GraphQLNonNull),
                     roles=_roles(field),
-                    args={} if reads_variables else get_argument_values(field, node, variables),
+                    args=args,
                     bind=(field, node) if reads_variables else None,
                     children=children,
                     type_of=TYPE_OF[named.name] if variants is not None else None,
                     variants=variants,
+                    refused=bool(args) and argument_problem(args) is not None,
                 )
             )
         return plans

@@ -6,6 +6,7 @@ import string
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -87,7 +88,12 @@ class Catalog:
         return self.tiers[0]
 
     def tier(self, code: str) -> Tier | None:
-        return _index(self.tiers).get(code)
+        return self._tiers_by_code.get(code)
+
+    @cached_property
+    def _tiers_by_code(self) -> dict[str, Tier]:
+        # Every read of a user looks up their tier: indexed once, not per call.
+        return _index(self.tiers)
 
     def credit_pack(self, code: str) -> CreditPack | None:
         return _index(self.credit_packs).get(code)
@@ -104,10 +110,17 @@ class Catalog:
 
     def usage_period(self, feature: str) -> str | None:
         """How often the feature's usage resets: the same for every tier that limits it."""
-        return next(
-            (rule.per for t in self.tiers if (rule := t.entitlements.get(feature)) and rule.per),
-            None,
-        )
+        return self._usage_periods.get(feature)
+
+    @cached_property
+    def _usage_periods(self) -> dict[str, str]:
+        # Asked on every entitlement check: found once per feature rather than per check.
+        periods: dict[str, str] = {}
+        for tier in self.tiers:
+            for feature, rule in tier.entitlements.items():
+                if rule.per:
+                    periods.setdefault(feature, rule.per)
+        return periods
 
 
 def _index(items: tuple[Any, ...]) -> dict[str, Any]:

@@ -7,15 +7,13 @@ copied from the tier onto the user.
 
 from __future__ import annotations
 
-import calendar
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from resolvers.catalog.model import Catalog
-from resolvers.kinds import is_paying
-from resolvers.ledger.allowances import allowance_period
+from resolvers.entitlements.periods import current_period
 
 # The period of a running count (a limit on what the product reports, e.g. projects).
 TOTAL = "total"
@@ -60,38 +58,14 @@ class Entitlement:
         }
 
 
-def usage_period(user: Any, now: datetime) -> tuple[datetime, datetime]:
-    """The period metered usage counts in: the Stripe billing period for subscribers, else the
-    calendar month (UTC)."""
-    end = user.subscription_period_end
-    if end is None or not (user.stripe_subscription_id and is_paying(user.subscription_status)):
-        return allowance_period(now)
-    # Stripe bills monthly from the anchor of the known period end; stepping whole months from
-    # it still finds the right period when the renewal's webhook is late.
-    months = (now.year - end.year) * 12 + now.month - end.month
-    while _add_months(end, months) <= now:
-        months += 1
-    while _add_months(end, months - 1) > now:
-        months -= 1
-    return _add_months(end, months - 1), _add_months(end, months)
-
-
-def _add_months(anchor: datetime, months: int) -> datetime:
-    index = anchor.month - 1 + months
-    year, month = anchor.year + index // 12, index % 12 + 1
-    # Stripe keeps a 31st anchor at the end of shorter months.
-    day = min(anchor.day, calendar.monthrange(year, month)[1])
-    return anchor.replace(year=year, month=month, day=day)
-
-
 def period_of(
     catalog: Catalog, feature: str, user: Any, now: datetime
 ) -> tuple[str, datetime | None]:
     """The key usage of `feature` is stored under now, and when that period ends (if it does)."""
     if catalog.usage_period(feature) is None:
         return TOTAL, None
-    start, end = usage_period(user, now)
-    return start.strftime("%Y-%m-%dT%H:%M:%SZ"), end
+    period = current_period(user, now)
+    return period.key, period.end
 
 
 def counting_period(
@@ -111,7 +85,7 @@ def counting_period(
     stored_start = datetime.fromisoformat(counted["period"].replace("Z", "+00:00"))
     if stored_start <= now:
         return period, resets_at
-    return counted["period"], usage_period(user, stored_start)[1]
+    return counted["period"], current_period(user, stored_start).end
 
 
 def used_in(user: Any, feature: str, period: str) -> int:

@@ -35,7 +35,7 @@ from gateway.runtime import Runtime
 from gateway.settings import Settings
 from resolvers.catalog.model import load_catalog
 from resolvers.entitlements import overrides, usage
-from resolvers.entitlements.access import usage_period
+from resolvers.entitlements.periods import usage_period
 from resolvers.errors import Failure
 from resolvers.ledger import credits, tiers
 from resolvers.ledger.accounts import lock_account, save_account

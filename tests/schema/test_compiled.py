@@ -26,6 +26,7 @@ from graphql import (
     validate,
 )
 from graphql import execute as graphql_execute
+from graphql.execution.values import VariableValues
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import update
@@ -472,6 +473,24 @@ async def test_the_entitlement_check_answers_from_the_plan(runtime, clock) -> No
     assert compiled["viewer"]["entitlement"] == {"hasAccess": True, "remaining": 2}
     shown = {e["feature"]: e for e in compiled["viewer"]["entitlements"]}
     assert (shown["api_access"]["source"], shown["api_access"]["remaining"]) == ("OVERRIDE", 2)
+
+
+async def test_a_refused_literal_argument_is_refused_once_when_compiled(runtime, clock) -> None:
+    """Literal text is checked when the plan is built; graphql-core then words the error."""
+    _emails, ids = await seed(runtime, clock)
+    viewer = Principal(role="viewer", name="u", user_id=ids[0])
+    template = 'query Q {{ viewer {{ entitlement(feature: "{}") {{ hasAccess }} }} }}'
+    refused = compile_operation(SCHEMA, parse(template.format("pdf\\u0007exports")), "Q")
+    clean = compile_operation(SCHEMA, parse(template.format("pdf_exports")), "Q")
+    assert refused is not None and clean is not None
+    empty = VariableValues({}, {})
+    assert [p.refused for p in refused.tree(empty)[0].children] == [True]
+    assert [p.refused for p in clean.tree(empty)[0].children] == [False]
+    compiled, result = await both(runtime, viewer, template.format("pdf\\u0007exports"), {})
+    assert compiled is None
+    assert result.errors and "control character U+0007" in result.errors[0].message
+    compiled, result = await both(runtime, viewer, template.format("pdf_exports"), {})
+    assert result.errors is None and compiled == result.data
 
 
 async def test_the_viewer_read_answers_from_the_plan(runtime, clock) -> None:
