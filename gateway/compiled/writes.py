@@ -59,6 +59,8 @@ def write_resolver(schema: GraphQLSchema, field: GraphQLField, name: str, key: s
             context.remember_written(key, error)
             raise
         context.remember_written(key, outcome)
+        # The answer is read after the write, as graphql-core's resolvers read the clock then.
+        run.now = context.clock()
         return [outcome]
 
     return batch(run_write)
