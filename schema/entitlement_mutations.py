@@ -21,7 +21,7 @@ from schema.errors import (
 from schema.errors import InvalidInput as InvalidInputError
 from schema.inputs import user_ref, write_for
 from schema.permissions import SPEND, SUPPORT
-from schema.results import answer
+from schema.results import answer, written_once
 from schema.users import User
 
 
@@ -114,23 +114,7 @@ class EntitlementMutations:
         "quantity or none. Same idempotencyKey, counted once.",
     )
     async def record_usage(self, info: Info, input: RecordUsageInput) -> RecordUsageResult:
-        ctx: Context = info.context
-        now = ctx.clock()
-        result = await write_for(
-            ctx.db,
-            user_ref(input.email, input.user_id),
-            lambda session, user: usage.record_usage(
-                session,
-                user=user,
-                feature=input.feature,
-                quantity=input.quantity,
-                actor=ctx.spend_actor(),
-                now=now,
-                catalog=ctx.catalog,
-                idempotency_key=input.idempotency_key,
-            ),
-        )
-        return answer(result, EntitlementUsage.of)
+        return await written_once(info, lambda ctx: run_record_usage(ctx, input))
 
     @strawberry.mutation(
         permission_classes=[SUPPORT],
@@ -160,3 +144,23 @@ class EntitlementMutations:
             ),
         )
         return answer(result, EntitlementOverrideChange.of)
+
+
+async def run_record_usage(ctx: Context, input: RecordUsageInput) -> RecordUsageResult:
+    """The write of recordUsage, shared with the compiled executor (gateway.compiled.writes)."""
+    now = ctx.clock()
+    result = await write_for(
+        ctx.db,
+        user_ref(input.email, input.user_id),
+        lambda session, user: usage.record_usage(
+            session,
+            user=user,
+            feature=input.feature,
+            quantity=input.quantity,
+            actor=ctx.spend_actor(),
+            now=now,
+            catalog=ctx.catalog,
+            idempotency_key=input.idempotency_key,
+        ),
+    )
+    return answer(result, EntitlementUsage.of)

@@ -17,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from gateway.compiled.plan import FieldPlan, Operation, Shape
 from gateway.compiled.resolver import Kind
 from gateway.compiled.run import Fallback, Run
+from resolvers.unit_of_work import DatabaseUnreachable
 from schema.arguments import argument_problem
 from schema.context import BadUserInput, Context
 
@@ -48,8 +49,10 @@ async def execute(
         asyncpg.InterfaceError,
         sqlite3.Error,
         OSError,
+        DatabaseUnreachable,
     ):
-        # An infrastructure fault: graphql-core meets it again, then masks and logs it.
+        # An infrastructure fault: graphql-core meets it again (a write's, from the context:
+        # see gateway.compiled.writes), then masks and logs it, or answers 503.
         return None
     finally:
         await run.close()

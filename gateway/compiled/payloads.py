@@ -47,7 +47,13 @@ def _isoformat(value: Any) -> str | None:
 
 
 # The mutation result unions answered compiled; each value is its own GraphQL type.
-_UNIONS = ("CreditChangeResult", "SetTierResult", "ReserveCreditsResult", "ReleaseHoldResult")
+_UNIONS = (
+    "CreditChangeResult",
+    "SetTierResult",
+    "ReserveCreditsResult",
+    "ReleaseHoldResult",
+    "RecordUsageResult",
+)
 PAYLOAD_TYPE_OF: dict[str, Callable[[Any], str]] = dict.fromkeys(_UNIONS, _graphql_name)
 
 PAYLOAD_FIELDS: dict[str, dict[str, Resolver]] = {
@@ -59,6 +65,13 @@ PAYLOAD_FIELDS: dict[str, dict[str, Resolver]] = {
     "TierUpdate": {
         "user": source(_user_row),
         "change": attr("change"),
+        "replayed": attr("replayed"),
+    },
+    # Its entitlement is schema.entitlements.Entitlement, read by the compiled Entitlement fields.
+    "EntitlementUsage": {
+        "user": source(_user_row),
+        "entitlement": attr("entitlement"),
+        "quantity": attr("quantity"),
         "replayed": attr("replayed"),
     },
     "CreditHold": {

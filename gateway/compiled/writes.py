@@ -19,6 +19,7 @@ from strawberry.types.arguments import convert_arguments
 from gateway.compiled.resolver import Args, Resolver, batch
 from gateway.compiled.run import Run
 from schema.context import Context
+from schema.entitlement_mutations import run_record_usage
 from schema.holds import run_release_hold, run_reserve_credits, run_settle_hold
 from schema.mutation import run_consume_credits, run_grant_credits, run_set_tier
 
@@ -32,6 +33,7 @@ WRITES: dict[str, Write] = {
     "reserveCredits": run_reserve_credits,
     "settleHold": run_settle_hold,
     "releaseHold": run_release_hold,
+    "recordUsage": run_record_usage,
 }
 
 WRITE_ARGUMENTS: dict[tuple[str, str], frozenset[str]] = {
@@ -59,6 +61,8 @@ def write_resolver(schema: GraphQLSchema, field: GraphQLField, name: str, key: s
             context.remember_written(key, error)
             raise
         context.remember_written(key, outcome)
+        # The answer is read after the write, as graphql-core's resolvers read the clock then.
+        run.now = context.clock()
         return [outcome]
 
     return batch(run_write)

@@ -72,6 +72,7 @@ def test_every_field_under_pricing_and_entitlement_changes_is_compiled() -> None
         "SetTierResult",
         "ReserveCreditsResult",
         "ReleaseHoldResult",
+        "RecordUsageResult",
     }
 
 

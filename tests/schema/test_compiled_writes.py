@@ -82,6 +82,18 @@ SELECTIONS = {
         ... on HoldNotFound {{ missing: holdId }}
         ... on HoldNotActive {{ holdId status }}
     """,
+    "RecordUsageResult": f"""
+        __typename
+        ... on EntitlementUsage {{
+          quantity replayed
+          entitlement {{ feature hasAccess limit usage remaining resetsAt source }}
+          user {{ id tier }}
+        }}
+        {ERRORS} {NOT_FOUND}
+        ... on LimitExceeded {{ feature limit usage requested }}
+        ... on NoAccess {{ feature }}
+        ... on UnknownFeature {{ feature knownFeatures }}
+    """,
 }
 # Each compiled write: its input type and its result union.
 WRITES = {
@@ -91,6 +103,7 @@ WRITES = {
     "reserveCredits": ("ReserveCreditsInput", "ReserveCreditsResult"),
     "settleHold": ("SettleHoldInput", "CreditChangeResult"),
     "releaseHold": ("ReleaseHoldInput", "ReleaseHoldResult"),
+    "recordUsage": ("RecordUsageInput", "RecordUsageResult"),
 }
 SUPPORT = Principal(role="support", name="support-key")
 
@@ -239,6 +252,42 @@ async def test_every_write_and_every_failure_member_answers_compiled(
     expired = await expect("settleHold", {"holdId": run_out["id"], "amount": 1}, "HoldExpired")
     assert expired["holdId"] == run_out["id"]
     assert await consume_events(runtime, user.id) == 1
+
+
+async def test_record_usage_and_each_failure_member_answer_compiled(
+    send: Send, runtime: Runtime
+) -> None:
+    user = await make_user(runtime)  # free: 5 PDF exports a month, no API access
+    uid = str(user.id)
+
+    async def expect(fields: dict[str, Any], typename: str) -> dict[str, Any]:
+        answer = await send("recordUsage", fields)
+        assert answer["__typename"] == typename, answer
+        return answer
+
+    counted = await expect(
+        {"userId": uid, "feature": "pdf_exports", "quantity": 2, "idempotencyKey": "u-1"},
+        "EntitlementUsage",
+    )
+    assert (counted["quantity"], counted["entitlement"]["remaining"]) == (2, 3)
+    again = await expect(
+        {"email": user.email, "feature": "pdf_exports", "quantity": 2, "idempotencyKey": "u-1"},
+        "EntitlementUsage",
+    )
+    assert again["replayed"] is True
+    await expect(
+        {"userId": uid, "feature": "pdf_exports", "quantity": 1, "idempotencyKey": "u-1"},
+        "IdempotencyConflict",
+    )
+    over = await expect({"userId": uid, "feature": "pdf_exports", "quantity": 4}, "LimitExceeded")
+    assert (over["limit"], over["usage"], over["requested"]) == (5, 2, 4)
+    await expect({"userId": uid, "feature": "api_access"}, "NoAccess")
+    assert (
+        "pdf_exports"
+        in (await expect({"userId": uid, "feature": "x"}, "UnknownFeature"))["knownFeatures"]
+    )
+    await expect({"email": "nobody@example.com", "feature": "pdf_exports"}, "UserNotFound")
+    await expect({"feature": "pdf_exports"}, "InvalidInput")
 
 
 RICH = """

@@ -147,6 +147,11 @@ async def seed_writes(runtime: Runtime) -> list[tuple[str, dict[str, Any]]]:
         ("settleHold", {"holdId": held[0], "amount": 5}),
         *(("releaseHold", {"holdId": h}) for h in held[2:]),
         ("releaseHold", {"holdId": "nope"}),
+        ("recordUsage", {"userId": uid, "feature": "projects"}),
+        ("recordUsage", {"email": user.email, "feature": "pdf_exports", "quantity": 2}),
+        ("recordUsage", {"userId": uid, "feature": "pdf_exports", "quantity": 999}),
+        ("recordUsage", {"userId": uid, "feature": "teleport"}),
+        ("recordUsage", {"userId": uid, "feature": "api_access", "quantity": -1}),
     ]
 
 
@@ -214,4 +219,7 @@ async def test_random_result_selections_answer_the_same_on_both_executors(
         "HoldNotFound",
         "HoldNotActive",
         "HoldExpired",
+        "EntitlementUsage",
+        "LimitExceeded",
+        "UnknownFeature",
     }, members
