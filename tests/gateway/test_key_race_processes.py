@@ -60,8 +60,8 @@ async def test_two_gateways_take_one_key_of_two_kinds_of_change_once(
         won_by: dict[str, int] = {}
         for round_ in range(ROUNDS):
             users = (
-                (await make_user(runtime, tier="pro", credits_granted=START_CREDITS)).id,
-                (await make_user(runtime, tier="pro", credits_granted=START_CREDITS)).id,
+                await make_user(runtime, tier="pro", credits_granted=START_CREDITS),
+                await make_user(runtime, tier="pro", credits_granted=START_CREDITS),
             )
             calls = race_calls(users, KEYS_PER_PAIR, tag=f"round-{round_}")
             answers = await send_all(post, calls)

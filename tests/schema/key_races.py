@@ -44,14 +44,15 @@ TABLE = {
     "recordUsage": "usage_events",
     "setEntitlementOverride": "entitlement_overrides",
 }
-# Spends and counts by user id are PostgreSQL's one-statement functions; grants, holds and
-# overrides the Python rule. Each pair crosses tables, paths, or both.
+# Spends and counts by user id are PostgreSQL's one-statement functions; by email, and grants,
+# holds and overrides, the Python rule. Each pair crosses tables, paths, or both.
 PAIRS = (
     ("grantCredits", "recordUsage"),
     ("consumeCredits", "reserveCredits"),
     ("consumeCredits", "grantCredits"),
     ("setEntitlementOverride", "recordUsage"),
     ("grantCredits", "setEntitlementOverride"),
+    ("recordUsage by email", "consumeCredits by email"),
 )
 GRANT, SPEND, HOLD = 5, 1, 2
 FEATURE = "pdf_exports"  # pro: 100 a month, more than a race counts
@@ -65,8 +66,8 @@ def document(name: str) -> str:
     )
 
 
-def input_of(name: str, user_id: int, key: str) -> dict[str, Any]:
-    ref = {"userId": str(user_id), "idempotencyKey": key}
+def input_of(name: str, ref: dict[str, str], key: str) -> dict[str, Any]:
+    ref = {**ref, "idempotencyKey": key}
     if name == "grantCredits":
         return {**ref, "amount": GRANT, "reason": "gift"}
     if name == "consumeCredits":
@@ -85,26 +86,32 @@ class Call:
     name: str
     user_id: int
     key: str
+    email: str | None = None  # set: the user is named by email, not id
 
     @property
     def body(self) -> dict[str, Any]:
-        return {"query": document(self.name), "variables": {"input": input_of(*self.args)}}
+        ref = {"email": self.email} if self.email else {"userId": str(self.user_id)}
+        return {
+            "query": document(self.name),
+            "variables": {"input": input_of(self.name, ref, self.key)},
+        }
 
-    @property
-    def args(self) -> tuple[str, int, str]:
-        return self.name, self.user_id, self.key
 
-
-def race_calls(users: tuple[int, int], keys_per_pair: int, tag: str) -> list[Call]:
+def race_calls(users: tuple[User, User], keys_per_pair: int, tag: str) -> list[Call]:
     """For each pair of kinds, keys each sent by both kinds: half of them for one user, half
     with each kind for a user of its own. Both calls of a key are next to each other."""
     calls = []
     for first, second in PAIRS:
         for n in range(keys_per_pair):
-            key = f"{tag}-{first}-{second}-{n}"
+            key = f"{tag}-{first}-{second}-{n}".replace(" ", "-")
             other = users[0] if n % 2 == 0 else users[1]
-            calls += [Call(first, users[0], key), Call(second, other, key)]
+            calls += [_call(first, users[0], key), _call(second, other, key)]
     return calls
+
+
+def _call(kind: str, user: User, key: str) -> Call:
+    name, _, named_by = kind.partition(" by ")
+    return Call(name, user.id, key, email=user.email if named_by == "email" else None)
 
 
 Post = Callable[[int, dict[str, Any]], Awaitable[httpx.Response]]
@@ -149,7 +156,7 @@ async def effects_of(runtime: Runtime, keys: set[str]) -> dict[str, list[tuple[s
 
 
 async def assert_one_effect_per_key(
-    runtime: Runtime, calls: list[Call], answers: list[dict[str, Any]], users: tuple[int, int]
+    runtime: Runtime, calls: list[Call], answers: list[dict[str, Any]], users: tuple[User, User]
 ) -> Counter[str]:
     """Each key: one call succeeded, the other was refused as a conflict, one row was written,
     by the one that succeeded; the users' balances, holds and counts add up. Returns which
@@ -159,7 +166,7 @@ async def assert_one_effect_per_key(
         by_key.setdefault(call.key, []).append((call, answer))
     effects = await effects_of(runtime, set(by_key))
     won: Counter[str] = Counter()
-    per_user: dict[int, Counter[str]] = {user: Counter() for user in users}
+    per_user: dict[int, Counter[str]] = {user.id: Counter() for user in users}
     wrong = {}
     for key, pair in by_key.items():
         winners = [call for call, answer in pair if answer["__typename"] == SUCCESS[call.name]]

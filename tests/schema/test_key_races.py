@@ -41,8 +41,8 @@ async def test_two_kinds_of_change_racing_for_one_key_take_effect_once(
     won_by: dict[str, int] = {}
     for round_ in range(ROUNDS):
         users = (
-            (await make_user(runtime, tier="pro", credits_granted=START_CREDITS)).id,
-            (await make_user(runtime, tier="pro", credits_granted=START_CREDITS)).id,
+            await make_user(runtime, tier="pro", credits_granted=START_CREDITS),
+            await make_user(runtime, tier="pro", credits_granted=START_CREDITS),
         )
         calls = race_calls(users, KEYS_PER_PAIR, tag=f"round-{round_}")
         answers = await send_all(post, calls)
