@@ -136,7 +136,7 @@ def user_documents(draw: st.DrawFn, emails: list[str], ids: list[int]) -> tuple[
 
 
 @pytest.mark.slow
-async def test_reads_by_key_answer_as_graphql_core_on_the_local_reads(runtime, clock) -> None:
+async def test_reads_on_loop_answer_as_graphql_core_on_the_local_reads(runtime, clock) -> None:
     emails, ids = await seed(runtime, clock)
     loop = asyncio.get_running_loop()
     local = []
@@ -150,7 +150,7 @@ async def test_reads_by_key_answer_as_graphql_core_on_the_local_reads(runtime, c
             compiled = await execution.execute(plan, context_for(runtime, principal), {})
         finally:
             counter.close()
-        if plan.reads_by_key:
+        if plan.reads_on_loop:
             assert counter.count == 0, query  # no pool connection: read on the loop
             local.append(query)
         _, result = await both(runtime, principal, query, {})
@@ -172,7 +172,7 @@ async def test_reads_by_key_answer_as_graphql_core_on_the_local_reads(runtime, c
     assert len(local) > 20
 
 
-async def test_reads_by_key_take_no_pool_connection_and_count_their_statements(
+async def test_reads_on_loop_take_no_pool_connection_and_count_their_statements(
     runtime, make_key, checkouts
 ) -> None:
     user = await make_user(runtime, credits_granted=5)
@@ -199,6 +199,15 @@ async def test_reads_by_key_take_no_pool_connection_and_count_their_statements(
     assert counter.count == 6
     assert all("FROM users" in s for s in counter.statements)
     assert checkouts.count == 0
+    # A page of a user's history is not a point read: that plan reads on the pool.
+    plan = compile_operation(
+        SCHEMA, parse("query Q { viewer { creditEvents { pageInfo { hasNextPage } } } }"), "Q"
+    )
+    assert plan is not None
+    principal = Principal(role="viewer", name="u", user_id=user.id)
+    assert await execution.execute(plan, context_for(runtime, principal), {}) is not None
+    assert not plan.reads_on_loop
+    assert checkouts.count == 1
 
 
 async def test_a_request_reads_in_one_snapshot(runtime, clock) -> None:
@@ -218,7 +227,7 @@ async def test_a_request_reads_in_one_snapshot(runtime, clock) -> None:
     event.listen(engine, "after_cursor_execute", commit_between_statements)
     try:
         plan = compile_operation(SCHEMA, parse(GRANTS), "Q")
-        assert plan is not None and plan.reads_by_key
+        assert plan is not None and plan.reads_on_loop
         principal = Principal(role="viewer", name="u", user_id=user.id)
         data = await execution.execute(plan, context_for(runtime, principal), {})
     finally:
