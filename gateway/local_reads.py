@@ -27,9 +27,9 @@ from urllib.parse import quote
 from sqlalchemy import make_url
 from sqlalchemy.engine import Engine
 
-# Idle connections kept between requests; more are opened under more concurrent requests
-# (an open costs about 100 µs) and closed on return past this many.
-MAX_IDLE = 16
+# Idle connections kept between requests. A plan read on the loop never yields between its
+# first statement and its end (today), so one is in use at a time; more open if that changes.
+MAX_IDLE = 4
 # SQLite stores any bytes as TEXT; one invalid UTF-8 sequence would make every read of its row
 # fail. Shown as U+FFFD instead (partial of a builtin: no Python frame per value). gateway.db's
 # connections decode so too.
@@ -119,8 +119,14 @@ class LocalReads:
                 connection.close()
 
     def _open(self) -> sqlite3.Connection | None:
+        # Any thread may take an idle connection (a CLI's loop, a test's); each is used by one
+        # request at a time, so sqlite3's same-thread check guards nothing here.
         connection = sqlite3.connect(
-            f"file:{quote(self.path)}?mode=ro", uri=True, timeout=0, isolation_level=None
+            f"file:{quote(self.path)}?mode=ro",
+            uri=True,
+            timeout=0,
+            isolation_level=None,
+            check_same_thread=False,
         )
         try:
             (mode,) = connection.execute("PRAGMA journal_mode").fetchone()

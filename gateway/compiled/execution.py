@@ -38,7 +38,7 @@ async def execute(
         variables = coerced
     tree = operation.tree(variables)
     data: dict[str, Any] = {}
-    run = Run(context, by_key=operation.reads_by_key)
+    run = Run(context, on_loop=operation.reads_on_loop)
     try:
         await _complete(run, tree, [None], [data], variables)
     except (Fallback, BadUserInput):

@@ -89,7 +89,13 @@ def _subscription(user: Any) -> Any:
 
 
 def _paged(read: DriverRead) -> Resolver:
-    """A connection per user, every user's page read in one statement."""
+    """A connection per user, every user's page read in one statement.
+
+    Not on the loop (Resolver.on_loop): SQLite ranks all of a user's rows to find their newest
+    page; measured on a user with 300 events, 0.7-0.9 ms in SQLite alone for first: 20 or 100
+    (a point read by key: 30 µs), growing with the history. On aiosqlite's thread it runs with
+    the GIL released while the loop serves other requests.
+    """
 
     async def load(run: Run, users: list[Any], args: Args) -> list[Page]:
         size = page_size(args.get("first"))
@@ -101,7 +107,7 @@ def _paged(read: DriverRead) -> Resolver:
             pages[row.user_id].append(row)
         return [Page(pages[i], size) for i in ids]
 
-    return batch(load)
+    return batch(load, on_loop=False)
 
 
 def _has_stale_expiry(user: Any, now: datetime) -> bool:
@@ -183,7 +189,7 @@ def _by_payment(read: Any) -> Resolver:
     async def load(run: Run, payments: list[Any], _args: Args) -> list[list[Any]]:
         return await read(await run.connection(), [p.id for p in payments])
 
-    return batch(load, connection=True)
+    return batch(load, on_loop=False)
 
 
 def _end_cursor(page: Page) -> str | None:

@@ -143,10 +143,10 @@ class Operation:
         self.directive_variables = directive_variables
         self.variable_definitions = operation.variable_definitions or ()
         self._trees: dict[tuple[Any, ...], list[FieldPlan]] = {}
-        # Whether every field reads by key only (Run.fetch), so that SQLite may read it on the
-        # loop (gateway.local_reads); cleared for good by the first tree with a field that
-        # reads through SQLAlchemy, since one request must read in one snapshot.
-        self.reads_by_key = True
+        # Whether every field's reads may run on the loop (SQLite: gateway.local_reads); cleared
+        # for good by the first tree with one that may not (Resolver.on_loop): a request reads
+        # in one snapshot, so all on the loop or all on one pooled connection.
+        self.reads_on_loop = True
 
     def tree(self, variables: VariableValues) -> list[FieldPlan]:
         coerced = variables.coerced
@@ -193,8 +193,8 @@ class Operation:
                 continue
             field = parent.fields[name]
             resolver = table[name]
-            if resolver.connection:
-                self.reads_by_key = False
+            if not resolver.on_loop:
+                self.reads_on_loop = False
             named = get_named_type(field.type)
             shape = Shape.LEAF
             children = None

@@ -24,9 +24,10 @@ class Kind(IntEnum):
 class Resolver:
     kind: Kind
     fn: Callable[..., Any]
-    # Reads through SQLAlchemy (Run.connection), not only by key (Run.fetch): a plan with such
-    # a field reads on one pooled connection, not on SQLite's local reads (gateway.local_reads).
-    connection: bool = False
+    # Whether its reads may run on the event loop itself (SQLite, gateway.local_reads): point
+    # reads by key. False for reads through SQLAlchemy (Run.connection) and for long ones: a
+    # plan with such a field reads on one pooled connection instead.
+    on_loop: bool = True
 
 
 def attr(name: str) -> Resolver:
@@ -42,9 +43,9 @@ def with_run(fn: Callable[[Any, Run, Args], Any]) -> Resolver:
 
 
 def batch(
-    fn: Callable[[Run, list[Any], Args], Awaitable[list[Any]]], *, connection: bool = False
+    fn: Callable[[Run, list[Any], Args], Awaitable[list[Any]]], *, on_loop: bool = True
 ) -> Resolver:
-    return Resolver(Kind.BATCH, fn, connection)
+    return Resolver(Kind.BATCH, fn, on_loop)
 
 
 def datetime_attr(name: str) -> Resolver:

@@ -138,10 +138,10 @@ ROOT_ARGUMENTS: dict[tuple[str, str], frozenset[str]] = {
 ROOTS: dict[str, Resolver] = {
     "viewer": batch(_viewer),
     "user": batch(_user),
-    "users": batch(_users, connection=True),
+    "users": batch(_users, on_loop=False),
     "plans": with_run(_plans),
-    "payments": batch(_payments, connection=True),
-    "payment": batch(_payment, connection=True),
+    "payments": batch(_payments, on_loop=False),
+    "payment": batch(_payment, on_loop=False),
     "pricing": batch(_pricing),
-    "entitlementChanges": batch(_entitlement_changes, connection=True),
+    "entitlementChanges": batch(_entitlement_changes, on_loop=False),
 }

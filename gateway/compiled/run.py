@@ -29,8 +29,8 @@ class Run:
 
     Statements run one after another on a single connection: a plan fetches level by level,
     so there is never more than one statement in flight, and one pool checkout per request.
-    On SQLite, a plan that reads by key only (`by_key`) reads in one snapshot on the loop
-    itself (gateway.local_reads) instead.
+    On SQLite, a plan whose reads are all point reads by key (`on_loop`) reads in one snapshot
+    on the loop itself (gateway.local_reads) instead.
     """
 
     __slots__ = (
@@ -48,7 +48,7 @@ class Run:
         "users",
     )
 
-    def __init__(self, context: Context, *, by_key: bool = False) -> None:
+    def __init__(self, context: Context, *, on_loop: bool = False) -> None:
         self.context = context
         self.catalog = context.catalog
         self.now: datetime = context.clock()
@@ -62,14 +62,14 @@ class Run:
         self._lent: LentConnection | None = None
         self._broken = False
         # Whether to read on SQLite's local reads: not begun yet (True), begun (`_snapshot`).
-        self._local = by_key
+        self._local = on_loop
         self._snapshot: Snapshot | None = None
 
     async def connection(self) -> AsyncConnection:
         if self._snapshot is not None:
             # Unreachable for a compiled plan (a field that reads through SQLAlchemy clears
-            # Operation.reads_by_key); a new caller would otherwise read in two snapshots.
-            raise AssertionError("a by-key plan asked for a SQLAlchemy connection")
+            # Operation.reads_on_loop); a new caller would otherwise read in two snapshots.
+            raise AssertionError("a plan read on the loop asked for a SQLAlchemy connection")
         self._local = False
         if self._connection is None:
             if self._lent is not None:

@@ -33,7 +33,8 @@ from gateway.runtime import Runtime
 from schema.context import Principal
 from tests.conftest import StatementCounter
 from tests.factories import make_user
-from tests.schema.conftest import user_token
+from tests.gateway.gateway_process import serve
+from tests.schema.conftest import JWT_SECRET, user_token
 from tests.schema.test_compiled import SCHEMA, Document, both, context_for, seed, selection_set
 
 HOLDER = Path(__file__).with_name("write_holder.py")
@@ -136,7 +137,7 @@ def user_documents(draw: st.DrawFn, emails: list[str], ids: list[int]) -> tuple[
 
 
 @pytest.mark.slow
-async def test_reads_by_key_answer_as_graphql_core_on_the_local_reads(runtime, clock) -> None:
+async def test_reads_on_loop_answer_as_graphql_core_on_the_local_reads(runtime, clock) -> None:
     emails, ids = await seed(runtime, clock)
     loop = asyncio.get_running_loop()
     local = []
@@ -150,7 +151,7 @@ async def test_reads_by_key_answer_as_graphql_core_on_the_local_reads(runtime, c
             compiled = await execution.execute(plan, context_for(runtime, principal), {})
         finally:
             counter.close()
-        if plan.reads_by_key:
+        if plan.reads_on_loop:
             assert counter.count == 0, query  # no pool connection: read on the loop
             local.append(query)
         _, result = await both(runtime, principal, query, {})
@@ -172,7 +173,7 @@ async def test_reads_by_key_answer_as_graphql_core_on_the_local_reads(runtime, c
     assert len(local) > 20
 
 
-async def test_reads_by_key_take_no_pool_connection_and_count_their_statements(
+async def test_reads_on_loop_take_no_pool_connection_and_count_their_statements(
     runtime, make_key, checkouts
 ) -> None:
     user = await make_user(runtime, credits_granted=5)
@@ -199,6 +200,15 @@ async def test_reads_by_key_take_no_pool_connection_and_count_their_statements(
     assert counter.count == 6
     assert all("FROM users" in s for s in counter.statements)
     assert checkouts.count == 0
+    # A page of a user's history is not a point read: that plan reads on the pool.
+    plan = compile_operation(
+        SCHEMA, parse("query Q { viewer { creditEvents { pageInfo { hasNextPage } } } }"), "Q"
+    )
+    assert plan is not None
+    principal = Principal(role="viewer", name="u", user_id=user.id)
+    assert await execution.execute(plan, context_for(runtime, principal), {}) is not None
+    assert not plan.reads_on_loop
+    assert checkouts.count == 1
 
 
 async def test_a_request_reads_in_one_snapshot(runtime, clock) -> None:
@@ -218,7 +228,7 @@ async def test_a_request_reads_in_one_snapshot(runtime, clock) -> None:
     event.listen(engine, "after_cursor_execute", commit_between_statements)
     try:
         plan = compile_operation(SCHEMA, parse(GRANTS), "Q")
-        assert plan is not None and plan.reads_by_key
+        assert plan is not None and plan.reads_on_loop
         principal = Principal(role="viewer", name="u", user_id=user.id)
         data = await execution.execute(plan, context_for(runtime, principal), {})
     finally:
@@ -317,3 +327,65 @@ async def test_a_file_the_local_reads_cannot_open_falls_back(runtime, http, tmp_
     finally:
         os.replace(moved, path)
     assert answer["credits"]["available"] == 5
+
+
+async def test_two_gateway_processes_read_every_write_the_other_committed(
+    database_url, tmp_path
+) -> None:
+    # Real uvicorn processes on one file: grants through one, reads through the other.
+    with (
+        serve(database_url, tmp_path / "writer.log", JWT_SECRET=JWT_SECRET) as writer,
+        serve(database_url, tmp_path / "reader.log", JWT_SECRET=JWT_SECRET) as reader,
+    ):
+        support = writer.create_key("support", "two-processes")
+        created = writer.cli("user", "create", "two@example.com")
+        assert created.returncode == 0, created.stderr
+        shown = writer.cli("user", "show", "two@example.com", "--json")
+        token = user_token(orjson.loads(shown.stdout)["user_id"])
+        viewer = {"query": "{ viewer { credits { available } } }"}
+
+        async with httpx.AsyncClient(timeout=30) as client:
+
+            async def read() -> int:
+                response = await client.post(
+                    f"{reader.base}/graphql",
+                    json=viewer,
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+                assert response.status_code == 200, response.text
+                return response.json()["data"]["viewer"]["credits"]["available"]
+
+            start = await read()
+            done = asyncio.Event()
+
+            async def keep_reading() -> list[int]:
+                seen = []
+                while not done.is_set():
+                    seen.append(await read())
+                return seen
+
+            readers = [asyncio.create_task(keep_reading()) for _ in range(8)]
+            try:
+                for n in range(1, 11):
+                    granted = await client.post(
+                        f"{writer.base}/graphql",
+                        json={
+                            "query": "mutation ($i: GrantCreditsInput!) { grantCredits(input: $i)"
+                            " { __typename } }",
+                            "variables": {
+                                "i": {"email": "two@example.com", "amount": 1, "reason": "t"}
+                            },
+                        },
+                        headers={"Authorization": f"Bearer {support}"},
+                    )
+                    assert granted.json()["data"]["grantCredits"]["__typename"] == "CreditChange"
+                    # Committed before this read began: the other process shows it.
+                    assert await read() == start + n
+            finally:
+                done.set()
+                histories = await asyncio.gather(*readers)
+    for seen in histories:
+        assert seen, "each reader read while the grants went on"
+        # Every answer is a committed state, and no reader goes back in time.
+        assert seen == sorted(seen)
+        assert set(seen) <= set(range(start, start + 11))
