@@ -60,6 +60,7 @@ function request()
   elseif body then
     body = body:gsub("__UID__", tostring(uid))
     body = body:gsub("__KEY__", cfg.key_prefix .. "-" .. tid .. "-" .. seq)
+    body = body:gsub("__STEP__", (seq % 2 == 1) and "1" or "-1")
   end
   local path = cfg.path:gsub("__UID__", tostring(uid))
   return wrk.format(cfg.method, path, headers, body)

@@ -33,6 +33,9 @@ class Row:
     statements: int | None = None
     load_average: float | None = None
     notes: list[str] = field(default_factory=list)
+    # The gateway's CPU time per request of the measured run (one worker only): steadier than
+    # req/s on a shared machine, where other work takes the cores.
+    cpu_us: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -42,6 +45,7 @@ class Row:
             **self.result.as_dict(),
             "statements_per_request": self.statements,
             "load_average_1m_before": self.load_average,
+            "cpu_us_per_request": self.cpu_us,
             "notes": self.notes,
         }
 
@@ -135,10 +139,16 @@ def verdicts(rows: list[Row]) -> list[str]:
                 continue
             value = row.result.rps / other.result.rps
             state = "meets" if value >= share else "BELOW"
+            cpu = ""
+            if row.cpu_us and other.cpu_us:
+                cpu = (
+                    f" (CPU per request {row.cpu_us:,.0f} µs against {other.cpu_us:,.0f} µs:"
+                    f" {row.cpu_us / other.cpu_us * 100:.0f}%)"
+                )
             out.append(
                 f"{row.scenario} on {DB_LABEL.get(row.database, row.database)}: gateway at"
                 f" {value * 100:.0f}% of its own {versus} req/s, {state} the"
-                f" {share * 100:.0f}% bar"
+                f" {share * 100:.0f}% bar{cpu}"
             )
             continue
         # Issue 14: the webhook at 50% of the baseline, like the reads.

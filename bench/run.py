@@ -479,7 +479,11 @@ class Bench:
         rate = warm.rps if warm else None
         run_spec = self._prepared(spec, scenario, f"{name}-m", prefix + "-m", rate=rate)
         load_average = os.getloadavg()[0]
+        # The gateway's pid is the process serving (one worker); other targets' may be launchers.
+        measured_cpu = target == GATEWAY and args.workers == 1
+        cpu_before = gcwatch.cpu_seconds(server.pid) if measured_cpu else None
         result = self._load(run_spec, server, args.seconds, name)
+        cpu_after = gcwatch.cpu_seconds(server.pid) if cpu_before is not None else None
         row = report.Row(
             scenario,
             database,
@@ -488,6 +492,8 @@ class Bench:
             statements=self._statements(database, scenario, target),
             load_average=round(load_average, 2),
         )
+        if cpu_before is not None and cpu_after is not None and result.requests:
+            row.cpu_us = round(1e6 * (cpu_after - cpu_before) / result.requests, 1)
         if spec.pool_header and run_spec.pool_file:
             pooled = Path(run_spec.pool_file).read_text().count("\n")
             if result.requests > pooled:
@@ -500,6 +506,7 @@ class Bench:
         say(
             f"{database:<10} {scenario:<8} {target:<12} {result.rps:9,.0f} req/s"
             f"  p50 {result.p50_ms:7.1f} ms  p99 {result.p99_ms:7.1f} ms  errors {result.errors}"
+            + (f"  CPU {row.cpu_us:,.0f} µs/request" if row.cpu_us else "")
             + (f"  ({row.notes[-1]})" if row.notes else "")
         )
         if scenario in ("consume", RESERVE_SETTLE):

@@ -57,8 +57,9 @@ SUPPORT_QUERY = (
 ENTITLEMENT_QUERY = (
     'query Entitlement { viewer { entitlement(feature: "pdf_exports") { hasAccess remaining } } }'
 )
-# PDF exports: every tier has them with a monthly limit (5 on free), which a run's few requests
-# per user stay under, so each request is a counted use, as consume's are spends.
+# PDF exports: every tier has them with a monthly limit (5 on free). Requests alternate +1 and
+# -1 (`__STEP__`): a run sends a user more than 5 requests often enough that counting only up
+# would measure LimitExceeded refusals; giving one back is a count through the same statements.
 USAGE_MUTATION = (
     "mutation Usage($input: RecordUsageInput!) { recordUsage(input: $input) {"
     " __typename ... on EntitlementUsage { replayed entitlement { usage remaining } }"
@@ -173,9 +174,14 @@ def spec_for(
         if target != GATEWAY:
             return None
         variables = {
-            "input": {"userId": "__UID__", "feature": "pdf_exports", "idempotencyKey": "__KEY__"}
+            "input": {
+                "userId": "__UID__",
+                "feature": "pdf_exports",
+                "quantity": "__STEP__",
+                "idempotencyKey": "__KEY__",
+            }
         }
-        body = _graphql(USAGE_MUTATION, variables)
+        body = _graphql(USAGE_MUTATION, variables).replace('"__STEP__"', "__STEP__")
         return RequestSpec(**graphql, headers=service, body=body, expect='"EntitlementUsage"')
     if scenario == RESERVE_SETTLE:
         if target != GATEWAY:

@@ -1,7 +1,8 @@
 """What one load run sends: a request template both load drivers (wrk, bench.load) expand.
 
 Per request, `__UID__` becomes a random user id in 1..users, `__KEY__` a key unique to the run,
-`__TOKEN__` (in a header) that user's JWT from `tokens_file`; with `pool_file`, each request
+`__STEP__` 1 on odd and -1 on even requests, `__TOKEN__` (in a header) that user's JWT from
+`tokens_file`; with `pool_file`, each request
 instead takes the next pre-signed (header, body) pair (Stripe webhooks: an HMAC per request is
 more than wrk's Lua can do, so they are signed beforehand). A response counts as an error when
 its status is not 2xx, its body has `"errors"`, or it lacks `expect`.
@@ -98,7 +99,13 @@ def expand(
         headers[spec.pool_header], body = pooled
     elif body is not None:
         body = body.replace("__UID__", str(uid)).replace("__KEY__", f"{spec.key_prefix}-{seq}")
+        body = body.replace("__STEP__", step(seq))
     return spec.method, spec.path.replace("__UID__", str(uid)), headers, body
+
+
+def step(seq: int) -> str:
+    """+1 on odd requests, -1 on even ones: a count that goes up and back down (see usage)."""
+    return "1" if seq % 2 else "-1"
 
 
 def expand_then(

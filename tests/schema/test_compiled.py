@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, time, timedelta
 from typing import Any
 
 import httpx
@@ -446,6 +446,46 @@ async def test_payments_and_a_payment_by_stripe_id_answer_from_the_plan(runtime,
     viewer = Principal(role="viewer", name="u", user_id=ids[0])
     compiled, result = await both(runtime, viewer, query, {"after": None})
     assert compiled is None and result.errors
+
+
+async def test_the_entitlement_check_is_one_statement_for_every_kind_of_user(
+    runtime, clock
+) -> None:
+    """Usage, overrides and a subscriber's billing period all come from the one user row."""
+    _emails, ids = await seed(runtime, clock)
+    fields = "hasAccess limit usage remaining resetsAt source"
+    query = f'query Q {{ viewer {{ entitlement(feature: "pdf_exports") {{ {fields} }} }} }}'
+    app = create_app(runtime)
+    answers = []
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://gateway.test"
+    ) as http:
+        for user_id in ids[:-1]:
+            counter = StatementCounter(runtime.db)
+            try:
+                response = await http.post(
+                    "/graphql",
+                    json={"query": query},
+                    headers={"Authorization": f"Bearer {user_token(user_id)}"},
+                )
+            finally:
+                counter.close()
+            assert counter.count == 1, counter.statements
+            viewer = Principal(role="viewer", name="u", user_id=user_id)
+            compiled, result = await both(runtime, viewer, query, {})
+            assert result.errors is None
+            assert response.json() == {"data": compiled} == {"data": result.data}
+            answers.append(compiled["viewer"]["entitlement"])
+    # The subscriber's period (seeded to end 20 days in, read 35 days in) is the next one from
+    # that anchor; everyone else's ends when the next calendar month starts.
+    anchor = clock.now - timedelta(days=15)
+    for n, answer in enumerate(answers):
+        resets = datetime.fromisoformat(answer["resetsAt"])
+        assert answer["source"] == "PLAN"
+        if n == 2:
+            assert resets.time() == anchor.time() and 28 <= (resets - anchor).days <= 31
+        else:
+            assert (resets.day, resets.time()) == (1, time(0)) and resets > clock.now
 
 
 async def test_uncovered_fields_and_mutations_are_not_compiled() -> None:
