@@ -191,3 +191,41 @@ def test_bad_bodies_fail_as_the_json_module_fails(body) -> None:
 )
 def test_lone_surrogates_huge_floats_and_repeated_keys_parse_as_before(body) -> None:
     assert repr(parse_json(body)) == repr(json.loads(body))
+
+
+async def test_an_unexpected_failure_is_answered_500_and_logged_once(runtime, caplog) -> None:
+    """The client goes away while its body is read: the lane answers as Starlette's error
+    handler did, with the request id, and logs the exception once."""
+    app = create_app(runtime)
+    caplog.set_level(logging.INFO)
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/graphql",
+        "raw_path": b"/graphql",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"x-request-id", b"gone-1")],
+        "client": ("127.0.0.1", 5000),
+        "server": ("gateway.test", 80),
+    }
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    start, body = sent
+    assert start["status"] == 500 and (b"x-request-id", b"gone-1") in start["headers"]
+    (error,) = json.loads(body["body"])["errors"]
+    assert error["extensions"] == {"code": "INTERNAL_SERVER_ERROR", "requestId": "gone-1"}
+    failures = [r for r in caplog.records if r.exc_info]
+    assert len(failures) == 1 and type(failures[0].exc_info[1]).__name__ == "ClientDisconnect"
+    access = [r.fields for r in caplog.records if getattr(r, "fields", None)]
+    assert [(a["status"], a["request_id"]) for a in access] == [(500, "gone-1")]
