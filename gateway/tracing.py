@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from contextvars import Token
 
-from opentelemetry import context, trace
-from opentelemetry.context import Context
+from opentelemetry import trace
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
-from opentelemetry.propagate import extract
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
-from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gateway.logs import enter_request_trace, leave_request_trace
 
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 SERVICE_NAME = "entitlements-gateway"
@@ -63,7 +60,7 @@ def instrumented(app: ASGIApp) -> ASGIApp:
     """The OpenTelemetry ASGI instrumentation around `app`, when spans are exported.
 
     Outermost: the request's log line must be written inside its span. Not exporting,
-    TraceContextMiddleware (and the GraphQL lane's own `enter_trace`) is used instead: the
+    TraceContextMiddleware (and the GraphQL lane, both by gateway.logs.RequestTrace): the
     instrumentation costs about 140 µs a request even when it records nothing (a bare ASGI
     app, 2 cores), and the logs need only the trace id.
     """
@@ -73,7 +70,10 @@ def instrumented(app: ASGIApp) -> ASGIApp:
 
 
 class TraceContextMiddleware:
-    """The request runs in the caller's trace (W3C traceparent) or a new one; nothing recorded."""
+    """The request runs in the caller's trace (W3C traceparent) or a new one; nothing recorded.
+
+    The trace id is worked out only if a log line asks for it (gateway.logs.RequestTrace).
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -87,36 +87,14 @@ class TraceContextMiddleware:
             for name, value in scope["headers"]
             if name in TRACE_HEADERS
         }
-        token = enter_trace(carrier)
+        token = enter_request_trace(carrier)
         try:
             await self.app(scope, receive, send)
         finally:
-            context.detach(token)
+            leave_request_trace(token)
 
 
 TRACE_HEADERS = (b"traceparent", b"tracestate")
-_IDS = RandomIdGenerator()
-
-
-def enter_trace(carrier: dict[str, str]) -> Token[Context]:
-    """Run the rest of the request in the caller's trace, or a new one; nothing is recorded.
-
-    `carrier` holds the request's W3C trace headers; `context.detach` the token when done.
-    """
-    # Without trace headers there is nothing to extract: the propagators are skipped.
-    parent = trace.get_current_span(extract(carrier)).get_span_context() if carrier else None
-    trace_id = parent.trace_id if parent is not None and parent.is_valid else None
-    span = NonRecordingSpan(
-        SpanContext(trace_id or _IDS.generate_trace_id(), _IDS.generate_span_id(), False, _FLAGS)
-    )
-    return context.attach(trace.set_span_in_context(span))
-
-
-_FLAGS = TraceFlags(0)
-
-
-def leave_trace(token: Token[Context]) -> None:
-    context.detach(token)
 
 
 def name_operation(operation: str) -> None:

@@ -26,7 +26,7 @@ from gateway.db import DatabaseUnavailable
 from gateway.failures import database_unavailable, http_error, server_error
 from gateway.graphql.requests import PostRequest
 from gateway.graphql.route import GraphQLRoute
-from gateway.logs import actor_var, request_id_var
+from gateway.logs import actor_var, enter_request_trace, leave_request_trace, request_id_var
 from gateway.middleware import (
     MAX_BODY_BYTES,
     BodyTooLarge,
@@ -35,7 +35,6 @@ from gateway.middleware import (
     too_large_body,
 )
 from gateway.prometheus import start_counting_statements
-from gateway.tracing import enter_trace, leave_trace
 
 PATH = "/graphql"
 log = logging.getLogger("gateway.access")
@@ -85,7 +84,7 @@ class GraphQLLane:
         trace_token = None
         if self.trace:
             carrier = {name: headers[name] for name in _TRACE_HEADERS if name in headers}
-            trace_token = enter_trace(carrier)
+            trace_token = enter_request_trace(carrier)
         rid_token = request_id_var.set(request_id)
         actor_token = actor_var.set(None)
         started = time.perf_counter()
@@ -103,7 +102,7 @@ class GraphQLLane:
             request_id_var.reset(rid_token)
             actor_var.reset(actor_token)
             if trace_token is not None:
-                leave_trace(trace_token)
+                leave_request_trace(trace_token)
 
     async def _answer(
         self, scope: Scope, receive: Receive, send: Send, headers: dict[str, str], request_id: str
