@@ -132,8 +132,9 @@ def parse_json(body: bytes) -> Any:
     return json.loads(body)
 
 
-# 20 digits in a row: maybe an integer past 64 bits (or just a long run in a string).
-_LONG_DIGITS = re.compile(rb"[0-9]{20}")
+# Where an integer may be past 64 bits (below -2**63 or above 2**64 - 1): 19 digits after a
+# minus, or 20 in a row. A run of digits in a string matches too, and only costs the json module.
+_LONG_DIGITS = re.compile(rb"-[0-9]{19}|[0-9]{20}")
 
 
 def _variables(raw: Any) -> dict[str, Any] | None:

@@ -71,7 +71,15 @@ async def test_a_streamed_body_within_the_limit_is_read_whole(gql) -> None:
 
 
 @pytest.mark.parametrize(
-    "raw_value", ["1180591620717411303424", "-1180591620717411303424", "NaN", "Infinity"]
+    "raw_value",
+    [
+        "1180591620717411303424",
+        "-1180591620717411303424",
+        "18446744073709551616",
+        "-9223372036854775809",
+        "NaN",
+        "Infinity",
+    ],
 )
 async def test_values_orjson_refuses_get_the_answer_the_json_module_gives(
     gql, runtime, raw_value
@@ -156,6 +164,7 @@ _JSON_VALUES = st.recursive(
     | st.integers()
     | st.integers(min_value=2**62, max_value=2**80)
     | st.integers(min_value=-(2**80), max_value=-(2**62))
+    | st.sampled_from([2**63 - 1, 2**63, 2**64 - 1, 2**64, -(2**63), -(2**63) - 1])
     | st.floats(allow_nan=True, allow_infinity=True)
     | st.text(),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
