@@ -42,7 +42,7 @@ from gateway.revocations import listen_for_revocations
 from gateway.runtime import Runtime
 from gateway.settings import Settings
 from gateway.sweeps import sweep_periodically
-from gateway.tracing import configure_tracing, tracing_middleware
+from gateway.tracing import TraceContextMiddleware, configure_tracing, instrumented, is_exporting
 from gateway.webhooks import stripe_webhook
 from schema import schema
 from schema.persisted import load_registered_documents
@@ -84,18 +84,21 @@ class Gateway(Starlette):
     """Starlette with the request-id middleware outside its error middleware.
 
     Starlette always puts its own error middleware outermost; an error answered there would
-    carry no X-Request-ID. POST /graphql takes the lane (gateway.graphql.lane) inside it.
+    carry no X-Request-ID. POST /graphql takes the lane (gateway.graphql.lane), outside them
+    all: it does what the request context and trace context layers do itself.
     """
 
-    graphql_lane: Callable[[ASGIApp], ASGIApp] | None = None
+    graphql_lane: Callable[..., ASGIApp] | None = None
 
     def build_middleware_stack(self) -> ASGIApp:
-        stack = super().build_middleware_stack()
-        if self.graphql_lane is not None:
-            stack = self.graphql_lane(stack)
         # Tracing outside the request context: the request's log line is written in its span.
-        cls, args, kwargs = tracing_middleware()
-        return cls(RequestContextMiddleware(stack), *args, **kwargs)
+        stack: ASGIApp = RequestContextMiddleware(super().build_middleware_stack())
+        exporting = is_exporting()
+        if not exporting:
+            stack = TraceContextMiddleware(stack)
+        if self.graphql_lane is not None:
+            stack = self.graphql_lane(stack, trace=not exporting)
+        return instrumented(stack) if exporting else stack
 
 
 # The database's figures for /metrics, wired here: gateway.db cannot import gateway.prometheus.

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from datetime import UTC, datetime
 from typing import Any
 
 from opentelemetry import trace
+from opentelemetry.propagate import extract
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 actor_var: ContextVar[str | None] = ContextVar("actor", default=None)
@@ -53,9 +55,50 @@ class TextFormatter(logging.Formatter):
 
 
 def current_trace_id() -> str | None:
-    """The W3C trace id (32 hex digits) of the span being served, if any."""
+    """The W3C trace id (32 hex digits) of the span or the request being served, if any."""
     context = trace.get_current_span().get_span_context()
-    return trace.format_trace_id(context.trace_id) if context.is_valid else None
+    if context.is_valid:
+        return trace.format_trace_id(context.trace_id)
+    request = _request_trace.get()
+    return None if request is None else trace.format_trace_id(request.trace_id())
+
+
+class RequestTrace:
+    """The trace a request runs in when spans are not exported: the caller's (its W3C trace
+    headers) or a new one, worked out only when a log line asks for it.
+
+    Most requests write no log line at WARNING; making a span and entering its context for each
+    of them was pure cost. Shared by reference with the tasks the request starts, so that all
+    of them name the same trace.
+    """
+
+    __slots__ = ("_carrier", "_trace_id")
+
+    def __init__(self, carrier: dict[str, str]) -> None:
+        self._carrier = carrier
+        self._trace_id: int | None = None
+
+    def trace_id(self) -> int:
+        if self._trace_id is None:
+            parent = None
+            if self._carrier:
+                parent = trace.get_current_span(extract(self._carrier)).get_span_context()
+            valid = parent is not None and parent.is_valid
+            self._trace_id = parent.trace_id if valid else _IDS.generate_trace_id()
+        return self._trace_id
+
+
+_IDS = RandomIdGenerator()
+_request_trace: ContextVar[RequestTrace | None] = ContextVar("request_trace", default=None)
+
+
+def enter_request_trace(carrier: dict[str, str]) -> Token[RequestTrace | None]:
+    """The rest of the request runs in the trace its W3C headers (`carrier`) name, or a new one."""
+    return _request_trace.set(RequestTrace(carrier))
+
+
+def leave_request_trace(token: Token[RequestTrace | None]) -> None:
+    _request_trace.reset(token)
 
 
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:

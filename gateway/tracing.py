@@ -11,18 +11,16 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from opentelemetry import context, trace
+from opentelemetry import trace
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
-from opentelemetry.propagate import extract
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
-from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from sqlalchemy.ext.asyncio import AsyncEngine
-from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gateway.logs import enter_request_trace, leave_request_trace
 
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 SERVICE_NAME = "entitlements-gateway"
@@ -58,31 +56,27 @@ def configure_tracing(engines: list[AsyncEngine]) -> None:
         trace.set_tracer_provider(TracerProvider(sampler=ALWAYS_OFF))
 
 
-def tracing_middleware() -> Middleware:
-    """The outermost middleware: the request's log line must be written inside its span.
+def instrumented(app: ASGIApp) -> ASGIApp:
+    """The OpenTelemetry ASGI instrumentation around `app`, when spans are exported.
 
-    Exporting, the OpenTelemetry ASGI instrumentation. Not exporting, TraceContextMiddleware:
-    the instrumentation costs about 140 µs a request even when it records nothing (a bare ASGI
-    app, 2 cores), this about 20 µs, and the logs need only the trace id.
+    Outermost: the request's log line must be written inside its span. Not exporting,
+    TraceContextMiddleware (and the GraphQL lane, both by gateway.logs.RequestTrace): the
+    instrumentation costs about 140 µs a request even when it records nothing (a bare ASGI
+    app, 2 cores), and the logs need only the trace id.
     """
-    if is_exporting():
-        return Middleware(
-            OpenTelemetryMiddleware,
-            excluded_urls=UNTRACED_PATHS,
-            exclude_spans=["receive", "send"],
-        )
-    return Middleware(TraceContextMiddleware)
-
-
-_TRACE_HEADERS = (b"traceparent", b"tracestate")
+    return OpenTelemetryMiddleware(
+        app, excluded_urls=UNTRACED_PATHS, exclude_spans=["receive", "send"]
+    )
 
 
 class TraceContextMiddleware:
-    """The request runs in the caller's trace (W3C traceparent) or a new one; nothing recorded."""
+    """The request runs in the caller's trace (W3C traceparent) or a new one; nothing recorded.
+
+    The trace id is worked out only if a log line asks for it (gateway.logs.RequestTrace).
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.ids = RandomIdGenerator()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -91,18 +85,16 @@ class TraceContextMiddleware:
         carrier = {
             name.decode("latin-1"): value.decode("latin-1")
             for name, value in scope["headers"]
-            if name in _TRACE_HEADERS
+            if name in TRACE_HEADERS
         }
-        parent = trace.get_current_span(extract(carrier)).get_span_context()
-        trace_id = parent.trace_id if parent.is_valid else self.ids.generate_trace_id()
-        span = NonRecordingSpan(
-            SpanContext(trace_id, self.ids.generate_span_id(), False, TraceFlags(0))
-        )
-        token = context.attach(trace.set_span_in_context(span))
+        token = enter_request_trace(carrier)
         try:
             await self.app(scope, receive, send)
         finally:
-            context.detach(token)
+            leave_request_trace(token)
+
+
+TRACE_HEADERS = (b"traceparent", b"tracestate")
 
 
 def name_operation(operation: str) -> None:

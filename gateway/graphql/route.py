@@ -32,7 +32,13 @@ from gateway.graphql.documents import (
 )
 from gateway.graphql.errors import error_body, graphql_error, json_response
 from gateway.graphql.persisted import PersistedQueries, sha256_hex
-from gateway.graphql.requests import GraphQLRequest, RequestError, read_request, wants_html
+from gateway.graphql.requests import (
+    GraphQLRequest,
+    HTTPRequest,
+    RequestError,
+    read_request,
+    wants_html,
+)
 from gateway.graphql.throttle import DocumentThrottle
 from gateway.logs import actor_var
 from gateway.prometheus import OperationLabels
@@ -92,9 +98,10 @@ class GraphQLRoute:
                 prepared.plan(self.schema, name)
         return prepared
 
-    async def handle(self, request: Request) -> Response:
+    async def handle(self, request: HTTPRequest) -> Response:
+        """The answer to POST (from the lane, gateway.graphql.lane) or GET (from Starlette)."""
         request_id: str = request.state.request_id
-        if request.method == "GET" and wants_html(request):
+        if isinstance(request, Request) and request.method == "GET" and wants_html(request):
             return await self.graphiql(request, request_id)
         media_type = media_types.negotiate(request.headers.get("accept"))
         if media_type is None:
@@ -104,7 +111,7 @@ class GraphQLRoute:
             return response.answer_as(media_type)
         return response
 
-    async def respond(self, request: Request, request_id: str) -> Response:
+    async def respond(self, request: HTTPRequest, request_id: str) -> Response:
         try:
             gql = await read_request(request)
         except RequestError as error:
@@ -263,7 +270,9 @@ class GraphQLRoute:
             log.exception("compiled plan failed; graphql-core answers instead")
             return None
 
-    def prepare(self, request: Request, query: str, *, staff: bool) -> PreparedDocument | Response:
+    def prepare(
+        self, request: HTTPRequest, query: str, *, staff: bool
+    ) -> PreparedDocument | Response:
         """The cached document, or a new one within the caller's budgets (429 past them)."""
         prepared = self.documents.cached(query)
         if prepared is not None:
@@ -284,7 +293,9 @@ class GraphQLRoute:
             )
         return self.documents.add(query, max_tokens=PUBLIC_MAX_TOKENS)
 
-    def context(self, request: Request, request_id: str, principal: Principal | None) -> Context:
+    def context(
+        self, request: HTTPRequest, request_id: str, principal: Principal | None
+    ) -> Context:
         runtime = self.runtime
         return Context(
             db=runtime.db,
@@ -321,7 +332,7 @@ class GraphQLRoute:
         return graphiql.page(api_key)
 
 
-def _cache_headers(request: Request, gql: GraphQLRequest) -> dict[str, str] | None:
+def _cache_headers(request: HTTPRequest, gql: GraphQLRequest) -> dict[str, str] | None:
     if request.method == "GET" and gql.document_id is not None:
         # Saved dashboard queries by GET may be cached by the browser or a private proxy.
         return {"Cache-Control": "private, max-age=30", "Vary": "Authorization"}

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -130,3 +131,31 @@ def test_bad_setting_stops_start_up_with_one_line(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert result.stderr.strip().count("\n") == 0
     assert "DATABASE_URL" in result.stderr
+
+
+def test_a_forwarded_client_address_is_what_the_throttle_counts(served) -> None:
+    """From a trusted proxy (uvicorn trusts loopback by default), X-Forwarded-For names the
+    client whose budget of new documents a POST /graphql spends."""
+    base, _ = served
+
+    def new_document(n: int, client: str) -> int:
+        response = httpx.post(
+            f"{base}/graphql",
+            json={"query": f"{{ d{n}: plans {{ code }} }}"},
+            headers={"X-Forwarded-For": client},
+        )
+        return response.status_code
+
+    def burst(client: str, first: int, count: int) -> list[int]:
+        # Concurrent, so that the bucket (5 a second) cannot refill between them.
+        with ThreadPoolExecutor(count) as pool:
+            return list(pool.map(lambda n: new_document(n, client), range(first, first + count)))
+
+    # Bursts until the first client's budget is spent (a loaded machine refills it meanwhile).
+    first: list[int] = []
+    while 429 not in first and len(first) < 200:
+        first += burst("198.51.100.1", len(first), 10)
+    assert 429 in first and set(first) == {200, 429}
+    # Another client behind the same proxy has its own budget: four at once would not pass on
+    # the first one's, which refills one a fifth of a second.
+    assert burst("198.51.100.2", 1000, 4) == [200] * 4

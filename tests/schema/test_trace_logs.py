@@ -57,3 +57,24 @@ async def test_log_lines_of_a_traced_request_carry_its_trace_id(
     untraced = {line["trace_id"] for line in lines if line.get("request_id") == "untraced-1"}
     assert len(untraced) == 1 and untraced != {TRACE_ID}
     assert re.fullmatch(r"[0-9a-f]{32}", untraced.pop())
+
+
+async def test_every_line_of_an_untraced_request_names_the_same_new_trace(
+    runtime, gql, make_key, log_lines
+) -> None:
+    """Without a traceparent the trace id is made when the first line asks for it, and kept
+    for the request's other lines (the access line, the change logged after the commit)."""
+    support = await make_key("support")
+    user = await make_user(runtime)
+    for request_id in ("own-1", "own-2"):
+        response = await gql.post(
+            GRANT, {"e": user.email}, token=support, headers={"X-Request-ID": request_id}
+        )
+        assert response.status_code == 200
+    lines = [json.loads(line) for line in log_lines.getvalue().splitlines()]
+    ids = {}
+    for request_id in ("own-1", "own-2"):
+        mine = [line for line in lines if line.get("request_id") == request_id]
+        assert {line["event"] for line in mine} >= {"request", "entitlement_change"}
+        (ids[request_id],) = {line["trace_id"] for line in mine}
+    assert ids["own-1"] != ids["own-2"]
