@@ -122,7 +122,7 @@ class BodyLimitMiddleware:
         request_id = scope.get("state", {}).get("request_id", "")
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await _too_large(send, self.max_bytes, request_id)
+                await send_too_large(send, self.max_bytes, request_id)
                 return
         received = 0
 
@@ -138,33 +138,29 @@ class BodyLimitMiddleware:
         try:
             await self.app(scope, limited_receive, send)
         except BodyTooLarge:
-            await _too_large(send, self.max_bytes, request_id)
+            await send_too_large(send, self.max_bytes, request_id)
 
 
 class BodyTooLarge(Exception):
     pass
 
 
-async def _too_large(send: Send, limit: int, request_id: str) -> None:
-    body = too_large_body(limit, request_id)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
-def too_large_body(limit: int, request_id: str) -> bytes:
-    return json.dumps(
+async def send_too_large(
+    send: Send, limit: int, request_id: str, *, request_id_header: bool = False
+) -> None:
+    """The 413 answer; with the request id among its headers where no outer layer adds it."""
+    body = json.dumps(
         {
             "error": f"request body over {limit} bytes",
             "code": "BODY_TOO_LARGE",
             "requestId": request_id,
         }
     ).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if request_id_header:
+        headers.append((b"x-request-id", request_id.encode("latin-1")))
+    await send({"type": "http.response.start", "status": 413, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

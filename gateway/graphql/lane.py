@@ -32,7 +32,7 @@ from gateway.middleware import (
     BodyTooLarge,
     pick_request_id,
     record_request,
-    too_large_body,
+    send_too_large,
 )
 from gateway.prometheus import start_counting_statements
 
@@ -111,12 +111,12 @@ class GraphQLLane:
         rid = request_id.encode("latin-1")
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
-            return await self._too_large(send, rid, request_id)
+            return await self._too_large(send, request_id)
         request = PostRequest(scope, receive, headers, self.max_body_bytes)
         try:
             response = await self.route.handle(request)
         except BodyTooLarge:
-            return await self._too_large(send, rid, request_id)
+            return await self._too_large(send, request_id)
         except DatabaseUnavailable as exc:
             response = await database_unavailable(Request(scope, receive), exc)
         except HTTPException as exc:
@@ -127,15 +127,8 @@ class GraphQLLane:
             response = await server_error(Request(scope, receive), exc)
         return await _send(send, response, rid)
 
-    async def _too_large(self, send: Send, rid: bytes, request_id: str) -> int:
-        body = too_large_body(self.max_body_bytes, request_id)
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"x-request-id", rid),
-        ]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+    async def _too_large(self, send: Send, request_id: str) -> int:
+        await send_too_large(send, self.max_body_bytes, request_id, request_id_header=True)
         return 413
 
 
