@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Protocol, TypeVar
 
 import asyncpg
@@ -24,9 +25,10 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, PoolProxiedConnection
+from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
 from sqlalchemy.util.concurrency import greenlet_spawn
 
+from gateway.driver_pool import DriverPool
 from gateway.local_reads import TEXT_FACTORY, LocalReads
 from gateway.logs import log_entitlement_changes
 from resolvers.errors import Failure
@@ -137,16 +139,22 @@ class Database:
         self.is_sqlite = url.startswith("sqlite")
         self.max_connections: int | None = None  # SQLite: no server to run out of
         kwargs: dict[str, Any] = {"echo": echo, "poolclass": MeteredPool}
+        lent = 0
         if self.is_sqlite:
             kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
             ensure_sqlite_directory(url)
         else:
             # The most this process opens: size workers x replicas against max_connections.
-            self.max_connections = pool_size + pool_size // 4
+            budget = pool_size + pool_size // 4
+            # Half of it lent past SQLAlchemy (lend_driver's own pool, gateway.driver_pool), half
+            # SQLAlchemy's: the two together open no more than the budget.
+            lent = max(1, budget // 2)
+            pooled = max(1, budget - lent)
+            self.max_connections = lent + pooled
             # All of it kept open, no overflow: overflow connections are closed when returned,
             # and under 32 concurrent viewer reads that was a new PostgreSQL session (a server
             # fork) for every seventh request. Past the budget requests wait for a connection.
-            kwargs.update(pool_size=self.max_connections, max_overflow=0, pool_pre_ping=False)
+            kwargs.update(pool_size=pooled, max_overflow=0, pool_pre_ping=False)
             if _is_loopback(url):
                 # asyncpg tries TLS first by default; on loopback there is nothing to protect.
                 kwargs["connect_args"] = {"ssl": False}
@@ -157,6 +165,7 @@ class Database:
         if self.is_sqlite:
             _configure_sqlite(self.engine)
         _meter(self.engine)
+        self._lent_pool = DriverPool(self._connect_lent, lent, lambda: _installed) if lent else None
         # Write transactions on SQLite take the write lock at BEGIN (IMMEDIATE): two deferred
         # transactions that both read and then write would deadlock, one failing with "busy".
         writer = self.engine.execution_options(entitlements_write=True)
@@ -184,6 +193,23 @@ class Database:
             params.pop(adapter_only, None)
         return await asyncpg.connect(**{**params, **self._connect_args, **extra})
 
+    async def _connect_lent(self) -> Any:
+        """A connection for lend_driver's pool, decoding as SQLAlchemy's asyncpg adapter does."""
+        connection = await self.connect_outside_pool()
+        try:
+            # The dialect's own codec set-up (JSON, JSONB, and inet when configured), as its
+            # on_connect runs it for the engine's pool, given the adapter's `_connection`.
+            adapted = SimpleNamespace(_connection=connection)
+            dialect: Any = self.engine.dialect
+            await dialect.setup_asyncpg_json_codec(adapted)
+            await dialect.setup_asyncpg_jsonb_codec(adapted)
+            if dialect._native_inet_types is False:
+                await dialect._disable_asyncpg_inet_codecs(adapted)
+        except BaseException:
+            connection.terminate()
+            raise
+        return connection
+
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[AsyncConnection]:
         """A connection for one-statement reads (dataloaders): no ORM, no transaction to end.
@@ -198,12 +224,24 @@ class Database:
         """A pooled connection as the driver's own (asyncpg, aiosqlite), for one request's reads.
 
         Past SQLAlchemy's Connection: connect() and get_raw_connection() took three greenlet
-        hops and about 130 µs of bookkeeping per request; this takes one hop. No transaction is
-        begun: each statement is its own (autocommit). Give it back with `release`.
+        hops and about 130 µs of bookkeeping per request. On PostgreSQL the connection comes
+        from a pool of asyncpg's own (gateway.driver_pool), with no hop at all; on SQLite from
+        the engine's pool, in one hop. No transaction is begun: each statement is its own
+        (autocommit). Give it back with `release`.
         """
-        async with _reachable():
-            fairy = await greenlet_spawn(self.engine.sync_engine.pool.connect)
-        return LentConnection(fairy, self.engine.sync_engine, self.is_sqlite)
+        pool = self._lent_pool
+        if pool is None:
+            async with _reachable():
+                fairy = await greenlet_spawn(self.engine.sync_engine.pool.connect)
+            return LentConnection(fairy, self.engine.sync_engine, self.is_sqlite)
+        try:
+            connection = await pool.acquire()
+        except Exception as exc:
+            # As _reachable, without its context manager on the hot path.
+            if is_unreachable(exc):
+                raise DatabaseUnavailable(type(exc).__name__) from exc
+            raise
+        return LentConnection(connection, self.engine.sync_engine, False, pool)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
@@ -272,31 +310,40 @@ class Database:
     async def dispose(self) -> None:
         if self.local_reads is not None:
             self.local_reads.close()
+        if self._lent_pool is not None:
+            await self._lent_pool.close()
         await self.engine.dispose()
 
 
 class LentConnection:
-    """A pool connection lent past SQLAlchemy's Connection (Database.lend_driver)."""
+    """A pool connection lent past SQLAlchemy's Connection (Database.lend_driver): a connection
+    of lend_driver's own pool when `pool` is given, else one of the engine's pool (`handle`)."""
 
-    __slots__ = ("_fairy", "_is_sqlite", "driver", "events")
+    __slots__ = ("_handle", "_is_sqlite", "_pool", "driver", "events")
 
-    def __init__(self, fairy: PoolProxiedConnection, engine: Engine, is_sqlite: bool) -> None:
-        self._fairy = fairy
+    def __init__(
+        self, handle: Any, engine: Engine, is_sqlite: bool, pool: DriverPool | None = None
+    ) -> None:
+        self._handle = handle
         self._is_sqlite = is_sqlite
-        self.driver: Any = fairy.driver_connection
+        self._pool = pool
+        self.driver: Any = handle if pool is not None else handle.driver_connection
         # Statements sent on `driver` fire the engine's events here (statement counts, tracing).
         self.events = engine
 
     async def release(self, *, broken: bool = False) -> None:
         """Back to the pool; a broken one (a statement failed or was cut off) is replaced."""
+        if self._pool is not None:
+            self._pool.release(self._handle, broken=broken)
+            return
         if broken:
-            self._fairy.invalidate()
+            self._handle.invalidate()
         if self._is_sqlite:
             # aiosqlite's reset on return awaits a ROLLBACK, which needs the greenlet.
-            await greenlet_spawn(self._fairy.close)
+            await greenlet_spawn(self._handle.close)
         else:
             # asyncpg's reset has nothing to do outside a transaction: no await, no hop.
-            self._fairy.close()
+            self._handle.close()
 
 
 class ReplicaReads:
