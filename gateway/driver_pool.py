@@ -60,8 +60,8 @@ class DriverPool:
 
     async def acquire(self) -> Any:
         """A connection of the pool's, lent to the caller until `release`."""
-        if self._closed:
-            raise RuntimeError("the pool is closed")
+        # Like SQLAlchemy's after dispose(): a closed pool opens connections again when asked.
+        self._closed = False
         if self._idle:
             connection = self._idle.pop()
         elif self._opened < self.size:
@@ -89,13 +89,15 @@ class DriverPool:
         self._idle.append(connection)
 
     async def close(self) -> None:
-        """Closes the idle connections; lent ones are closed when they come back."""
+        """Closes the idle connections; lent ones are closed when they come back (unless the
+        pool was asked for a connection again meanwhile)."""
         self._closed = True
         idle, self._idle = self._idle, []
         self._opened -= len(idle)
         for waiter in self._waiters:
             if not waiter.done():
-                waiter.set_exception(RuntimeError("the pool is closed"))
+                # An OSError: callers read it as the database being unreachable (a 503).
+                waiter.set_exception(ConnectionError("the connection pool was closed"))
         self._waiters.clear()
         await asyncio.gather(*(c.close() for c in idle), return_exceptions=True)
 

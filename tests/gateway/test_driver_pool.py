@@ -223,3 +223,16 @@ async def test_an_unreachable_database_is_unavailable_and_holds_no_place() -> No
         assert db._lent_pool is not None and db._lent_pool.opened == 0
     finally:
         await db.dispose()
+
+
+async def test_dispose_closes_idle_connections_and_a_later_lend_opens_anew(small_runtime) -> None:
+    db = small_runtime.db
+    lent = await db.lend_driver()
+    pid = lent.driver.get_server_pid()
+    await lent.release()
+    await db.dispose()
+    await until(lambda: gone(db.url, pid))
+    again = await db.lend_driver()
+    assert again.driver.get_server_pid() != pid
+    assert await again.driver.fetchval("SELECT 5") == 5
+    await again.release()
