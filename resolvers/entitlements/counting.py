@@ -15,15 +15,14 @@ import json
 from datetime import datetime
 
 from sqlalchemy import JSON, Integer, String, bindparam, text
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers.catalog.model import Catalog
 from resolvers.errors import LimitExceeded, NoAccess, UserNotFound
 from resolvers.kinds import SubscriptionStatus, is_paying
 from resolvers.ledger.allowances import allowance_period
-from resolvers.ledger.changes import record_change
+from resolvers.ledger.changes import Queue, record_change
 from resolvers.ledger.entries import Actor
-from resolvers.ledger.statements import OneStatement, run_one_statement
+from resolvers.ledger.statements import OneStatement, Statements
 from resolvers.models import UsageEvent, User, UTCDateTime
 
 _TIME = UTCDateTime()
@@ -103,7 +102,7 @@ def rules_of(catalog: Catalog, feature: str) -> str:
 
 
 async def count_in_database(
-    session: AsyncSession,
+    statements: Statements,
     *,
     user_id: int,
     feature: str,
@@ -129,7 +128,7 @@ async def count_in_database(
         "now": now,
         "month_start": allowance_period(now)[0],
     }
-    row = await run_one_statement(session, _RECORD_CALL, parameters)
+    row = await statements.run(_RECORD_CALL, parameters)
     if row is None:
         return None
     outcome = row["o_outcome"]
@@ -159,12 +158,12 @@ async def count_in_database(
         fingerprint=digest,
         created_at=now,
     )
-    record_usage_change(session, user=user, event=event, limit=limit, actor=actor)
+    record_usage_change(statements, user=user, event=event, limit=limit, actor=actor)
     return user, event
 
 
 def record_usage_change(
-    session: AsyncSession, *, user: User, event: UsageEvent, limit: int | None, actor: Actor
+    session: Queue, *, user: User, event: UsageEvent, limit: int | None, actor: Actor
 ) -> None:
     """The one `entitlement_change` line of a count, whichever path made it."""
     record_change(
