@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers.catalog.model import Catalog
 from resolvers.entitlements.access import Entitlement, counting_period, entitlement_of
-from resolvers.entitlements.counting import count_in_database, record_usage_change
+from resolvers.entitlements.counting import CountedUser, count_in_database, record_usage_change
 from resolvers.errors import (
     IdempotencyConflict,
     InvalidInput,
@@ -36,7 +36,7 @@ MAX_QUANTITY = 1_000_000
 
 @dataclass(frozen=True)
 class UsageRecorded:
-    user: User
+    user: User | CountedUser  # the row as the one-statement count answers it
     entitlement: Entitlement  # as it stands after this usage
     event: UsageEvent
     replayed: bool = False
