@@ -15,13 +15,18 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+import asyncpg
 import pytest
 from sqlalchemy import event, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.db import DatabaseUnavailable
 from gateway.runtime import Runtime
+from resolvers.ledger import credits
+from resolvers.ledger.entries import Actor
 from resolvers.ledger.statements import ONE_TRANSACTION
 from resolvers.models import CreditEvent, UsageEvent
+from resolvers.users import UserRef
 from tests.conftest import StatementCounter
 from tests.factories import make_user
 from tests.schema.conftest import GraphQLClient, data_of
@@ -32,6 +37,7 @@ CONSUME = """mutation ($input: ConsumeCreditsInput!) { consumeCredits(input: $in
 USAGE = """mutation ($input: RecordUsageInput!) { recordUsage(input: $input) {
   __typename ... on EntitlementUsage { replayed quantity entitlement { usage remaining } }
   ... on LimitExceeded { limit usage } } }"""
+AI = Actor(name="ai-backend", source="usage", request_id="req-alone")
 SPEND_CALL = "SELECT * FROM spend_credits("
 USAGE_CALL = "SELECT * FROM record_usage("
 
@@ -248,3 +254,47 @@ async def test_with_an_outbox_the_change_commits_in_the_transaction_that_writes_
     if backend == "postgresql":
         spend_calls = [s for s in count_statements.statements if s.startswith(SPEND_CALL)]
         assert len(spend_calls) == 1, count_statements.statements
+
+
+async def test_a_spend_alone_recovers_after_the_servers_sessions_are_killed(
+    runtime: Runtime, backend: str, database_url: str, connections: Connections
+) -> None:
+    if backend != "postgresql":
+        pytest.skip("SQLite has no server sessions to kill")
+    user = await make_user(runtime, credits_granted=10)
+    ref = UserRef(user_id=user.id)
+
+    async def spend() -> Any:
+        now = runtime.clock()
+        return await runtime.db.write(
+            lambda s: credits.consume_credits(
+                s, user=ref, amount=1, reason="ai", actor=AI, now=now, catalog=runtime.catalog
+            ),
+            lambda statements: credits.consume_credits_alone(
+                statements, user=ref, amount=1, reason="ai", actor=AI, now=now
+            ),
+        )
+
+    assert isinstance(await spend(), credits.CreditChanged)
+    admin = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        killed = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await admin.close()
+    assert killed >= 1
+    # The dead lent connection may fail one spend (as unavailable), never be lent again.
+    connections.opened = 0
+    outcomes: list[Any] = []
+    for _ in range(3):
+        try:
+            outcomes.append(await spend())
+        except DatabaseUnavailable:
+            outcomes.append(None)
+    assert all(isinstance(o, credits.CreditChanged) for o in outcomes[1:]), outcomes
+    assert connections.opened == 0  # every spend that went through went alone
+    spent = 1 + sum(o is not None for o in outcomes)
+    assert outcomes[-1].user.credits_available == 10 - spent
+    assert await count_rows(runtime, CreditEvent, user.id) == 1 + spent
