@@ -33,11 +33,14 @@ from gateway.local_reads import TEXT_FACTORY, LocalReads
 from gateway.logs import log_entitlement_changes
 from resolvers.errors import Failure
 from resolvers.ledger.changes import changed_user_ids, take_changes
-from resolvers.ledger.statements import ONE_TRANSACTION
+from resolvers.ledger.statements import ONE_TRANSACTION, TRIED_ALONE, OnDriver, Statements
 from resolvers.unit_of_work import DatabaseUnreachable
 
 T = TypeVar("T")
 BeforeCommit = Callable[[AsyncSession, list[dict[str, Any]]], Awaitable[None]]
+# A change done by one statement before any session (resolvers.ledger.statements): its answer,
+# or None for the unit of work to make in a transaction instead.
+Alone = Callable[[Statements], Awaitable[T | None]]
 log = logging.getLogger("gateway.db")
 
 MAX_ATTEMPTS = 5
@@ -249,7 +252,9 @@ class Database:
         async with _reachable(), self._read_sessions() as session:
             yield session
 
-    async def write(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    async def write(
+        self, work: Callable[[AsyncSession], Awaitable[T]], alone: Alone[T] | None = None
+    ) -> T:
         """Run `work` in one transaction and commit it, unless it returns a domain `Failure`.
 
         Retried from the start on a lost race (deadlock, serialization failure, a unique key a
@@ -257,13 +262,45 @@ class Database:
         database through the session it is given. The `entitlement_change` lines the work
         queued go to `before_commit` (the outbox) first, and are logged after the commit, and
         only then. A database that cannot be reached raises DatabaseUnavailable.
+
+        `alone`, on PostgreSQL without an outbox (whose events must commit with the change), is
+        tried first: one statement on a lent driver connection, no session. Its None hands the
+        change to `work`, in a session marked TRIED_ALONE.
         """
         async with _reachable():
-            return await self._write(work)
+            if alone is None or self.is_sqlite or self.before_commit is not None:
+                return await self._write(work, tried_alone=False)
+            done = await self._alone(alone)
+            if done is not None:
+                return done
+            return await self._write(work, tried_alone=True)
 
-    async def _write(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    async def _alone(self, alone: Alone[T]) -> T | None:
+        lent = await self.lend_driver()
+        statements = OnDriver(lent.driver, lent.events)
+        try:
+            result = await alone(statements)
+        finally:
+            # Broken: a statement cut off or failed in a way SQLAlchemy did not see.
+            await lent.release(broken=statements.broken)
+        changes = take_changes(statements)
+        if result is not None and not isinstance(result, Failure):
+            self._committed(changes)
+        return result
+
+    def _committed(self, changes: list[dict[str, Any]]) -> None:
+        log_entitlement_changes(changes)
+        _installed.changes([change["action"] for change in changes])
+        # SQLite's in-process push; PostgreSQL's listeners hear of it from triggers
+        # (migration 0007), so nothing is derived for them here.
+        if self.on_commit is not None and (touched := changed_user_ids(changes)):
+            self.on_commit(touched)
+
+    async def _write(self, work: Callable[[AsyncSession], Awaitable[T]], *, tried_alone: bool) -> T:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             async with self._write_sessions() as session:
+                if tried_alone:
+                    session.info[TRIED_ALONE] = True
                 if self.before_commit is not None:
                     # The outbox writes its events in this transaction: the change may not
                     # commit on its own (resolvers.ledger.statements' autocommit changes).
@@ -286,12 +323,7 @@ class Database:
                     await asyncio.sleep(0.005 * attempt)
                     continue
                 if not isinstance(result, Failure):
-                    log_entitlement_changes(changes)
-                    _installed.changes([change["action"] for change in changes])
-                    # SQLite's in-process push; PostgreSQL's listeners hear of it from
-                    # triggers (migration 0007), so nothing is derived for them here.
-                    if self.on_commit is not None and (touched := changed_user_ids(changes)):
-                        self.on_commit(touched)
+                    self._committed(changes)
                 return result
         raise AssertionError("unreachable")
 
@@ -368,8 +400,10 @@ class ReplicaReads:
     def read(self) -> AbstractAsyncContextManager[AsyncSession]:
         return self.replica.read()
 
-    async def write(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-        return await self.primary.write(work)
+    async def write(
+        self, work: Callable[[AsyncSession], Awaitable[T]], alone: Alone[T] | None = None
+    ) -> T:
+        return await self.primary.write(work, alone)
 
 
 class MeteredPool(AsyncAdaptedQueuePool):

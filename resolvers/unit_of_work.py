@@ -7,12 +7,21 @@ from typing import Protocol, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from resolvers.ledger.statements import Statements
+
 T = TypeVar("T")
 
 
 class UnitOfWork(Protocol):
-    async def write(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-        """Run `work` in one transaction: committed, or rolled back if it returns a `Failure`."""
+    async def write(
+        self,
+        work: Callable[[AsyncSession], Awaitable[T]],
+        alone: Callable[[Statements], Awaitable[T | None]] | None = None,
+    ) -> T:
+        """Run `work` in one transaction: committed, or rolled back if it returns a `Failure`.
+
+        `alone`, where the database can, first makes the change in one statement outside any
+        transaction; its None hands the change to `work`."""
         ...
 
 

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from resolvers.catalog.model import Catalog
 from resolvers.kinds import Role
 from resolvers.ledger.entries import Actor
+from resolvers.ledger.statements import Statements
 from resolvers.loaders import Loaders
 
 T = TypeVar("T")
@@ -41,7 +42,11 @@ class UnitOfWork(Protocol):
 
     def connect(self) -> AbstractAsyncContextManager[AsyncConnection]: ...
 
-    async def write(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T: ...
+    async def write(
+        self,
+        work: Callable[[AsyncSession], Awaitable[T]],
+        alone: Callable[[Statements], Awaitable[T | None]] | None = None,
+    ) -> T: ...
 
 
 @dataclass(frozen=True)

@@ -162,5 +162,15 @@ async def run_record_usage(ctx: Context, input: RecordUsageInput) -> RecordUsage
             catalog=ctx.catalog,
             idempotency_key=input.idempotency_key,
         ),
+        lambda statements, user: usage.record_usage_alone(
+            statements,
+            user=user,
+            feature=input.feature,
+            quantity=input.quantity,
+            actor=ctx.spend_actor(),
+            now=now,
+            catalog=ctx.catalog,
+            idempotency_key=input.idempotency_key,
+        ),
     )
     return answer(result, EntitlementUsage.of)

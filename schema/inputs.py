@@ -10,6 +10,7 @@ import strawberry
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers.errors import InvalidInput
+from resolvers.ledger.statements import Statements
 from resolvers.models import parse_row_id
 from resolvers.users import UserRef, check_email
 from schema.context import UnitOfWork
@@ -69,8 +70,15 @@ async def write_for(
     db: UnitOfWork,
     ref: UserRef | InvalidInput,
     work: Callable[[AsyncSession, UserRef], Awaitable[T]],
+    alone: Callable[[Statements, UserRef], Awaitable[T | None]] | None = None,
 ) -> T | InvalidInput:
-    """`work` on the named user in one transaction; a badly named user is the answer instead."""
+    """`work` on the named user in one transaction; a badly named user is the answer instead.
+
+    `alone`: the same change in one statement, tried first where the database allows it."""
     if isinstance(ref, InvalidInput):
         return ref
-    return await db.write(lambda session: work(session, ref))
+    if alone is None:
+        return await db.write(lambda session: work(session, ref))
+    return await db.write(
+        lambda session: work(session, ref), lambda statements: alone(statements, ref)
+    )

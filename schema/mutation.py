@@ -348,6 +348,15 @@ async def run_consume_credits(ctx: Context, input: ConsumeCreditsInput) -> Credi
             catalog=ctx.catalog,
             idempotency_key=input.idempotency_key,
         ),
+        lambda statements, user: credits.consume_credits_alone(
+            statements,
+            user=user,
+            amount=input.amount,
+            reason=input.reason,
+            actor=ctx.spend_actor(),
+            now=now,
+            idempotency_key=input.idempotency_key,
+        ),
     )
     return answer(result, CreditChange.of)
 

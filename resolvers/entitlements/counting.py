@@ -13,44 +13,52 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from typing import Any, NamedTuple
 
 from sqlalchemy import JSON, Integer, String, bindparam, text
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers.catalog.model import Catalog
 from resolvers.errors import LimitExceeded, NoAccess, UserNotFound
 from resolvers.kinds import SubscriptionStatus, is_paying
 from resolvers.ledger.allowances import allowance_period
-from resolvers.ledger.changes import record_change
+from resolvers.ledger.changes import Queue, record_change
 from resolvers.ledger.entries import Actor
-from resolvers.ledger.statements import OneStatement, run_one_statement
+from resolvers.ledger.statements import OneStatement, Statements
 from resolvers.models import UsageEvent, User, UTCDateTime
 
 _TIME = UTCDateTime()
+
+
+class CountedUser(NamedTuple):
+    """The user row as the function answers it, read by name as a row is: building the ORM
+    object for it cost more than the rest of the count's Python (profiled under recordUsage)."""
+
+    id: int
+    email: str
+    external_id: str | None
+    locale: str | None
+    tier: str
+    trial_ends_at: datetime | None
+    stripe_customer_id: str | None
+    stripe_subscription_id: str | None
+    subscription_status: str | None
+    subscription_price_id: str | None
+    subscription_period_end: datetime | None
+    subscription_event_at: datetime | None
+    credits_available: int
+    credits_next_expiry: datetime | None
+    allowance_period_start: datetime | None
+    entitlement_usage: dict[str, Any] | None
+    entitlement_overrides: dict[str, Any] | None
+    created_at: datetime
+    updated_at: datetime
+    credits_held: int
+    holds_next_expiry: datetime | None
+
+
 # The columns the function answers (not the table's: a column added later is not among them).
-_USER_COLUMNS = (
-    "id",
-    "email",
-    "external_id",
-    "locale",
-    "tier",
-    "trial_ends_at",
-    "stripe_customer_id",
-    "stripe_subscription_id",
-    "subscription_status",
-    "subscription_price_id",
-    "subscription_period_end",
-    "subscription_event_at",
-    "credits_available",
-    "credits_next_expiry",
-    "allowance_period_start",
-    "entitlement_usage",
-    "entitlement_overrides",
-    "created_at",
-    "updated_at",
-    "credits_held",
-    "holds_next_expiry",
-)
+_USER_COLUMNS = CountedUser._fields
+_ANSWERED = tuple(f"u_{name}" for name in _USER_COLUMNS)
 _TIMES = tuple(
     name for name in _USER_COLUMNS if name.endswith(("_at", "_end", "_expiry", "_start"))
 )
@@ -103,7 +111,7 @@ def rules_of(catalog: Catalog, feature: str) -> str:
 
 
 async def count_in_database(
-    session: AsyncSession,
+    statements: Statements,
     *,
     user_id: int,
     feature: str,
@@ -113,7 +121,7 @@ async def count_in_database(
     catalog: Catalog,
     idempotency_key: str | None,
     digest: str,
-) -> tuple[User, UsageEvent] | LimitExceeded | NoAccess | UserNotFound | None:
+) -> tuple[CountedUser, UsageEvent] | LimitExceeded | NoAccess | UserNotFound | None:
     """The count, done by one statement: the user and the usage record as they stand after it;
     None: not the common case, run the Python rule."""
     parameters = {
@@ -129,7 +137,7 @@ async def count_in_database(
         "now": now,
         "month_start": allowance_period(now)[0],
     }
-    row = await run_one_statement(session, _RECORD_CALL, parameters)
+    row = await statements.run(_RECORD_CALL, parameters)
     if row is None:
         return None
     outcome = row["o_outcome"]
@@ -143,7 +151,7 @@ async def count_in_database(
     if outcome == "limit_exceeded":
         return LimitExceeded(feature=feature, limit=limit, usage=usage, requested=quantity)
     assert outcome == "recorded", outcome
-    user = User(**{name: row[f"u_{name}"] for name in _USER_COLUMNS})
+    user = CountedUser._make([row[name] for name in _ANSWERED])
     used = user.entitlement_usage[feature]["used"]
     event = UsageEvent(
         id=row["o_event_id"],
@@ -159,12 +167,12 @@ async def count_in_database(
         fingerprint=digest,
         created_at=now,
     )
-    record_usage_change(session, user=user, event=event, limit=limit, actor=actor)
+    record_usage_change(statements, user=user, event=event, limit=limit, actor=actor)
     return user, event
 
 
 def record_usage_change(
-    session: AsyncSession, *, user: User, event: UsageEvent, limit: int | None, actor: Actor
+    session: Queue, *, user: User | CountedUser, event: UsageEvent, limit: int | None, actor: Actor
 ) -> None:
     """The one `entitlement_change` line of a count, whichever path made it."""
     record_change(

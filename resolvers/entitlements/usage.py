@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers.catalog.model import Catalog
 from resolvers.entitlements.access import Entitlement, counting_period, entitlement_of
-from resolvers.entitlements.counting import count_in_database, record_usage_change
+from resolvers.entitlements.counting import CountedUser, count_in_database, record_usage_change
 from resolvers.errors import (
     IdempotencyConflict,
     InvalidInput,
@@ -27,7 +27,7 @@ from resolvers.ledger.idempotency import (
     fingerprint,
     lock_key,
 )
-from resolvers.ledger.statements import runs_in_database
+from resolvers.ledger.statements import InSession, Statements, runs_in_database
 from resolvers.models import UsageEvent, User
 from resolvers.users import UserRef, find_user
 
@@ -36,7 +36,7 @@ MAX_QUANTITY = 1_000_000
 
 @dataclass(frozen=True)
 class UsageRecorded:
-    user: User
+    user: User | CountedUser  # the row as the one-statement count answers it
     entitlement: Entitlement  # as it stands after this usage
     event: UsageEvent
     replayed: bool = False
@@ -77,7 +77,7 @@ async def record_usage(
         return failure
     if user.user_id is not None and runs_in_database(session):
         counted = await count_in_database(
-            session,
+            InSession(session),
             user_id=user.user_id,
             feature=feature,
             quantity=quantity,
@@ -103,6 +103,42 @@ async def record_usage(
         catalog=catalog,
         idempotency_key=idempotency_key,
     )
+
+
+async def record_usage_alone(
+    statements: Statements,
+    *,
+    user: UserRef,
+    feature: str,
+    quantity: int,
+    actor: Actor,
+    now: datetime,
+    catalog: Catalog,
+    idempotency_key: str | None = None,
+) -> UsageRecorded | LimitExceeded | NoAccess | UnknownFeature | UserNotFound | InvalidInput | None:
+    """record_usage as one statement before any transaction (PostgreSQL): its answer, or None
+    when only the Python rule can give it (a user named by email, a used key, 'fallback')."""
+    if failure := _check_arguments(feature, quantity, actor, catalog, idempotency_key):
+        return failure
+    if user.user_id is None:
+        return None
+    counted = await count_in_database(
+        statements,
+        user_id=user.user_id,
+        feature=feature,
+        quantity=quantity,
+        actor=actor,
+        now=now,
+        catalog=catalog,
+        idempotency_key=idempotency_key,
+        digest=fingerprint("usage", user=user.user_id, feature=feature, quantity=quantity),
+    )
+    if isinstance(counted, tuple):
+        row, event = counted
+        return UsageRecorded(
+            user=row, entitlement=entitlement_of(catalog, row, feature, now), event=event
+        )
+    return counted
 
 
 async def record_usage_by_rule(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -12,7 +12,15 @@ from resolvers.models import CreditEvent, EntitlementOverride, TierChange
 _PENDING = "entitlement_changes"
 
 
-def record_change(session: AsyncSession, *, action: str, **fields: Any) -> None:
+class Queue(Protocol):
+    """Where a change's lines wait for its commit: a session, or a change made alone
+    (resolvers.ledger.statements.OnDriver)."""
+
+    @property
+    def info(self) -> dict[Any, Any]: ...
+
+
+def record_change(session: Queue, *, action: str, **fields: Any) -> None:
     """Queue one `entitlement_change` line; the unit of work logs it after a successful commit."""
     session.info.setdefault(_PENDING, []).append({"action": action, **fields})
 
@@ -22,7 +30,7 @@ def changed_user_ids(changes: list[dict[str, Any]]) -> list[int]:
     return list(dict.fromkeys(c["user_id"] for c in changes if c.get("user_id") is not None))
 
 
-def take_changes(session: AsyncSession) -> list[dict[str, Any]]:
+def take_changes(session: Queue) -> list[dict[str, Any]]:
     """The changes queued in this session, removed from it (called after commit or rollback)."""
     return session.info.pop(_PENDING, [])
 

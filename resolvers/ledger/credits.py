@@ -37,7 +37,8 @@ from resolvers.ledger.entries import (
     take_back_payment,
 )
 from resolvers.ledger.idempotency import fingerprint
-from resolvers.ledger.spends import can_spend_in_database, spend_in_database
+from resolvers.ledger.spends import spend_in_database
+from resolvers.ledger.statements import InSession, Statements, runs_in_database
 from resolvers.models import CreditGrant, User
 from resolvers.users import UserRef
 
@@ -149,9 +150,9 @@ async def consume_credits(
         reason=reason, actor=actor, idempotency_key=idempotency_key
     ):
         return failure
-    if isinstance(user, UserRef) and user.user_id is not None and can_spend_in_database(session):
+    if isinstance(user, UserRef) and user.user_id is not None and runs_in_database(session):
         spent = await spend_in_database(
-            session,
+            InSession(session),
             user_id=user.user_id,
             amount=amount,
             reason=reason,
@@ -191,6 +192,39 @@ async def consume_credits(
         allocations=allocations,
     )
     return CreditChanged(user=row, event=event)
+
+
+async def consume_credits_alone(
+    statements: Statements,
+    *,
+    user: UserRef,
+    amount: int,
+    reason: str,
+    actor: Actor,
+    now: datetime,
+    idempotency_key: str | None = None,
+) -> CreditChanged | InsufficientCredits | UserNotFound | InvalidInput | None:
+    """consume_credits as one statement before any transaction (PostgreSQL): its answer, or
+    None when only the Python rule can give it (a user named by email, a used key, 'fallback')."""
+    if failure := check_amount(amount) or check_change_args(
+        reason=reason, actor=actor, idempotency_key=idempotency_key
+    ):
+        return failure
+    if user.user_id is None:
+        return None
+    spent = await spend_in_database(
+        statements,
+        user_id=user.user_id,
+        amount=amount,
+        reason=reason,
+        actor=actor,
+        now=now,
+        idempotency_key=idempotency_key,
+        digest=fingerprint("consume", user=user.user_id, amount=amount, reason=reason),
+    )
+    if isinstance(spent, tuple):
+        return CreditChanged(user=spent[0], event=spent[1])
+    return spent
 
 
 async def revoke_payment_credits(

@@ -13,14 +13,13 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, Integer, String, bindparam, text
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers.errors import InsufficientCredits, UserNotFound
 from resolvers.ledger.accounts import Account
 from resolvers.ledger.allowances import allowance_period
 from resolvers.ledger.changes import record_change
 from resolvers.ledger.entries import Actor, LedgerEvent
-from resolvers.ledger.statements import OneStatement, run_one_statement, runs_in_database
+from resolvers.ledger.statements import OneStatement, Statements
 from resolvers.models import UTCDateTime
 
 _TIME = UTCDateTime()
@@ -70,12 +69,8 @@ _SPEND_CALL = OneStatement.of(
 )
 
 
-def can_spend_in_database(session: AsyncSession) -> bool:
-    return runs_in_database(session)
-
-
 async def spend_in_database(
-    session: AsyncSession,
+    statements: Statements,
     *,
     user_id: int,
     amount: int,
@@ -98,7 +93,7 @@ async def spend_in_database(
         "now": now,
         "period_start": allowance_period(now)[0],
     }
-    row = await run_one_statement(session, _SPEND_CALL, parameters)
+    row = await statements.run(_SPEND_CALL, parameters)
     if row is None:
         return None
     outcome = row["o_outcome"]
@@ -129,7 +124,7 @@ async def spend_in_database(
         hold_id=None,
     )
     record_change(
-        session,
+        statements,
         action="credits_consumed",
         request_id=actor.request_id,
         user_id=account.id,

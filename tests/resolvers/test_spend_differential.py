@@ -78,13 +78,17 @@ class TwinLedgers(RuleBasedStateMachine):
         finally:
             self.runner.close()
 
-    def both(self, send: str, **args: Any) -> None:
-        """Send one change to each database; the answers must be the same."""
+    def both(self, send: str, *, alone: bool = False, **args: Any) -> None:
+        """Send one change to each database; the answers must be the same.
+
+        `alone`: a spend goes as consumeCredits sends it, tried as one statement before any
+        session (PostgreSQL without an outbox; SQLite's unit of work ignores it)."""
         now = self.clock()
         answers = []
         for index, side in enumerate(self.sides):
             work = getattr(self, f"_{send}")(index, now, **args)
-            result = self.runner.run(side.db.write(work))
+            first = self._consume_alone(index, now, **args) if alone else None
+            result = self.runner.run(side.db.write(work, first))
             answers.append(self.runner.run(self._describe(index, result)))
         assert answers[0] == answers[1], (send, args, answers)
 
@@ -101,6 +105,11 @@ class TwinLedgers(RuleBasedStateMachine):
             now=now,
             catalog=CATALOG,
             **args,
+        )
+
+    def _consume_alone(self, index: int, now: datetime, **args: Any) -> Any:
+        return lambda statements: credits.consume_credits_alone(
+            statements, user=UserRef(user_id=self.user_ids[index]), actor=USAGE, now=now, **args
         )
 
     def _set_tier(self, index: int, now: datetime, **args: Any) -> Any:
@@ -219,21 +228,21 @@ class TwinLedgers(RuleBasedStateMachine):
             self.keyed.append(("grant", args))
         self.both("grant", **args)
 
-    @rule(amount=st.integers(1, 500), keyed=st.booleans())
-    def consume(self, amount: int, keyed: bool) -> None:
+    @rule(amount=st.integers(1, 500), keyed=st.booleans(), alone=st.booleans())
+    def consume(self, amount: int, keyed: bool, alone: bool) -> None:
         args: dict[str, Any] = {"amount": amount, "reason": "ai usage"}
         if keyed:
             args["idempotency_key"] = f"spend-{uuid.uuid4().hex}"
             self.keyed.append(("consume", args))
-        self.both("consume", **args)
+        self.both("consume", alone=alone, **args)
 
     @precondition(lambda self: self.keyed)
-    @rule(data=st.data(), other_arguments=st.booleans())
-    def reuse_a_key(self, data: st.DataObject, other_arguments: bool) -> None:
+    @rule(data=st.data(), other_arguments=st.booleans(), alone=st.booleans())
+    def reuse_a_key(self, data: st.DataObject, other_arguments: bool, alone: bool) -> None:
         send, args = data.draw(st.sampled_from(self.keyed))
         if other_arguments:
             args = {**args, "reason": "other reason"}
-        self.both(send, **args)
+        self.both(send, alone=alone and send == "consume", **args)
 
     @rule(hours=st.integers(1, 24 * 40))
     def advance_clock(self, hours: int) -> None:

@@ -16,6 +16,7 @@ import calendar
 import dataclasses
 import uuid
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, ClassVar
 
 import pytest
@@ -61,6 +62,9 @@ class TwinUsage(RuleBasedStateMachine):
     # handed to the rule. The test requires both, or the comparison proves nothing.
     answered_in_sql: ClassVar[int] = 0
     handed_over: ClassVar[int] = 0
+    # Of those, the reports sent as recordUsage sends them (before any session).
+    alone_answered: ClassVar[int] = 0
+    alone_handed_over: ClassVar[int] = 0
 
     def __init__(self) -> None:
         super().__init__()
@@ -100,34 +104,40 @@ class TwinUsage(RuleBasedStateMachine):
     def on_both(self, work: Any) -> list[Any]:
         return [self.runner.run(self.runtime.db.write(work(side))) for side in range(2)]
 
-    def report(self, feature: str, quantity: int, stem: str | None) -> None:
-        """One usage report to each user, the first by record_usage, the second by the rule."""
+    def report(self, feature: str, quantity: int, stem: str | None, *, alone: bool = False) -> None:
+        """One usage report to each user, the first by record_usage, the second by the rule.
+
+        `alone`: the first goes as recordUsage sends it, tried as one statement before any
+        session, then (handed over) by record_usage in a transaction."""
         self.asked.add((feature, quantity))
         answers = []
         for side, send in enumerate((usage.record_usage, usage.record_usage_by_rule)):
             now = self.clock()
             self.counter.reset()
-            result = self.runner.run(
-                self.runtime.db.write(
-                    lambda s, side=side, send=send, now=now: send(
-                        s,
-                        user=UserRef(user_id=self.user_ids[side]),
-                        feature=feature,
-                        quantity=quantity,
-                        actor=AI_BACKEND,
-                        now=now,
-                        catalog=CATALOG,
-                        idempotency_key=self.key(side, stem),
-                    )
-                )
-            )
+            arguments = {
+                "user": UserRef(user_id=self.user_ids[side]),
+                "feature": feature,
+                "quantity": quantity,
+                "actor": AI_BACKEND,
+                "now": now,
+                "catalog": CATALOG,
+                "idempotency_key": self.key(side, stem),
+            }
+            first = None
+            if alone and side == 0:
+                first = partial(usage.record_usage_alone, **arguments)
+            result = self.runner.run(self.runtime.db.write(partial(send, **arguments), first))
             if side == 0:
                 statements = self.counter.statements
                 assert statements[0].startswith("SELECT * FROM record_usage("), statements
+                # Handed over, the rule does not ask the function again.
+                assert sum(s.startswith("SELECT * FROM record_usage(") for s in statements) == 1
                 if len(statements) == 1:
                     TwinUsage.answered_in_sql += 1
+                    TwinUsage.alone_answered += alone
                 else:
                     TwinUsage.handed_over += 1
+                    TwinUsage.alone_handed_over += alone
             answers.append(self.describe(result))
         assert answers[0] == answers[1], (feature, quantity, stem, answers)
 
@@ -170,22 +180,23 @@ class TwinUsage(RuleBasedStateMachine):
         feature=st.sampled_from(FEATURES),
         quantity=st.integers(-6, 8).filter(bool) | st.integers(90, 1200),
         keyed=st.booleans(),
+        alone=st.booleans(),
     )
-    def record(self, feature: str, quantity: int, keyed: bool) -> None:
+    def record(self, feature: str, quantity: int, keyed: bool, alone: bool) -> None:
         stem = f"use-{uuid.uuid4().hex[:8]}" if keyed else None
         if stem is not None:
             self.keyed.append(("usage", stem, {"feature": feature, "quantity": quantity}))
-        self.report(feature, quantity, stem)
+        self.report(feature, quantity, stem, alone=alone)
 
     @precondition(lambda self: self.keyed)
-    @rule(data=st.data(), other_quantity=st.booleans())
-    def reuse_a_key(self, data: st.DataObject, other_quantity: bool) -> None:
+    @rule(data=st.data(), other_quantity=st.booleans(), alone=st.booleans())
+    def reuse_a_key(self, data: st.DataObject, other_quantity: bool, alone: bool) -> None:
         kind, stem, args = data.draw(st.sampled_from(self.keyed))
         if kind != "usage":
             args = {"feature": data.draw(st.sampled_from(FEATURES)), "quantity": 1}
         elif other_quantity:
             args = {**args, "quantity": args["quantity"] + 1 or 1}
-        self.report(args["feature"], args["quantity"], stem)
+        self.report(args["feature"], args["quantity"], stem, alone=alone)
 
     @rule(amount=st.integers(1, 50))
     def grant_with_a_key(self, amount: int) -> None:
@@ -356,6 +367,7 @@ class TwinUsage(RuleBasedStateMachine):
 def test_usage_counted_in_sql_and_in_python_is_identical(postgres_database: str) -> None:
     TwinUsage.url = postgres_database
     TwinUsage.answered_in_sql = TwinUsage.handed_over = 0
+    TwinUsage.alone_answered = TwinUsage.alone_handed_over = 0
     run_state_machine_as_test(
         TwinUsage,
         settings=settings(max_examples=30, stateful_step_count=40, deadline=None, database=None),
@@ -363,3 +375,6 @@ def test_usage_counted_in_sql_and_in_python_is_identical(postgres_database: str)
     # The comparison covered both the function's own answers and its hand-overs.
     assert TwinUsage.answered_in_sql >= 50, TwinUsage.answered_in_sql
     assert TwinUsage.handed_over >= 10, TwinUsage.handed_over
+    # And about half of each as recordUsage sends them, alone first.
+    assert TwinUsage.alone_answered >= 10, TwinUsage.alone_answered
+    assert TwinUsage.alone_handed_over >= 3, TwinUsage.alone_handed_over
