@@ -78,25 +78,39 @@ def counting_period(
     counts in the next period. Counting in ours would reset that newer count, so this process
     counts (and reads) in the stored period until its clock gets there.
     """
-    period, resets_at = period_of(catalog, feature, user, now)
-    counted = (user.entitlement_usage or {}).get(feature)
-    if resets_at is None or counted is None or counted["period"] == period:
-        return period, resets_at
+    return _counting_period(catalog, feature, user, now, _counted(user, feature))
+
+
+def _counted(user: Any, feature: str) -> dict[str, Any] | None:
+    """The stored count of `feature` ({"period", "used"}), if any."""
+    usage = user.entitlement_usage
+    return usage.get(feature) if usage else None
+
+
+def _counting_period(
+    catalog: Catalog, feature: str, user: Any, now: datetime, counted: dict[str, Any] | None
+) -> tuple[str, datetime | None]:
+    if catalog.usage_period(feature) is None:
+        return TOTAL, None
+    period = current_period(user, now)
+    if counted is None or counted["period"] == period.key:
+        return period.key, period.end
     stored_start = datetime.fromisoformat(counted["period"].replace("Z", "+00:00"))
     if stored_start <= now:
-        return period, resets_at
+        return period.key, period.end
     return counted["period"], current_period(user, stored_start).end
 
 
 def used_in(user: Any, feature: str, period: str) -> int:
     """What the user used of `feature` in `period`: 0 unless that is the period last counted."""
-    counted = (user.entitlement_usage or {}).get(feature)
+    counted = _counted(user, feature)
     return counted["used"] if counted is not None and counted["period"] == period else 0
 
 
 def live_override(user: Any, feature: str, now: datetime) -> dict[str, Any] | None:
     """Support's override of `feature` on the user, unless it has expired."""
-    override = (user.entitlement_overrides or {}).get(feature)
+    overrides = user.entitlement_overrides
+    override = overrides.get(feature) if overrides else None
     if override is None:
         return None
     expires_at = override.get("expires_at")
@@ -107,8 +121,10 @@ def live_override(user: Any, feature: str, now: datetime) -> dict[str, Any] | No
 
 def entitlement_of(catalog: Catalog, user: Any, feature: str, now: datetime) -> Entitlement:
     """The user's entitlement to one catalog feature: an unexpired override wins over the plan."""
-    period, resets_at = counting_period(catalog, feature, user, now)
-    used = used_in(user, feature, period)
+    # The stored count is read once for both the period it counts in and what was used.
+    counted = _counted(user, feature)
+    period, resets_at = _counting_period(catalog, feature, user, now, counted)
+    used = counted["used"] if counted is not None and counted["period"] == period else 0
     override = live_override(user, feature, now)
     if override is not None:
         has_access, limit, source = override["has_access"], override["limit"], Source.OVERRIDE
