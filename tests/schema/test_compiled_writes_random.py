@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from datetime import timedelta
 from typing import Any
 
 import orjson
@@ -122,6 +123,16 @@ async def seed_writes(runtime: Runtime) -> list[tuple[str, dict[str, Any]]]:
     run_out = await runtime.db.write(lambda s: hold(s, other.id, 30))
     runtime.clock.advance(seconds=60)
     uid = str(user.id)
+    pdf = {"userId": uid, "feature": "pdf_exports", "hasAccess": True}
+    overrides = [
+        {**pdf, "limit": 4, "idempotencyKey": "o-1"},
+        {**pdf, "limit": 5, "idempotencyKey": "o-1"},
+        {**pdf, "expiresAt": (now + timedelta(days=2)).isoformat()},
+        {"email": user.email, "feature": "api_access", "hasAccess": False},
+        {**pdf, "feature": "teleport"},
+        {**pdf, "userId": "99999999"},
+        {**pdf, "hasAccess": False, "limit": 3},
+    ]
     return [
         ("consumeCredits", {"userId": uid, "amount": 1}),
         ("consumeCredits", {"email": user.email, "amount": 2, "reason": "chat"}),
@@ -149,6 +160,7 @@ async def seed_writes(runtime: Runtime) -> list[tuple[str, dict[str, Any]]]:
         ("recordUsage", {"userId": uid, "feature": "pdf_exports", "quantity": 999}),
         ("recordUsage", {"userId": uid, "feature": "teleport"}),
         ("recordUsage", {"userId": uid, "feature": "api_access", "quantity": -1}),
+        *(("setEntitlementOverride", {"reason": "r", **fields}) for fields in overrides),
     ]
 
 
@@ -219,4 +231,5 @@ async def test_random_result_selections_answer_the_same_on_both_executors(
         "EntitlementUsage",
         "LimitExceeded",
         "UnknownFeature",
+        "EntitlementOverrideChange",
     }, members

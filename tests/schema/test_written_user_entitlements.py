@@ -34,6 +34,7 @@ WRITES = {
     "setTier": ("SetTierInput", "TierUpdate"),
     "settleHold": ("SettleHoldInput", "CreditChange"),
     "recordUsage": ("RecordUsageInput", "EntitlementUsage"),
+    "setEntitlementOverride": ("SetEntitlementOverrideInput", "EntitlementOverrideChange"),
 }
 SUPPORT = Principal(role="support", name="support-key")
 QUERY = f"query One($id: ID!) {{ user(id: $id) {{ {USER} }} }}"
@@ -110,10 +111,16 @@ async def test_each_write_answers_the_users_entitlements_as_committed(
     api = next(e for e in moved["entitlements"] if e["feature"] == "api_access")
     assert (api["hasAccess"], api["source"]) == (True, "PLAN")
 
+    overridden = await write(
+        "setEntitlementOverride",
+        {"userId": uid, "feature": "pdf_exports", "hasAccess": True, "limit": 4, "reason": "r"},
+    )
+    assert overridden["pdf"] == {"usage": 2, "remaining": 2, "limit": 4}
+
     held = await send(RESERVE, {"input": {"userId": uid, "amount": 2, "reason": "call"}})
     settled = await write("settleHold", {"holdId": held["reserveCredits"]["id"], "amount": 1})
     pdf = next(e for e in settled["entitlements"] if e["feature"] == "pdf_exports")
-    assert (pdf["usage"], pdf["remaining"], pdf["source"]) == (2, 98, "PLAN")
+    assert (pdf["usage"], pdf["remaining"], pdf["source"]) == (2, 2, "OVERRIDE")
 
 
 TWO = """
