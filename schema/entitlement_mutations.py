@@ -6,8 +6,9 @@ from datetime import datetime
 from typing import Annotated
 
 import strawberry
-from strawberry import Info
+from strawberry import Info, Private
 
+from resolvers import models
 from resolvers.entitlements import overrides, usage
 from schema.context import Context
 from schema.entitlements import Entitlement, EntitlementOverride
@@ -75,6 +76,8 @@ class EntitlementOverrideChange:
     override: EntitlementOverride
     entitlement: Entitlement = strawberry.field(description="As it stands with the override.")
     replayed: bool
+    # The override's row, which the compiled executor's EntitlementOverride fields read.
+    override_row: Private[models.EntitlementOverride]
 
     @classmethod
     def of(cls, overridden: overrides.OverrideSet) -> EntitlementOverrideChange:
@@ -83,6 +86,7 @@ class EntitlementOverrideChange:
             override=EntitlementOverride.from_row(overridden.override),
             entitlement=Entitlement.of(overridden.entitlement),
             replayed=overridden.replayed,
+            override_row=overridden.override,
         )
 
 
@@ -124,26 +128,7 @@ class EntitlementMutations:
     async def set_entitlement_override(
         self, info: Info, input: SetEntitlementOverrideInput
     ) -> SetEntitlementOverrideResult:
-        ctx: Context = info.context
-        now = ctx.clock()
-        result = await write_for(
-            ctx.db,
-            user_ref(input.email, input.user_id),
-            lambda session, user: overrides.set_entitlement_override(
-                session,
-                user=user,
-                feature=input.feature,
-                has_access=input.has_access,
-                limit=input.limit,
-                reason=input.reason,
-                actor=ctx.actor("support"),
-                now=now,
-                catalog=ctx.catalog,
-                expires_at=input.expires_at,
-                idempotency_key=input.idempotency_key,
-            ),
-        )
-        return answer(result, EntitlementOverrideChange.of)
+        return await written_once(info, lambda ctx: run_set_entitlement_override(ctx, input))
 
 
 async def run_record_usage(ctx: Context, input: RecordUsageInput) -> RecordUsageResult:
@@ -174,3 +159,28 @@ async def run_record_usage(ctx: Context, input: RecordUsageInput) -> RecordUsage
         ),
     )
     return answer(result, EntitlementUsage.of)
+
+
+async def run_set_entitlement_override(
+    ctx: Context, input: SetEntitlementOverrideInput
+) -> SetEntitlementOverrideResult:
+    """The write of setEntitlementOverride, shared with the compiled executor."""
+    now = ctx.clock()
+    result = await write_for(
+        ctx.db,
+        user_ref(input.email, input.user_id),
+        lambda session, user: overrides.set_entitlement_override(
+            session,
+            user=user,
+            feature=input.feature,
+            has_access=input.has_access,
+            limit=input.limit,
+            reason=input.reason,
+            actor=ctx.actor("support"),
+            now=now,
+            catalog=ctx.catalog,
+            expires_at=input.expires_at,
+            idempotency_key=input.idempotency_key,
+        ),
+    )
+    return answer(result, EntitlementOverrideChange.of)

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 from datetime import datetime
+from typing import Any
 
 import strawberry
 from strawberry import Info, Private
 
-from resolvers import models
+from resolvers import loaders, models
 from resolvers.entitlements import access as entitlements
 from resolvers.errors import InvalidInput
 from resolvers.insights import analytics
 from resolvers.ledger import history
 from schema.billing import BillingSubscription
 from schema.connections import Connection, connection, decode_cursor, page_size
-from schema.context import BadUserInput
+from schema.context import BadUserInput, Context
 from schema.credits import CreditBalance, CreditEvent
 from schema.entitlements import Entitlement
 from schema.insights import PremiumOverlay
@@ -139,20 +140,31 @@ class User:
             raise BadUserInput(overlay.message)
         return overlay
 
-    @strawberry.field(description="Every feature of the catalog: access, limit, usage now.")
-    def entitlements(self, info: Info) -> list[Entitlement]:
-        ctx = info.context
-        shown = entitlements.entitlements_of(ctx.catalog, self.row, ctx.clock())
-        return [Entitlement.of(e) for e in shown]
+    @strawberry.field(
+        description="Every feature of the catalog: access, limit, usage now.",
+        graphql_type=list[Entitlement],
+    )
+    def entitlements(self, info: Info) -> list[Entitlement] | Awaitable[list[Entitlement]]:
+        if not entitlements.counts_usage(self.row):
+            return self._entitlements_counted(info)
+        return _entitlements_of(info.context, self.row)
 
-    @strawberry.field(description="One feature's entitlement; null if not in the catalog.")
-    def entitlement(self, info: Info, feature: str) -> Entitlement | None:
-        ctx = info.context
-        if feature not in ctx.catalog.features:
-            return None
-        return Entitlement.of(
-            entitlements.entitlement_of(ctx.catalog, self.row, feature, ctx.clock())
-        )
+    async def _entitlements_counted(self, info: Info) -> list[Entitlement]:
+        return _entitlements_of(info.context, await _counted(info.context, self.row))
+
+    @strawberry.field(
+        description="One feature's entitlement; null if not in the catalog.",
+        graphql_type=Entitlement | None,
+    )
+    def entitlement(
+        self, info: Info, feature: str
+    ) -> Entitlement | Awaitable[Entitlement | None] | None:
+        if feature in info.context.catalog.features and not entitlements.counts_usage(self.row):
+            return self._entitlement_counted(info, feature)
+        return _entitlement_of(info.context, self.row, feature)
+
+    async def _entitlement_counted(self, info: Info, feature: str) -> Entitlement | None:
+        return _entitlement_of(info.context, await _counted(info.context, self.row), feature)
 
     @strawberry.field
     def subscription(self) -> BillingSubscription | None:
@@ -165,3 +177,22 @@ class User:
             current_period_end=self.row.subscription_period_end,
             trial_ends_at=self.row.trial_ends_at,
         )
+
+
+def _entitlements_of(ctx: Context, user: Any) -> list[Entitlement]:
+    shown = entitlements.entitlements_of(ctx.catalog, user, ctx.clock())
+    return [Entitlement.of(e) for e in shown]
+
+
+def _entitlement_of(ctx: Context, user: Any, feature: str) -> Entitlement | None:
+    if feature not in ctx.catalog.features:
+        return None
+    return Entitlement.of(entitlements.entitlement_of(ctx.catalog, user, feature, ctx.clock()))
+
+
+async def _counted(ctx: Context, account: Any) -> Any:
+    """A write's account with the usage committed on its row, read afresh: not through the
+    request's loaders, which may hold the row as it was before a later root field wrote."""
+    async with ctx.db.connect() as conn:
+        (row,) = await loaders.users_by_id(conn, [account.id])
+    return entitlements.with_usage_of(account, row)

@@ -53,6 +53,7 @@ _UNIONS = (
     "ReserveCreditsResult",
     "ReleaseHoldResult",
     "RecordUsageResult",
+    "SetEntitlementOverrideResult",
 )
 PAYLOAD_TYPE_OF: dict[str, Callable[[Any], str]] = dict.fromkeys(_UNIONS, _graphql_name)
 
@@ -72,6 +73,12 @@ PAYLOAD_FIELDS: dict[str, dict[str, Resolver]] = {
         "user": source(_user_row),
         "entitlement": attr("entitlement"),
         "quantity": attr("quantity"),
+        "replayed": attr("replayed"),
+    },
+    "EntitlementOverrideChange": {
+        "user": source(_user_row),
+        "override": attr("override_row"),
+        "entitlement": attr("entitlement"),
         "replayed": attr("replayed"),
     },
     "CreditHold": {

@@ -19,7 +19,7 @@ from strawberry.types.arguments import convert_arguments
 from gateway.compiled.resolver import Args, Resolver, batch
 from gateway.compiled.run import Run
 from schema.context import Context
-from schema.entitlement_mutations import run_record_usage
+from schema.entitlement_mutations import run_record_usage, run_set_entitlement_override
 from schema.holds import run_release_hold, run_reserve_credits, run_settle_hold
 from schema.mutation import run_consume_credits, run_grant_credits, run_set_tier
 
@@ -34,6 +34,7 @@ WRITES: dict[str, Write] = {
     "settleHold": run_settle_hold,
     "releaseHold": run_release_hold,
     "recordUsage": run_record_usage,
+    "setEntitlementOverride": run_set_entitlement_override,
 }
 
 WRITE_ARGUMENTS: dict[tuple[str, str], frozenset[str]] = {

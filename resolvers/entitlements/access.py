@@ -58,6 +58,43 @@ class Entitlement:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class CountedAccount:
+    """An account as a write left it, with the usage and overrides committed on its row.
+
+    A ledger write's locked `Account` does not read the usage columns (no credit or tier change
+    needs them); what `entitlement_of` reads of a user is its tier and billing period from the
+    account, the rest from the row read after the write committed.
+    """
+
+    tier: str
+    stripe_subscription_id: str | None
+    subscription_status: str | None
+    subscription_period_end: datetime | None
+    entitlement_usage: dict[str, Any] | None
+    entitlement_overrides: dict[str, Any] | None
+
+
+def counts_usage(user: Any) -> bool:
+    """Whether `user` carries its usage: a user row does, a ledger write's account does not."""
+    return hasattr(user, "entitlement_usage")
+
+
+def with_usage_of(user: Any, row: Any) -> Any:
+    """`user` as `entitlement_of` reads it: given the usage of `row` (its committed row) if it
+    carries none itself."""
+    if counts_usage(user):
+        return user
+    return CountedAccount(
+        tier=user.tier,
+        stripe_subscription_id=user.stripe_subscription_id,
+        subscription_status=user.subscription_status,
+        subscription_period_end=user.subscription_period_end,
+        entitlement_usage=row.entitlement_usage,
+        entitlement_overrides=row.entitlement_overrides,
+    )
+
+
 def period_of(
     catalog: Catalog, feature: str, user: Any, now: datetime
 ) -> tuple[str, datetime | None]:

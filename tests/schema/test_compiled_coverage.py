@@ -73,6 +73,7 @@ def test_every_field_under_pricing_and_entitlement_changes_is_compiled() -> None
         "ReserveCreditsResult",
         "ReleaseHoldResult",
         "RecordUsageResult",
+        "SetEntitlementOverrideResult",
     }
 
 

@@ -94,6 +94,19 @@ SELECTIONS = {
         ... on NoAccess {{ feature }}
         ... on UnknownFeature {{ feature knownFeatures }}
     """,
+    "SetEntitlementOverrideResult": f"""
+        __typename
+        ... on EntitlementOverrideChange {{
+          replayed
+          override {{
+            id feature hasAccess limit expiresAt reason source actor requestId createdAt userId
+          }}
+          entitlement {{ feature hasAccess limit usage remaining resetsAt source }}
+          user {{ id tier entitlement(feature: "pdf_exports") {{ limit remaining source }} }}
+        }}
+        {ERRORS} {NOT_FOUND}
+        ... on UnknownFeature {{ feature knownFeatures }}
+    """,
 }
 # Each compiled write: its input type and its result union.
 WRITES = {
@@ -104,6 +117,7 @@ WRITES = {
     "settleHold": ("SettleHoldInput", "CreditChangeResult"),
     "releaseHold": ("ReleaseHoldInput", "ReleaseHoldResult"),
     "recordUsage": ("RecordUsageInput", "RecordUsageResult"),
+    "setEntitlementOverride": ("SetEntitlementOverrideInput", "SetEntitlementOverrideResult"),
 }
 SUPPORT = Principal(role="support", name="support-key")
 
