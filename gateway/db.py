@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Protocol, TypeVar
 
 import asyncpg
 from sqlalchemy import event, make_url
-from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
@@ -28,9 +24,10 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
 from sqlalchemy.util.concurrency import greenlet_spawn
 
-from gateway.driver_pool import DriverPool
-from gateway.local_reads import TEXT_FACTORY, LocalReads
+from gateway.driver_pool import DriverPool, LentConnection
+from gateway.local_reads import LocalReads
 from gateway.logs import log_entitlement_changes
+from gateway.sqlite_setup import SQLITE_BUSY_TIMEOUT_MS, configure_sqlite, ensure_sqlite_directory
 from resolvers.errors import Failure
 from resolvers.ledger.changes import changed_user_ids, take_changes
 from resolvers.ledger.statements import ONE_TRANSACTION, TRIED_ALONE, OnDriver, Statements
@@ -47,7 +44,6 @@ MAX_ATTEMPTS = 5
 # PostgreSQL: serialization failure, deadlock, unique violation (a concurrent idempotent retry or
 # upsert won the race: the next attempt sees its row). SQLite: the busy timeout ran out.
 _RETRY_SQLSTATES = {"40001", "40P01", "23505"}
-SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Taken by SQLAlchemy's asyncpg adapter from the URL's query; asyncpg.connect refuses them.
 _ADAPTER_ONLY_PARAMETERS = (
     "prepared_statement_cache_size",
@@ -166,7 +162,7 @@ class Database:
         # SQLite: compiled by-key reads on the loop's own read-only connections.
         self.local_reads = LocalReads.of(url, self.engine.sync_engine) if self.is_sqlite else None
         if self.is_sqlite:
-            _configure_sqlite(self.engine)
+            configure_sqlite(self.engine)
         _meter(self.engine)
         self._lent_pool = DriverPool(self._connect_lent, lent, lambda: _installed) if lent else None
         # Write transactions on SQLite take the write lock at BEGIN (IMMEDIATE): two deferred
@@ -347,37 +343,6 @@ class Database:
         await self.engine.dispose()
 
 
-class LentConnection:
-    """A pool connection lent past SQLAlchemy's Connection (Database.lend_driver): a connection
-    of lend_driver's own pool when `pool` is given, else one of the engine's pool (`handle`)."""
-
-    __slots__ = ("_handle", "_is_sqlite", "_pool", "driver", "events")
-
-    def __init__(
-        self, handle: Any, engine: Engine, is_sqlite: bool, pool: DriverPool | None = None
-    ) -> None:
-        self._handle = handle
-        self._is_sqlite = is_sqlite
-        self._pool = pool
-        self.driver: Any = handle if pool is not None else handle.driver_connection
-        # Statements sent on `driver` fire the engine's events here (statement counts, tracing).
-        self.events = engine
-
-    async def release(self, *, broken: bool = False) -> None:
-        """Back to the pool; a broken one (a statement failed or was cut off) is replaced."""
-        if self._pool is not None:
-            self._pool.release(self._handle, broken=broken)
-            return
-        if broken:
-            self._handle.invalidate()
-        if self._is_sqlite:
-            # aiosqlite's reset on return awaits a ROLLBACK, which needs the greenlet.
-            await greenlet_spawn(self._handle.close)
-        else:
-            # asyncpg's reset has nothing to do outside a transaction: no await, no hop.
-            self._handle.close()
-
-
 class ReplicaReads:
     """Reads from a read replica, writes to the primary: what saved dashboard queries run on.
 
@@ -444,53 +409,3 @@ def _checked_in(_: Any, record: ConnectionPoolEntry) -> None:
 def _is_loopback(url: str) -> bool:
     host = make_url(url).host or ""
     return host in ("127.0.0.1", "localhost", "::1") and "ssl" not in make_url(url).query
-
-
-def ensure_sqlite_directory(url: str) -> None:
-    """SQLite creates the file but not its folder; a fresh checkout may lack the folder."""
-    path = url.split(":///", 1)[-1].split("?", 1)[0]
-    if path and path != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-
-
-def _configure_sqlite(engine: AsyncEngine) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
-    def _on_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
-        # Take transaction control away from the driver so that BEGIN is ours to emit.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        _use_wal(cursor)
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
-        # SQLite stores any bytes as TEXT; one invalid UTF-8 sequence would make every read of
-        # its row fail. Shown as U+FFFD instead (partial of a builtin: no Python frame per value).
-        record.driver_connection.text_factory = TEXT_FACTORY
-
-    @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        immediate = conn.get_execution_options().get("entitlements_write", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-
-def _use_wal(cursor: Any) -> None:
-    """Switch the file to WAL once; it stays WAL. Idempotent, and safe when processes race.
-
-    Switching needs the file to itself, and SQLite answers "locked" at once, without waiting out
-    the busy timeout, when two processes open a fresh (not yet WAL) file together, as uvicorn's
-    workers do right after `db upgrade`. The loser retries until the winner has switched it.
-    """
-    cursor.execute("PRAGMA journal_mode")
-    if cursor.fetchone()[0].lower() == "wal":
-        return
-    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
-    while True:
-        try:
-            cursor.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-        # Blocks the event loop briefly, but only on the first connections to a fresh file.
-        time.sleep(0.01)

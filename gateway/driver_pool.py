@@ -1,4 +1,4 @@
-"""PostgreSQL connections lent to one-statement reads: asyncpg's own, kept in a free list.
+"""Connections lent past SQLAlchemy to one-statement work: on PostgreSQL, asyncpg's own.
 
 Profiled under the viewer read, taking a connection from SQLAlchemy's pool and giving it back
 (a greenlet hop, the pool's queue, its checkout and checkin events, the reset on return) cost
@@ -17,6 +17,9 @@ import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.util.concurrency import greenlet_spawn
 
 # As SQLAlchemy's pool_timeout default: how long a request waits for a connection.
 POOL_TIMEOUT_SECONDS = 30.0
@@ -156,3 +159,34 @@ class DriverPool:
 def _expire(waiter: asyncio.Future[Any]) -> None:
     if not waiter.done():
         waiter.set_exception(TimeoutError("no database connection came free in time"))
+
+
+class LentConnection:
+    """A pool connection lent past SQLAlchemy's Connection (Database.lend_driver): a connection
+    of lend_driver's own pool when `pool` is given, else one of the engine's pool (`handle`)."""
+
+    __slots__ = ("_handle", "_is_sqlite", "_pool", "driver", "events")
+
+    def __init__(
+        self, handle: Any, engine: Engine, is_sqlite: bool, pool: DriverPool | None = None
+    ) -> None:
+        self._handle = handle
+        self._is_sqlite = is_sqlite
+        self._pool = pool
+        self.driver: Any = handle if pool is not None else handle.driver_connection
+        # Statements sent on `driver` fire the engine's events here (statement counts, tracing).
+        self.events = engine
+
+    async def release(self, *, broken: bool = False) -> None:
+        """Back to the pool; a broken one (a statement failed or was cut off) is replaced."""
+        if self._pool is not None:
+            self._pool.release(self._handle, broken=broken)
+            return
+        if broken:
+            self._handle.invalidate()
+        if self._is_sqlite:
+            # aiosqlite's reset on return awaits a ROLLBACK, which needs the greenlet.
+            await greenlet_spawn(self._handle.close)
+        else:
+            # asyncpg's reset has nothing to do outside a transaction: no await, no hop.
+            self._handle.close()

@@ -12,7 +12,7 @@ from sqlalchemy import func, inspect, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from gateway.db import ensure_sqlite_directory
+from gateway.sqlite_setup import ensure_sqlite_directory
 from resolvers.models import Base
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"

@@ -11,7 +11,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.compiled.driver import OPEN_GRANTS, USERS_BY_ID, DriverRead
-from gateway.db import Database, LentConnection
+from gateway.db import Database
+from gateway.driver_pool import LentConnection
 from gateway.local_reads import LocalReads, Snapshot
 from schema.context import Context
 

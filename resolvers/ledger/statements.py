@@ -100,7 +100,7 @@ class InSession:
 
 
 class OnDriver:
-    """The change alone on a lent asyncpg connection (gateway.db.LentConnection): no session.
+    """The change alone on a lent asyncpg connection (gateway.driver_pool): no session.
 
     `events` is the engine whose statement events fire (statement counts, tracing); `broken`
     says the connection may not be lent again (a failure SQLAlchemy did not see).

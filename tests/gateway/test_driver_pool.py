@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 from gateway.app import create_app
-from gateway.db import Database, DatabaseUnavailable, LentConnection
+from gateway.db import Database, DatabaseUnavailable
+from gateway.driver_pool import LentConnection
 from gateway.prometheus import REGISTRY
 from gateway.runtime import Runtime
 from gateway.settings import Settings
