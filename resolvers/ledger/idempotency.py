@@ -13,7 +13,9 @@ PostgreSQL every keyed change first takes the key's own lock (`lock_key`: a tran
 lock on the key's hash, held to COMMIT), then the user row, and only then looks the key up: the
 second of two uses waits for the first to commit and sees it. The spend and usage functions
 take the same lock the same way (migration 0010); one order everywhere, key then user, so two
-changes never wait on each other in a circle. SQLite has one writer at a time (BEGIN
+changes never wait on each other in a circle. A paid Stripe event's INSERT takes its grant key's
+lock itself (resolvers.billing.deliveries): a statement that reads no key's use may carry it,
+and `lock_key` then sends nothing. SQLite has one writer at a time (BEGIN
 IMMEDIATE): the lookup after it already sees every committed use.
 """
 
