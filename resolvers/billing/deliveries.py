@@ -21,12 +21,13 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from stripe import StripeClient
 
-from resolvers.billing import money
-from resolvers.billing.payloads import EventContext, EventHandled, Handler, object_id
+from resolvers.billing import money, payments
+from resolvers.billing.payloads import EventContext, EventHandled, Handler, as_dict, object_id
 from resolvers.billing.subscriptions import subscription_changed
 from resolvers.catalog.model import Catalog
 from resolvers.errors import StripeEventFailed, StripeEventNotFound
 from resolvers.ledger.entries import Actor
+from resolvers.ledger.idempotency import KEY_LOCK, lock_key, note_key_locked, scoped_key
 from resolvers.models import StripeEvent
 from resolvers.unit_of_work import DatabaseUnreachable, UnitOfWork
 
@@ -42,6 +43,15 @@ HANDLERS: dict[str, Handler] = {
     "invoice.paid": money.invoice_paid,
     "charge.refunded": money.charge_refunded,
     "charge.dispute.created": money.dispute_created,
+}
+
+
+# The idempotency key of the grant an event pays for, by the object paid for: its lock is taken
+# by the statement that stores the event (PostgreSQL), one round trip fewer than its own.
+GRANT_KEYS: dict[str, Callable[[str], str]] = {
+    "checkout.session.completed": payments.checkout_key,
+    "checkout.session.async_payment_succeeded": payments.checkout_key,
+    "invoice.paid": payments.invoice_key,
 }
 
 
@@ -172,7 +182,13 @@ async def _store_and_apply(session: AsyncSession, run: _Run, event: dict[str, An
     # transaction back (and is recorded in a second one), so no other state is ever committed.
     values.update(status="processed", attempts=1, processed_at=run.now)
     conn = await session.connection()
-    if (await conn.execute(_INSERT_NEW[conn.dialect.name], values)).first() is None:
+    stmt = _INSERT_NEW[conn.dialect.name]
+    params = values
+    if (key := _grant_key(event)) is not None and conn.dialect.name == "postgresql":
+        # Key, then event row, then user: the order of every path here (`_rerun` too).
+        stmt, params = _INSERT_NEW_LOCKING_KEY, {**values, "scoped_key": scoped_key(key)}
+        note_key_locked(session, conn, key)
+    if (await conn.execute(stmt, params)).first() is None:
         # Stored before: a duplicate (processed, ignored) or a retry of a failed delivery.
         row = await _lock_event(session, event["id"])
         assert row is not None, "an event that is stored stays stored"
@@ -197,6 +213,13 @@ async def _store_and_apply(session: AsyncSession, run: _Run, event: dict[str, An
 
 
 async def _rerun(session: AsyncSession, run: _Run, event_id: str) -> Result | StripeEventNotFound:
+    conn = await session.connection()
+    if conn.dialect.name == "postgresql":
+        # A delivery takes the grant's key lock before the event row: so does a replay, or the
+        # two would wait on each other.
+        stored = (await conn.execute(_STORED_PAYLOAD, {"event_id": event_id})).first()
+        if stored is not None:
+            await lock_key(session, _grant_key(stored.payload))
     row = await _lock_event(session, event_id)
     if row is None:
         return StripeEventNotFound(event_id=event_id)
@@ -268,6 +291,13 @@ async def _lock_event(session: AsyncSession, event_id: str) -> StripeEvent | Non
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
+def _grant_key(event: dict[str, Any]) -> str | None:
+    key_of = GRANT_KEYS.get(event.get("type"))
+    obj = as_dict(as_dict(event.get("data")).get("object"))
+    paid_for = object_id(obj.get("id"))
+    return key_of(paid_for) if key_of is not None and paid_for is not None else None
+
+
 def _new_values(event: dict[str, Any], *, now: datetime, request_id: str | None) -> dict[str, Any]:
     obj = event["data"]["object"]
     customer = obj.get("customer")
@@ -319,6 +349,17 @@ _INSERT_NEW = {
     .returning(_EVENTS.c.id)
     for name, dialect_insert in (("postgresql", postgresql_insert), ("sqlite", sqlite_insert))
 }
+_INSERT_NEW_LOCKING_KEY = (
+    postgresql_insert(_EVENTS)
+    .from_select(
+        [c.name for c in _EVENTS.c],
+        # KEY_LOCK gates the one row: it is granted before the row is inserted.
+        select(*(bindparam(c.name, type_=c.type) for c in _EVENTS.c)).where(KEY_LOCK.is_not(None)),
+    )
+    .on_conflict_do_nothing(index_elements=[_EVENTS.c.id])
+    .returning(_EVENTS.c.id)
+)
+_STORED_PAYLOAD = select(_EVENTS.c.payload).where(_EVENTS.c.id == bindparam("event_id"))
 _SET_STATUS = (
     update(_EVENTS)
     .where(_EVENTS.c.id == bindparam("event_id"))

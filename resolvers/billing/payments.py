@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, or_, select
+from sqlalchemy import or_, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers.billing.purchase_analytics import track_purchase_completed
@@ -53,6 +55,11 @@ def invoice_key(invoice_id: str) -> str:
     return f"stripe:invoice:{invoice_id}"
 
 
+def checkout_key(checkout_session_id: str) -> str:
+    """The key of a credit pack's grant: by the checkout session, so sibling events grant once."""
+    return f"stripe:checkout:{checkout_session_id}"
+
+
 async def record_credit_pack_purchase(
     session: AsyncSession,
     *,
@@ -66,8 +73,6 @@ async def record_credit_pack_purchase(
     now: datetime,
 ) -> PaymentRecorded | RecordFailure:
     """A paid checkout session: the payment row, the pack's credits, `credit_purchase_completed`."""
-    if earlier := await _recorded(session, checkout_session_id):
-        return earlier
     payment = await _insert_payment(
         session,
         user_id=account.id,
@@ -84,6 +89,8 @@ async def record_credit_pack_purchase(
         credits_unrecovered=0,
         created_at=now,
     )
+    if isinstance(payment, PaymentRecorded):
+        return payment
     # Keyed by the checkout session, not the event: its sibling events grant once.
     granted = await grant_ai_credits(
         session,
@@ -94,7 +101,7 @@ async def record_credit_pack_purchase(
         now=now,
         payment_id=payment.id,
         is_purchased=True,
-        idempotency_key=f"stripe:checkout:{checkout_session_id}",
+        idempotency_key=checkout_key(checkout_session_id),
     )
     if not isinstance(granted, CreditChanged):
         return granted
@@ -134,8 +141,6 @@ async def record_subscription_payment(
 
     The allowance expires at the period's end; an invoice replayed after that grants nothing.
     """
-    if earlier := await _recorded(session, invoice_id):
-        return earlier
     credits = tier.monthly_credits if period_end is not None and period_end > now else 0
     payment = await _insert_payment(
         session,
@@ -155,6 +160,8 @@ async def record_subscription_payment(
         credits_unrecovered=0,
         created_at=now,
     )
+    if isinstance(payment, PaymentRecorded):
+        return payment
     if credits == 0:
         return PaymentRecorded(payment=payment, created=True, grant_events=[])
     granted = await grant_ai_credits(
@@ -236,22 +243,26 @@ async def find_payment(session: AsyncSession, *, ref: str) -> PaymentDetails | P
     return PaymentDetails(payment=payment, user=user, grants=list(grants), events=events)
 
 
-async def _insert_payment(session: AsyncSession, **values: Any) -> Payment:
-    """Insert a payment row (Core: no unit of work); the row returned is detached."""
+async def _insert_payment(session: AsyncSession, **values: Any) -> Payment | PaymentRecorded:
+    """Insert a payment row (Core: no unit of work), or answer the one recorded before.
+
+    One statement for the common case, a new payment: the object's unique index says whether it
+    was paid for already (a concurrent insert of it makes this wait for its commit). The row
+    returned is detached.
+    """
     conn = await session.connection()
-    payment_id = (await conn.execute(_INSERT_PAYMENT, values)).scalar_one()
+    dialect = conn.dialect.name
+    payment_id = (await conn.execute(_INSERT_NEW_PAYMENT[dialect], values)).scalar_one_or_none()
+    if payment_id is None:
+        return await _recorded(session, values["stripe_object_id"])
     return Payment(id=payment_id, **values)
 
 
-async def _recorded(session: AsyncSession, stripe_object_id: str) -> PaymentRecorded | None:
-    conn = await session.connection()
-    if (await conn.execute(_PAYMENT_BY_OBJECT, {"object_id": stripe_object_id})).first() is None:
-        return None  # the common case, a new payment: one cheap statement
+async def _recorded(session: AsyncSession, stripe_object_id: str) -> PaymentRecorded:
+    """The payment recorded before for this Stripe object, and the grants it made."""
     payment = (
         await session.execute(select(Payment).where(Payment.stripe_object_id == stripe_object_id))
-    ).scalar_one_or_none()
-    if payment is None:
-        return None
+    ).scalar_one()
     events = [e for e in await _payment_events(session, payment.id) if e.kind == "grant"]
     return PaymentRecorded(payment=payment, created=False, grant_events=list(events))
 
@@ -262,7 +273,11 @@ async def _payment_events(session: AsyncSession, payment_id: int) -> list[Credit
 
 
 PAYMENTS = Payment.__table__
-_INSERT_PAYMENT = insert(PAYMENTS).returning(PAYMENTS.c.id)
-_PAYMENT_BY_OBJECT = select(PAYMENTS.c.id).where(
-    PAYMENTS.c.stripe_object_id == bindparam("object_id")
-)
+# A payment for an object paid for before (by a concurrent delivery too, once it commits)
+# inserts nothing and returns no row.
+_INSERT_NEW_PAYMENT = {
+    name: dialect_insert(PAYMENTS)
+    .on_conflict_do_nothing(index_elements=[PAYMENTS.c.stripe_object_id])
+    .returning(PAYMENTS.c.id)
+    for name, dialect_insert in (("postgresql", postgresql_insert), ("sqlite", sqlite_insert))
+}

@@ -13,7 +13,9 @@ PostgreSQL every keyed change first takes the key's own lock (`lock_key`: a tran
 lock on the key's hash, held to COMMIT), then the user row, and only then looks the key up: the
 second of two uses waits for the first to commit and sees it. The spend and usage functions
 take the same lock the same way (migration 0010); one order everywhere, key then user, so two
-changes never wait on each other in a circle. SQLite has one writer at a time (BEGIN
+changes never wait on each other in a circle. A paid Stripe event's INSERT takes its grant key's
+lock itself (resolvers.billing.deliveries): a statement that reads no key's use may carry it,
+and `lock_key` then sends nothing. SQLite has one writer at a time (BEGIN
 IMMEDIATE): the lookup after it already sees every committed use.
 """
 
@@ -26,7 +28,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import String, bindparam, func, literal_column, select, union_all
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from resolvers.errors import IdempotencyConflict, InvalidInput
 from resolvers.models import CreditEvent, EntitlementOverride, TierChange, UsageEvent
@@ -111,7 +113,8 @@ async def lock_key(session: AsyncSession, key: str | None) -> None:
     """Take `key`'s lock for this transaction (PostgreSQL), before the user row's lock.
 
     Its own statement: the key lookup after it must read in a snapshot taken once the lock is
-    granted, so that a use committed while this transaction waited is seen.
+    granted, so that a use committed while this transaction waited is seen. Nothing is sent
+    when an earlier statement of this transaction took it already (`note_key_locked`).
     """
     if key is None:
         return
@@ -119,7 +122,32 @@ async def lock_key(session: AsyncSession, key: str | None) -> None:
     if bind is None or bind.dialect.name != "postgresql":
         return
     conn = await session.connection()
-    await conn.execute(_LOCK_KEY, {"scoped_key": KEY_LOCK_SCOPE + key})
+    if key in _locked_keys(session, conn):
+        return
+    await conn.execute(_LOCK_KEY, {"scoped_key": scoped_key(key)})
+
+
+def scoped_key(key: str) -> str:
+    """The text `KEY_LOCK` hashes for `key`: the `scoped_key` parameter of a statement using it."""
+    return KEY_LOCK_SCOPE + key
+
+
+def note_key_locked(session: AsyncSession, conn: AsyncConnection, key: str) -> None:
+    """Record that a statement of this transaction took `key`'s lock (`KEY_LOCK` in its WHERE).
+
+    Such a statement must read nothing a key's use is looked up in: its snapshot is older than
+    the lock. `lock_key` then sends nothing for this key until the transaction ends.
+    """
+    _locked_keys(session, conn).add(key)
+
+
+def _locked_keys(session: AsyncSession, conn: AsyncConnection) -> set[str]:
+    # Kept per transaction, not per session: an advisory xact lock ends with its transaction.
+    transaction = conn.sync_connection.get_transaction() if conn.sync_connection else None
+    held = session.info.get(_LOCKED_KEYS)
+    if held is None or held[0] is not transaction:
+        held = session.info[_LOCKED_KEYS] = (transaction, set())
+    return held[1]
 
 
 def _uses(table: Any, kind: KeyKind) -> Any:
@@ -144,6 +172,9 @@ KEY_USE = (
     .subquery("key_use")
 )
 _FIND = select(KEY_USE.c.key_kind, KEY_USE.c.key_row_id, KEY_USE.c.key_fingerprint)
-_LOCK_KEY = select(
-    func.pg_advisory_xact_lock(func.hashtextextended(bindparam("scoped_key", type_=String), 0))
+# A key's lock as an expression (PostgreSQL): `KEY_LOCK.is_not(None)` in a WHERE takes it.
+KEY_LOCK = func.pg_advisory_xact_lock(
+    func.hashtextextended(bindparam("scoped_key", type_=String), 0)
 )
+_LOCK_KEY = select(KEY_LOCK)
+_LOCKED_KEYS = "idempotency_locked_keys"

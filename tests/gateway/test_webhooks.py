@@ -388,7 +388,7 @@ async def test_a_database_refusal_leaks_no_sql_to_stripe_or_the_stored_event(
     assert row.attempts == 1
 
 
-async def test_paid_invoice_is_stored_and_applied_in_at_most_ten_statements(
+async def test_paid_invoice_is_stored_and_applied_in_at_most_seven_statements(
     runtime, client, count_statements: StatementCounter
 ) -> None:
     user = await make_user(runtime)
@@ -412,7 +412,8 @@ async def test_paid_invoice_is_stored_and_applied_in_at_most_ten_statements(
     count_statements.reset()
     answer = await post(client, event)
     assert answer.json() == {"event": event["id"], "status": "processed", "duplicate": False}
-    assert count_statements.count <= 10, "\n".join(count_statements.statements)
+    # The event's INSERT takes the grant key's lock, the payment's INSERT checks it is new.
+    assert count_statements.count <= 7, "\n".join(count_statements.statements)
     row = await stored(runtime, event["id"])
     assert (row.status, row.attempts, row.processed_at) == ("processed", 1, runtime.clock())
     assert await balance(runtime, user.id) == 1000
