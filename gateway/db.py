@@ -146,10 +146,13 @@ class Database:
             # The most this process opens: size workers x replicas against max_connections.
             budget = pool_size + pool_size // 4
             # Half of it lent past SQLAlchemy (lend_driver's own pool, gateway.driver_pool), half
-            # SQLAlchemy's: the two together open no more than the budget.
-            lent = max(1, budget // 2)
-            pooled = max(1, budget - lent)
-            self.max_connections = lent + pooled
+            # SQLAlchemy's: the two together open no more than the budget. SQLAlchemy's keeps at
+            # least two: the hold sweep holds its lock's connection while it writes
+            # (gateway.sweeps), and with one it would wait for itself. A budget too small to
+            # split (the CLI's) lends from SQLAlchemy's pool, as lend_driver does on SQLite.
+            lent = min(budget // 2, max(0, budget - 2))
+            pooled = budget - lent
+            self.max_connections = budget
             # All of it kept open, no overflow: overflow connections are closed when returned,
             # and under 32 concurrent viewer reads that was a new PostgreSQL session (a server
             # fork) for every seventh request. Past the budget requests wait for a connection.

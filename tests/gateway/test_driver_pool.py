@@ -37,10 +37,10 @@ def settings(database_url: str) -> Settings:
 
 @pytest.fixture
 async def small_runtime(runtime: Runtime) -> AsyncIterator[Runtime]:
-    """The test database behind a gateway whose budget is 2 connections: one lent, one pooled."""
+    """The test database behind a gateway whose budget is 3 connections: one lent, two pooled."""
     small = Runtime(
         settings=runtime.settings,
-        db=Database(runtime.settings.database_url, pool_size=2),
+        db=Database(runtime.settings.database_url, pool_size=3),
         catalog=load_catalog(runtime.settings.catalog_path),
         clock=runtime.clock,
     )
@@ -115,7 +115,7 @@ async def test_many_concurrent_viewer_reads_stay_within_the_budget(small_runtime
     for i, viewer in answers:
         user = users[i % len(users)]
         assert viewer == {"email": user.email, "credits": {"available": i % len(users) + 1}}
-    assert db.max_connections == 2
+    assert db.max_connections == 3
     assert len(await backend_pids(db.url)) <= db.max_connections
     assert (gauge(IN_USE), gauge(WAITING)) == (in_use, waiting)
 
@@ -216,7 +216,7 @@ async def test_a_wait_for_a_full_pool_ends_unavailable_and_frees_no_place(small_
 
 
 async def test_an_unreachable_database_is_unavailable_and_holds_no_place() -> None:
-    db = Database("postgresql+asyncpg://postgres@127.0.0.1:1/entitlements", pool_size=2)
+    db = Database("postgresql+asyncpg://postgres@127.0.0.1:1/entitlements", pool_size=3)
     try:
         for _ in range(3):
             with pytest.raises(DatabaseUnavailable):
@@ -237,3 +237,21 @@ async def test_dispose_closes_idle_connections_and_a_later_lend_opens_anew(small
     assert again.driver.get_server_pid() != pid
     assert await again.driver.fetchval("SELECT 5") == 5
     await again.release()
+
+
+async def test_a_budget_too_small_to_split_keeps_two_pooled_and_lends_from_them(
+    runtime: Runtime,
+) -> None:
+    """The CLI's budget of 2: the hold sweep holds one pooled connection while it writes."""
+    db = Database(runtime.settings.database_url, pool_size=2)
+    try:
+        assert db._lent_pool is None
+        assert db.max_connections == 2
+        assert db.engine.pool.size() == 2  # type: ignore[attr-defined]
+        lent = await db.lend_driver()
+        try:
+            assert await lent.driver.fetchval("SELECT 1") == 1
+        finally:
+            await lent.release()
+    finally:
+        await db.dispose()
