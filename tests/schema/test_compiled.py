@@ -27,7 +27,7 @@ from graphql import (
 )
 from graphql import execute as graphql_execute
 from graphql.execution.values import VariableValues
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import update
 
@@ -383,6 +383,17 @@ async def test_random_selections_answer_the_same_on_both_executors(runtime, cloc
         document=documents(emails, ids),
         principal=st.sampled_from(principals),
         accept_language=st.sampled_from([None, "de-DE,de;q=0.9", "nl, en;q=0.5", "xx"]),
+    )
+    # One root in eight is pricing, and many drawn pricing documents are refused (an unsold
+    # currency, a malformed locale): a run drew no answered one now and then. This one is
+    # always sent, anonymously; the drawn ones vary around it.
+    @example(
+        document=(
+            "query Q($v0: String) { pricing(currency: $v0) { locale currency tiers { name } } }",
+            {"v0": "EUR"},
+        ),
+        principal=None,
+        accept_language="de-DE,de;q=0.9",
     )
     def check(
         document: tuple[str, dict[str, Any]],
