@@ -75,22 +75,10 @@ async def record_usage(
     """
     if failure := _check_arguments(feature, quantity, actor, catalog, idempotency_key):
         return failure
-    if user.user_id is not None and runs_in_database(session):
-        counted = await count_in_database(
-            InSession(session),
-            user_id=user.user_id,
-            feature=feature,
-            quantity=quantity,
-            actor=actor,
-            now=now,
-            catalog=catalog,
-            idempotency_key=idempotency_key,
-            digest=fingerprint("usage", user=user.user_id, feature=feature, quantity=quantity),
+    if runs_in_database(session):
+        counted = await _count_in_one_statement(
+            InSession(session), user, feature, quantity, actor, now, catalog, idempotency_key
         )
-        if isinstance(counted, tuple):
-            row, event = counted
-            entitlement = entitlement_of(catalog, row, feature, now)
-            return UsageRecorded(user=row, entitlement=entitlement, event=event)
         if counted is not None:
             return counted
     return await _count_by_rule(
@@ -120,6 +108,23 @@ async def record_usage_alone(
     when only the Python rule can give it (a user named by email, a used key, 'fallback')."""
     if failure := _check_arguments(feature, quantity, actor, catalog, idempotency_key):
         return failure
+    return await _count_in_one_statement(
+        statements, user, feature, quantity, actor, now, catalog, idempotency_key
+    )
+
+
+async def _count_in_one_statement(
+    statements: Statements,
+    user: UserRef,
+    feature: str,
+    quantity: int,
+    actor: Actor,
+    now: datetime,
+    catalog: Catalog,
+    idempotency_key: str | None,
+) -> UsageRecorded | LimitExceeded | NoAccess | UserNotFound | None:
+    """The count by the `record_usage` function (PostgreSQL), in a session or alone; None: the
+    Python rule decides (a user named by email, a used key, the function's 'fallback')."""
     if user.user_id is None:
         return None
     counted = await count_in_database(

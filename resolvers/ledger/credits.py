@@ -150,19 +150,10 @@ async def consume_credits(
         reason=reason, actor=actor, idempotency_key=idempotency_key
     ):
         return failure
-    if isinstance(user, UserRef) and user.user_id is not None and runs_in_database(session):
-        spent = await spend_in_database(
-            InSession(session),
-            user_id=user.user_id,
-            amount=amount,
-            reason=reason,
-            actor=actor,
-            now=now,
-            idempotency_key=idempotency_key,
-            digest=fingerprint("consume", user=user.user_id, amount=amount, reason=reason),
+    if isinstance(user, UserRef) and runs_in_database(session):
+        spent = await _spend_in_one_statement(
+            InSession(session), user, amount, reason, actor, now, idempotency_key
         )
-        if isinstance(spent, tuple):
-            return CreditChanged(user=spent[0], event=spent[1])
         if spent is not None:
             return spent
     row = await lock_account(session, user, idempotency_key=idempotency_key)
@@ -210,6 +201,22 @@ async def consume_credits_alone(
         reason=reason, actor=actor, idempotency_key=idempotency_key
     ):
         return failure
+    return await _spend_in_one_statement(
+        statements, user, amount, reason, actor, now, idempotency_key
+    )
+
+
+async def _spend_in_one_statement(
+    statements: Statements,
+    user: UserRef,
+    amount: int,
+    reason: str,
+    actor: Actor,
+    now: datetime,
+    idempotency_key: str | None,
+) -> CreditChanged | InsufficientCredits | UserNotFound | None:
+    """The spend by the `spend_credits` function (PostgreSQL), in a session or alone; None:
+    the Python rule decides (a user named by email, a used key, the function's 'fallback')."""
     if user.user_id is None:
         return None
     spent = await spend_in_database(
