@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import strawberry
 from strawberry import Info, Private
@@ -133,30 +133,19 @@ class EntitlementMutations:
 
 async def run_record_usage(ctx: Context, input: RecordUsageInput) -> RecordUsageResult:
     """The write of recordUsage, shared with the compiled executor (gateway.compiled.writes)."""
-    now = ctx.clock()
+    report: dict[str, Any] = {
+        "feature": input.feature,
+        "quantity": input.quantity,
+        "actor": ctx.spend_actor(),
+        "now": ctx.clock(),
+        "catalog": ctx.catalog,
+        "idempotency_key": input.idempotency_key,
+    }
     result = await write_for(
         ctx.db,
         user_ref(input.email, input.user_id),
-        lambda session, user: usage.record_usage(
-            session,
-            user=user,
-            feature=input.feature,
-            quantity=input.quantity,
-            actor=ctx.spend_actor(),
-            now=now,
-            catalog=ctx.catalog,
-            idempotency_key=input.idempotency_key,
-        ),
-        lambda statements, user: usage.record_usage_alone(
-            statements,
-            user=user,
-            feature=input.feature,
-            quantity=input.quantity,
-            actor=ctx.spend_actor(),
-            now=now,
-            catalog=ctx.catalog,
-            idempotency_key=input.idempotency_key,
-        ),
+        lambda session, user: usage.record_usage(session, user=user, **report),
+        lambda statements, user: usage.record_usage_alone(statements, user=user, **report),
     )
     return answer(result, EntitlementUsage.of)
 

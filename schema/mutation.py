@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import strawberry
 from strawberry import Info
@@ -334,29 +334,20 @@ async def run_grant_credits(ctx: Context, input: GrantCreditsInput) -> CreditCha
 
 
 async def run_consume_credits(ctx: Context, input: ConsumeCreditsInput) -> CreditChangeResult:
-    now = ctx.clock()
+    spend: dict[str, Any] = {
+        "amount": input.amount,
+        "reason": input.reason,
+        "actor": ctx.spend_actor(),
+        "now": ctx.clock(),
+        "idempotency_key": input.idempotency_key,
+    }
     result = await write_for(
         ctx.db,
         user_ref(input.email, input.user_id),
         lambda session, user: credits.consume_credits(
-            session,
-            user=user,
-            amount=input.amount,
-            reason=input.reason,
-            actor=ctx.spend_actor(),
-            now=now,
-            catalog=ctx.catalog,
-            idempotency_key=input.idempotency_key,
+            session, user=user, catalog=ctx.catalog, **spend
         ),
-        lambda statements, user: credits.consume_credits_alone(
-            statements,
-            user=user,
-            amount=input.amount,
-            reason=input.reason,
-            actor=ctx.spend_actor(),
-            now=now,
-            idempotency_key=input.idempotency_key,
-        ),
+        lambda statements, user: credits.consume_credits_alone(statements, user=user, **spend),
     )
     return answer(result, CreditChange.of)
 
