@@ -24,6 +24,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
+    initialize,
     invariant,
     precondition,
     rule,
@@ -180,6 +181,19 @@ class TwinUsage(RuleBasedStateMachine):
         self.on_both(work)
 
     # --- rules ------------------------------------------------------------------------------
+
+    @initialize()
+    def first_reports(self) -> None:
+        """Every example starts with two reports the function answers (a fresh user on the
+        free tier, no override, a new key) and two it hands over (the key again), one of each
+        alone. Overrides and tier changes drawn early hand every later report over, and runs
+        drawn that way left the function's own answers almost unexercised."""
+        stem = f"first-{uuid.uuid4().hex[:8]}"
+        self.keyed.append(("usage", stem, {"feature": "projects", "quantity": 1}))
+        self.report("projects", 1, stem)
+        self.report("projects", 1, None)
+        self.report("projects", 1, stem)
+        self.report("projects", 1, stem)
 
     @rule(
         feature=st.sampled_from(FEATURES),
