@@ -26,6 +26,7 @@ end
 function init(args)
   bad = 0
   seq = 0
+  counted_up = {}
   sample = nil
   math.randomseed(os.time() * 1000 + tid * 7919)
   if cfg.tokens_file then
@@ -60,7 +61,11 @@ function request()
   elseif body then
     body = body:gsub("__UID__", tostring(uid))
     body = body:gsub("__KEY__", cfg.key_prefix .. "-" .. tid .. "-" .. seq)
-    body = body:gsub("__STEP__", (seq % 2 == 1) and "1" or "-1")
+    -- By turns for each user, as bench.load does: a random walk over all requests sent
+    -- some users past their limit, and those answers counted as errors.
+    local up = not counted_up[uid]
+    counted_up[uid] = up or nil
+    body = body:gsub("__STEP__", up and "1" or "-1")
   end
   local path = cfg.path:gsub("__UID__", tostring(uid))
   return wrk.format(cfg.method, path, headers, body)

@@ -37,6 +37,8 @@ class Requests:
             self.pool = [tuple(line.split("\t", 1)) for line in lines if "\t" in line]  # type: ignore[misc]
         self.counter = itertools.count(1)
         self.rng = random.Random()
+        # Users whose last `__STEP__` was +1: their next is -1, so no user's count only grows.
+        self.counted_up: set[int] = set()
 
     def next(self) -> tuple[bytes, int, int]:
         """The next request's bytes, with the user and sequence number it was made for."""
@@ -44,7 +46,10 @@ class Requests:
         uid = self.rng.randint(1, max(1, self.spec.users))
         token = self.tokens[uid - 1] if self.tokens is not None else None
         pooled = self.pool[(seq - 1) % len(self.pool)] if self.pool else None
-        return self._encode(*expand(self.spec, uid, seq, token=token, pooled=pooled)), uid, seq
+        quantity = "-1" if uid in self.counted_up else "1"
+        self.counted_up ^= {uid}
+        request = expand(self.spec, uid, seq, token=token, pooled=pooled, quantity=quantity)
+        return self._encode(*request), uid, seq
 
     def then(self, uid: int, seq: int, answer: bytes) -> bytes | None:
         """A two-step iteration's second request, from the first's answer (None: nothing to use)."""

@@ -57,9 +57,10 @@ SUPPORT_QUERY = (
 ENTITLEMENT_QUERY = (
     'query Entitlement { viewer { entitlement(feature: "pdf_exports") { hasAccess remaining } } }'
 )
-# PDF exports: every tier has them with a monthly limit (5 on free). Requests alternate +1 and
-# -1 (`__STEP__`): a run sends a user more than 5 requests often enough that counting only up
-# would measure LimitExceeded refusals; giving one back is a count through the same statements.
+# PDF exports: every tier has them with a monthly limit (5 on free). Each user's requests
+# alternate +1 and -1 (`__STEP__`): a run sends a user more than 5 requests often enough that
+# counting only up would measure LimitExceeded refusals; giving one back is a count through
+# the same statements.
 USAGE_MUTATION = (
     "mutation Usage($input: RecordUsageInput!) { recordUsage(input: $input) {"
     " __typename ... on EntitlementUsage { replayed entitlement { usage remaining } }"

@@ -1,7 +1,8 @@
 """What one load run sends: a request template both load drivers (wrk, bench.load) expand.
 
 Per request, `__UID__` becomes a random user id in 1..users, `__KEY__` a key unique to the run,
-`__STEP__` 1 on odd and -1 on even requests, `__TOKEN__` (in a header) that user's JWT from
+`__STEP__` 1 and -1 by turns for each user (by turns over the requests when no user state is
+kept: the statement count), `__TOKEN__` (in a header) that user's JWT from
 `tokens_file`; with `pool_file`, each request
 instead takes the next pre-signed (header, body) pair (Stripe webhooks: an HMAC per request is
 more than wrk's Lua can do, so they are signed beforehand). A response counts as an error when
@@ -89,6 +90,7 @@ def expand(
     *,
     token: str | None = None,
     pooled: tuple[str, str] | None = None,
+    quantity: str | None = None,
 ) -> tuple[str, str, dict[str, str], str | None]:
     """One concrete request (method, path, headers, body) from the template."""
     headers = dict(spec.headers)
@@ -99,7 +101,7 @@ def expand(
         headers[spec.pool_header], body = pooled
     elif body is not None:
         body = body.replace("__UID__", str(uid)).replace("__KEY__", f"{spec.key_prefix}-{seq}")
-        body = body.replace("__STEP__", step(seq))
+        body = body.replace("__STEP__", quantity or step(seq))
     return spec.method, spec.path.replace("__UID__", str(uid)), headers, body
 
 
