@@ -1,11 +1,11 @@
 """The compiled Mutation root fields: each calls the one write its Strawberry resolver calls.
 
 The role is checked by the executor before the field runs, and arguments are converted into the
-Strawberry input object exactly as Strawberry converts them, so the write sees what it would see
-under graphql-core. Its outcome is remembered on the context under the field's response key:
-should graphql-core answer the request after all (a Fallback while the answer is completed),
-the Strawberry resolver answers with that outcome instead of writing again
-(schema.results.written_once).
+Strawberry input object exactly as Strawberry converts them (gateway.compiled.inputs, built once
+per field), so the write sees what it would see under graphql-core. Its outcome is remembered
+on the context under the field's response key: should graphql-core answer the request after all
+(a Fallback while the answer is completed), the Strawberry resolver answers with that outcome
+instead of writing again (schema.results.written_once).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 from graphql import GraphQLField, GraphQLSchema
 from strawberry.types.arguments import convert_arguments
 
+from gateway.compiled.inputs import compile_arguments
 from gateway.compiled.resolver import Args, Resolver, batch
 from gateway.compiled.run import Run
 from schema.context import Context
@@ -49,11 +50,15 @@ def write_resolver(schema: GraphQLSchema, field: GraphQLField, name: str, key: s
     arguments = field.extensions["strawberry-definition"].arguments
     registry = strawberry_schema.schema_converter.scalar_registry
     config = strawberry_schema.config
+    convert = compile_arguments(arguments, registry, config)
 
     async def run_write(run: Run, _roots: list[None], args: Args) -> list[Any]:
-        converted = convert_arguments(
-            dict(args), arguments, scalar_registry=registry, config=config
-        )
+        if convert is not None:
+            converted = convert(args)
+        else:
+            converted = convert_arguments(
+                dict(args), arguments, scalar_registry=registry, config=config
+            )
         context = run.context
         try:
             outcome = await write(context, converted["input"])
