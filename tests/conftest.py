@@ -63,6 +63,19 @@ async def _pg_execute(url: str, *statements: str) -> None:
         await conn.close()
 
 
+async def kill_server_sessions(url: str) -> int:
+    """Ends every other session on the test's PostgreSQL database, as a server restart would
+    (the pools' connections die without knowing it); how many were ended."""
+    admin = await asyncpg.connect(asyncpg_dsn(url), timeout=5)
+    try:
+        return await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await admin.close()
+
+
 def in_thread(fn: Callable[..., T], *args: object) -> T:
     """Run blocking set-up (Alembic, asyncio.run) off the test's event loop."""
     with ThreadPoolExecutor(max_workers=1) as pool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncpg
 import pytest
 
 from gateway.db import DatabaseUnavailable
@@ -10,6 +9,7 @@ from gateway.runtime import Runtime
 from resolvers.ledger import credits
 from resolvers.ledger.entries import Actor
 from resolvers.users import UserRef
+from tests.conftest import kill_server_sessions
 from tests.factories import make_user
 
 USAGE = Actor(name="ai-backend", source="usage", request_id="req-killed")
@@ -38,16 +38,7 @@ async def test_spends_recover_after_the_servers_sessions_are_killed(
     user = await make_user(runtime, credits_granted=10)
     assert isinstance(await spend(runtime, user.id, "before"), credits.CreditChanged)
 
-    dsn = database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
-    admin = await asyncpg.connect(dsn)
-    try:
-        killed = await admin.fetchval(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
-    finally:
-        await admin.close()
-    assert killed >= 1
+    assert await kill_server_sessions(database_url) >= 1
 
     # The pooled connection is dead: the spend after it may fail (as unavailable, retryable),
     # but it must not be lent again, so the spends after that succeed and count down.

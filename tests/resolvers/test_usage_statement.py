@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-import asyncpg
 import pytest
 from sqlalchemy import select
 
@@ -17,7 +16,7 @@ from resolvers.ledger.entries import Actor
 from resolvers.ledger.statements import ONE_TRANSACTION
 from resolvers.models import UsageEvent, User
 from resolvers.users import UserRef
-from tests.conftest import Clock, StatementCounter
+from tests.conftest import Clock, StatementCounter, kill_server_sessions
 from tests.factories import SUPPORT, make_user
 
 AI_BACKEND = Actor(name="ai-backend", source="usage", request_id="req-usage-statement")
@@ -214,15 +213,7 @@ async def test_a_count_recovers_after_the_servers_sessions_are_killed(
         pytest.skip("SQLite has no server sessions to kill")
     user = await make_user(runtime, tier="pro")
     assert isinstance(await record(runtime, user.id, feature="projects"), usage.UsageRecorded)
-    admin = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
-    try:
-        killed = await admin.fetchval(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
-    finally:
-        await admin.close()
-    assert killed >= 1
+    assert await kill_server_sessions(database_url) >= 1
     # The dead pooled connection may fail one count (as unavailable), never be lent again.
     outcomes = []
     for _ in range(3):

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncpg
 import httpx
 import pytest
 
 from gateway.app import create_app
 from gateway.runtime import Runtime
-from tests.conftest import asyncpg_dsn
+from tests.conftest import kill_server_sessions
 from tests.factories import make_user
 from tests.schema.conftest import user_token
 
@@ -29,15 +28,7 @@ async def test_viewer_reads_recover_after_the_servers_sessions_are_killed(
         first = await http.post("/graphql", json={"query": VIEWER}, headers=headers)
         assert first.json() == expected
 
-        admin = await asyncpg.connect(asyncpg_dsn(database_url))
-        try:
-            killed = await admin.fetchval(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
-        finally:
-            await admin.close()
-        assert killed >= 1
+        assert await kill_server_sessions(database_url) >= 1
 
         # One answer may be lost with the session (a 503 to retry); the next ones are whole.
         answers = [

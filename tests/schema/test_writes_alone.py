@@ -27,7 +27,7 @@ from resolvers.ledger.entries import Actor
 from resolvers.ledger.statements import ONE_TRANSACTION
 from resolvers.models import CreditEvent, UsageEvent
 from resolvers.users import UserRef
-from tests.conftest import StatementCounter
+from tests.conftest import StatementCounter, kill_server_sessions
 from tests.factories import make_user
 from tests.schema.conftest import GraphQLClient, data_of
 
@@ -276,15 +276,7 @@ async def test_a_spend_alone_recovers_after_the_servers_sessions_are_killed(
         )
 
     assert isinstance(await spend(), credits.CreditChanged)
-    admin = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
-    try:
-        killed = await admin.fetchval(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
-    finally:
-        await admin.close()
-    assert killed >= 1
+    assert await kill_server_sessions(database_url) >= 1
     # The dead lent connection may fail one spend (as unavailable), never be lent again.
     connections.opened = 0
     outcomes: list[Any] = []
