@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +78,18 @@ def serve(
         finally:
             process.terminate()
             process.wait(timeout=10)
+
+
+@contextmanager
+def two_served(database_url: str, log_dir: Path, **settings: str) -> Iterator[list[str]]:
+    """Two `entitlements serve` processes on one database (already migrated): their bases."""
+    with ExitStack() as stack:
+        yield [
+            stack.enter_context(
+                serve(database_url, log_dir / f"serve-{i}.log", "--no-migrate", **settings)
+            ).base
+            for i in (1, 2)
+        ]
 
 
 @contextmanager

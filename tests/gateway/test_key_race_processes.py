@@ -9,7 +9,6 @@ IdempotencyConflict, and the statements a spend by user id takes stay what they 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import pytest
 from gateway.runtime import Runtime
 from resolvers import keys
 from tests.factories import make_user
-from tests.gateway.gateway_process import serve
+from tests.gateway.gateway_process import two_served
 from tests.schema.key_races import (
     PAIRS,
     START_CREDITS,
@@ -34,13 +33,8 @@ KEYS_PER_PAIR = 12
 
 @pytest.fixture
 def two_gateways(database_url: str, tmp_path: Path) -> Iterator[list[str]]:
-    with ExitStack() as stack:
-        yield [
-            stack.enter_context(
-                serve(database_url, tmp_path / f"serve-{i}.log", "--no-migrate")
-            ).base
-            for i in (1, 2)
-        ]
+    with two_served(database_url, tmp_path) as bases:
+        yield bases
 
 
 @pytest.mark.slow

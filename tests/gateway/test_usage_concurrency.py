@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -23,7 +22,7 @@ from gateway.runtime import Runtime
 from resolvers import keys
 from resolvers.models import UsageEvent, User
 from tests.factories import make_user
-from tests.gateway.gateway_process import serve
+from tests.gateway.gateway_process import two_served
 
 RECORD = """
 mutation ($input: RecordUsageInput!) {
@@ -37,13 +36,8 @@ mutation ($input: RecordUsageInput!) {
 
 @pytest.fixture
 def two_gateways(database_url: str, tmp_path: Path) -> Iterator[list[str]]:
-    with ExitStack() as stack:
-        yield [
-            stack.enter_context(
-                serve(database_url, tmp_path / f"serve-{i}.log", "--no-migrate")
-            ).base
-            for i in (1, 2)
-        ]
+    with two_served(database_url, tmp_path) as bases:
+        yield bases
 
 
 async def fire(bases: list[str], key: str, inputs: list[dict]) -> list[dict]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
-from contextlib import ExitStack
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -33,7 +32,7 @@ from resolvers.users import UserRef
 from tests.conftest import StatementCounter
 from tests.factories import make_user
 from tests.fakes import stripe_events as ev
-from tests.gateway.gateway_process import serve
+from tests.gateway.gateway_process import two_served
 from tests.gateway.test_webhooks import SECRET, balance, post, stored
 
 PRICE = "price_pro_monthly_eur"
@@ -206,18 +205,8 @@ async def link_customer(session: Any, user_id: int, customer: str) -> None:
 
 @pytest.fixture
 def two_gateways(database_url: str, tmp_path: Path) -> Iterator[list[str]]:
-    with ExitStack() as stack:
-        yield [
-            stack.enter_context(
-                serve(
-                    database_url,
-                    tmp_path / f"serve-{i}.log",
-                    "--no-migrate",
-                    STRIPE_WEBHOOK_SECRET=SECRET,
-                )
-            ).base
-            for i in (1, 2)
-        ]
+    with two_served(database_url, tmp_path, STRIPE_WEBHOOK_SECRET=SECRET) as bases:
+        yield bases
 
 
 @pytest.mark.slow
