@@ -29,6 +29,7 @@ from resolvers.errors import StripeEventFailed, StripeEventNotFound
 from resolvers.ledger.entries import Actor
 from resolvers.ledger.idempotency import KEY_LOCK, lock_key, note_key_locked, scoped_key
 from resolvers.models import StripeEvent
+from resolvers.prepared import execute
 from resolvers.unit_of_work import DatabaseUnreachable, UnitOfWork
 
 log = logging.getLogger("entitlements.stripe")
@@ -188,7 +189,7 @@ async def _store_and_apply(session: AsyncSession, run: _Run, event: dict[str, An
         # Key, then event row, then user: the order of every path here (`_rerun` too).
         stmt, params = _INSERT_NEW_LOCKING_KEY, {**values, "scoped_key": scoped_key(key)}
         note_key_locked(session, conn, key)
-    if (await conn.execute(stmt, params)).first() is None:
+    if (await execute(session, stmt, params)).first() is None:
         # Stored before: a duplicate (processed, ignored) or a retry of a failed delivery.
         row = await _lock_event(session, event["id"])
         assert row is not None, "an event that is stored stays stored"
@@ -201,7 +202,8 @@ async def _store_and_apply(session: AsyncSession, run: _Run, event: dict[str, An
         return result
     if result.status == "ignored":
         values.update(status="ignored", last_error=result.note)
-        await conn.execute(
+        await execute(
+            session,
             _SET_STATUS,
             {"event_id": event["id"], "new_status": "ignored", "new_error": result.note},
         )

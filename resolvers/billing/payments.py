@@ -28,6 +28,7 @@ from resolvers.ledger.accounts import Account
 from resolvers.ledger.credits import CreditChanged, grant_ai_credits
 from resolvers.ledger.entries import Actor, LedgerEvent
 from resolvers.models import CreditEvent, CreditGrant, Payment, User, parse_row_id
+from resolvers.prepared import execute
 
 
 @dataclass(frozen=True)
@@ -251,8 +252,8 @@ async def _insert_payment(session: AsyncSession, **values: Any) -> Payment | Pay
     returned is detached.
     """
     conn = await session.connection()
-    dialect = conn.dialect.name
-    payment_id = (await conn.execute(_INSERT_NEW_PAYMENT[dialect], values)).scalar_one_or_none()
+    insert_new = _INSERT_NEW_PAYMENT[conn.dialect.name]
+    payment_id = (await execute(session, insert_new, values)).scalar_one_or_none()
     if payment_id is None:
         return await _recorded(session, values["stripe_object_id"])
     return Payment(id=payment_id, **values)

@@ -8,10 +8,12 @@ from sqlalchemy import bindparam, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers.models import AnalyticsEvent
+from resolvers.prepared import execute
 
 PURCHASE_EVENT = "credit_purchase_completed"
 ANALYTICS = AnalyticsEvent.__table__
 _TRACKED = select(ANALYTICS.c.id).where(ANALYTICS.c.dedupe_key == bindparam("dedupe_key"))
+_TRACK = insert(ANALYTICS)
 
 
 async def track_purchase_completed(
@@ -25,8 +27,7 @@ async def track_purchase_completed(
 ) -> None:
     """Record the purchase for the dashboards unless a sibling event about it already did."""
     dedupe_key = f"{PURCHASE_EVENT}:{checkout_session_id}"
-    conn = await session.connection()
-    if (await conn.execute(_TRACKED, {"dedupe_key": dedupe_key})).first() is None:
+    if (await execute(session, _TRACKED, {"dedupe_key": dedupe_key})).first() is None:
         values = {
             "name": PURCHASE_EVENT,
             "user_id": user_id,
@@ -35,4 +36,4 @@ async def track_purchase_completed(
             "request_id": request_id,
             "occurred_at": now,
         }
-        await conn.execute(insert(ANALYTICS), values)
+        await execute(session, _TRACK, values)

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers.ledger.idempotency import KEY_USE, KeyUse, find_key_use, key_use_of, lock_key
 from resolvers.models import User
+from resolvers.prepared import execute
 from resolvers.users import UserRef, normalize_email
 
 USERS = User.__table__
@@ -105,8 +106,7 @@ async def lock_account(
     else:
         return None
     await lock_key(session, idempotency_key)
-    conn = await session.connection()
-    row = (await conn.execute(stmt, {"ref": value, "idempotency_key": idempotency_key})).first()
+    row = (await execute(session, stmt, {"ref": value, "idempotency_key": idempotency_key})).first()
     if row is None:
         return None
     values = {name: row._mapping[name] for name in _COLUMNS}
@@ -126,9 +126,8 @@ async def save_account(session: AsyncSession, account: Account) -> None:
             .where(USERS.c.id == bindparam("account_id"))
             .values({name: bindparam(f"new_{name}") for name in names})
         )
-    conn = await session.connection()
     params = {f"new_{name}": value for name, value in changes.items()}
-    await conn.execute(stmt, {"account_id": account.id, **params})
+    await execute(session, stmt, {"account_id": account.id, **params})
     account._saved.update(changes)
 
 

@@ -32,6 +32,7 @@ from resolvers.ledger.grants import (
 from resolvers.ledger.held_credits import close_hold, next_hold_expiry
 from resolvers.ledger.idempotency import KeyKind, check_key, earlier_use
 from resolvers.models import CreditEvent, CreditHold
+from resolvers.prepared import execute
 
 EVENTS = CreditEvent.__table__
 HOLDS = CreditHold.__table__
@@ -92,8 +93,7 @@ async def find_keyed_event(
     used = earlier_use(account.key_use, key=key, kind=KeyKind.CREDIT, digest=digest)
     if used is None or isinstance(used, IdempotencyConflict):
         return used
-    conn = await session.connection()
-    row = (await conn.execute(_EVENT_BY_ID, {"event_id": used})).one()
+    row = (await execute(session, _EVENT_BY_ID, {"event_id": used})).one()
     return LedgerEvent(**row._mapping)
 
 
@@ -138,8 +138,7 @@ async def expire_holds(
     session: AsyncSession, user: Account, *, now: datetime, actor: Actor
 ) -> None:
     """Release the user's active holds whose time ran out; the user row must be locked."""
-    conn = await session.connection()
-    due = (await conn.execute(_DUE_HOLDS, {"user_id": user.id, "now": now})).all()
+    due = (await execute(session, _DUE_HOLDS, {"user_id": user.id, "now": now})).all()
     system = Actor(name="system", source="system", request_id=actor.request_id)
     for hold in due:
         # Closed at its expiry, not now: from then on its credits were the user's to spend.
@@ -274,8 +273,7 @@ async def append_event(
         "created_at": now,
         "hold_id": hold_id,
     }
-    conn = await session.connection()
-    event_id = (await conn.execute(_INSERT_EVENT, values)).scalar_one()
+    event_id = (await execute(session, _INSERT_EVENT, values)).scalar_one()
     record_change(
         session,
         action=_ACTIONS[kind],

@@ -14,6 +14,7 @@ from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers.models import CreditGrant
+from resolvers.prepared import execute
 
 GRANTS = CreditGrant.__table__
 
@@ -39,8 +40,8 @@ async def take_grants(
 ) -> None:
     """Lower the grants' remaining amounts by what `allocations` took from them."""
     remaining = {grant.id: grant.remaining for grant in grants}
-    conn = await session.connection()
-    await conn.execute(
+    await execute(
+        session,
         _SET_REMAINING,
         [{"grant_id": gid, "left": remaining[gid] - taken} for gid, taken in allocations],
     )
@@ -48,44 +49,37 @@ async def take_grants(
 
 async def give_back(session: AsyncSession, allocations: list[list[int]]) -> datetime | None:
     """Raise the grants' remaining amounts by `allocations`; the soonest expiry among them."""
-    conn = await session.connection()
-    await conn.execute(_GIVE_BACK, [{"grant_id": gid, "back": n} for gid, n in allocations])
+    await execute(session, _GIVE_BACK, [{"grant_id": gid, "back": n} for gid, n in allocations])
     grant_ids = [gid for gid, _ in allocations]
-    return (await conn.execute(_SOONEST_OF, {"grant_ids": grant_ids})).scalar_one()
+    return (await execute(session, _SOONEST_OF, {"grant_ids": grant_ids})).scalar_one()
 
 
 async def insert_grant(session: AsyncSession, values: dict[str, Any]) -> int:
-    conn = await session.connection()
-    return (await conn.execute(_INSERT_GRANT, values)).scalar_one()
+    return (await execute(session, _INSERT_GRANT, values)).scalar_one()
 
 
 async def spendable_grants(session: AsyncSession, user_id: int) -> Sequence[Any]:
     """The user's grants with credits left, in the burn order."""
-    conn = await session.connection()
-    return (await conn.execute(_SPENDABLE, {"user_id": user_id})).all()
+    return (await execute(session, _SPENDABLE, {"user_id": user_id})).all()
 
 
 async def payment_grants(session: AsyncSession, user_id: int, payment_id: int) -> Sequence[Any]:
     """What is left of the grants one payment bought, oldest first."""
-    conn = await session.connection()
     params = {"user_id": user_id, "payment_id": payment_id}
-    return (await conn.execute(_PAYMENT_GRANTS, params)).all()
+    return (await execute(session, _PAYMENT_GRANTS, params)).all()
 
 
 async def expired_grants(session: AsyncSession, user_id: int, now: datetime) -> Sequence[Any]:
     """The user's grants with credits left whose expiry has passed, soonest first."""
-    conn = await session.connection()
-    return (await conn.execute(_EXPIRED, {"user_id": user_id, "now": now})).all()
+    return (await execute(session, _EXPIRED, {"user_id": user_id, "now": now})).all()
 
 
 async def empty_grants(session: AsyncSession, grants: Sequence[Any]) -> None:
-    conn = await session.connection()
-    await conn.execute(_SET_REMAINING, [{"grant_id": g.id, "left": 0} for g in grants])
+    await execute(session, _SET_REMAINING, [{"grant_id": g.id, "left": 0} for g in grants])
 
 
 async def next_expiry(session: AsyncSession, user_id: int, now: datetime) -> datetime | None:
-    conn = await session.connection()
-    return (await conn.execute(_NEXT_EXPIRY, {"user_id": user_id, "now": now})).scalar_one()
+    return (await execute(session, _NEXT_EXPIRY, {"user_id": user_id, "now": now})).scalar_one()
 
 
 # Built once: building a statement costs more than running SQLAlchemy's cached compile of it.

@@ -11,6 +11,7 @@ from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers.models import CreditHold
+from resolvers.prepared import execute
 
 HOLDS = CreditHold.__table__
 
@@ -23,14 +24,12 @@ async def close_hold(
     closed_at: datetime,
     settled_amount: int | None = None,
 ) -> None:
-    conn = await session.connection()
     params = {"hold_id": hold_id, "status": status, "closed_at": closed_at}
-    await conn.execute(_CLOSE_HOLD, {**params, "settled_amount": settled_amount})
+    await execute(session, _CLOSE_HOLD, {**params, "settled_amount": settled_amount})
 
 
 async def next_hold_expiry(session: AsyncSession, user_id: int) -> datetime | None:
-    conn = await session.connection()
-    return (await conn.execute(_NEXT_HOLD_EXPIRY, {"user_id": user_id})).scalar_one()
+    return (await execute(session, _NEXT_HOLD_EXPIRY, {"user_id": user_id})).scalar_one()
 
 
 _NEXT_HOLD_EXPIRY = select(func.min(HOLDS.c.expires_at)).where(

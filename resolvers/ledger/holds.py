@@ -45,6 +45,7 @@ from resolvers.ledger.grants import take_from
 from resolvers.ledger.held_credits import close_hold, next_hold_expiry
 from resolvers.ledger.idempotency import fingerprint
 from resolvers.models import parse_row_id
+from resolvers.prepared import execute
 from resolvers.users import UserRef
 
 DEFAULT_TTL_SECONDS = 300
@@ -137,8 +138,7 @@ async def reserve_credits(
         "created_at": now,
         "closed_at": None,
     }
-    conn = await session.connection()
-    hold_id = (await conn.execute(_INSERT_HOLD, values)).scalar_one()
+    hold_id = (await execute(session, _INSERT_HOLD, values)).scalar_one()
     await save_account(session, row)
     event = await append_event(
         session,
@@ -277,8 +277,7 @@ async def release_hold(
 
 
 async def find_hold(session: AsyncSession, hold_id: int) -> Hold | None:
-    conn = await session.connection()
-    row = (await conn.execute(_HOLD_BY_ID, {"hold_id": hold_id})).first()
+    row = (await execute(session, _HOLD_BY_ID, {"hold_id": hold_id})).first()
     return None if row is None else Hold(**row._mapping)
 
 
@@ -315,8 +314,7 @@ async def users_with_due_holds(
     session: AsyncSession, *, now: datetime, after_id: int, limit: int
 ) -> list[int]:
     """Ids of users with an active hold past its expiry, in id order: the sweep's work list."""
-    conn = await session.connection()
-    rows = await conn.execute(_DUE_OWNERS, {"now": now, "after_id": after_id, "limit": limit})
+    rows = await execute(session, _DUE_OWNERS, {"now": now, "after_id": after_id, "limit": limit})
     return [r.user_id for r in rows]
 
 
@@ -327,8 +325,7 @@ async def expire_due_holds(
     row = await lock_account(session, UserRef(user_id=user_id))
     if row is None or row.holds_next_expiry is None or row.holds_next_expiry > now:
         return 0
-    conn = await session.connection()
-    due = len((await conn.execute(_DUE_OF_USER, {"user_id": user_id, "now": now})).all())
+    due = len((await execute(session, _DUE_OF_USER, {"user_id": user_id, "now": now})).all())
     await expire_credits(session, row, now=now, actor=actor)
     return due
 

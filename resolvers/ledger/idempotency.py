@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from resolvers.errors import IdempotencyConflict, InvalidInput
 from resolvers.models import CreditEvent, EntitlementOverride, TierChange, UsageEvent
+from resolvers.prepared import execute
 
 # Keys the gateway makes for itself (plan allowances, Stripe payments). A caller's key in these
 # namespaces would claim the key first and so silently block that allowance or those credits.
@@ -105,8 +106,7 @@ async def find_key_use(session: AsyncSession, key: str | None) -> KeyUse | None:
     """Where `key` was used first, for a caller that already holds its lock; None: unused."""
     if key is None:
         return None
-    conn = await session.connection()
-    return key_use_of((await conn.execute(_FIND, {"idempotency_key": key})).first())
+    return key_use_of((await execute(session, _FIND, {"idempotency_key": key})).first())
 
 
 async def lock_key(session: AsyncSession, key: str | None) -> None:
@@ -124,7 +124,7 @@ async def lock_key(session: AsyncSession, key: str | None) -> None:
     conn = await session.connection()
     if key in _locked_keys(session, conn):
         return
-    await conn.execute(_LOCK_KEY, {"scoped_key": scoped_key(key)})
+    await execute(session, _LOCK_KEY, {"scoped_key": scoped_key(key)})
 
 
 def scoped_key(key: str) -> str:

@@ -16,6 +16,7 @@ from resolvers.ledger.changes import record_change
 from resolvers.ledger.entries import Actor, check_change_args
 from resolvers.ledger.idempotency import KeyKind, earlier_use, fingerprint
 from resolvers.models import TierChange
+from resolvers.prepared import execute
 from resolvers.users import UserRef
 
 TIER_CHANGES = TierChange.__table__
@@ -73,8 +74,7 @@ async def set_tier(
     if isinstance(used, IdempotencyConflict):
         return used
     if used is not None:
-        conn = await session.connection()
-        earlier = TierMoved(**(await conn.execute(_BY_ID, {"change_id": used})).one()._mapping)
+        earlier = TierMoved(**(await execute(session, _BY_ID, {"change_id": used})).one()._mapping)
         unchanged = earlier.from_tier == earlier.to_tier
         return TierSet(user=row, change=None if unchanged else earlier, replayed=True)
     if row.tier == tier:
@@ -129,6 +129,5 @@ async def _record(
         "fingerprint": digest,
         "created_at": now,
     }
-    conn = await session.connection()
-    change_id = (await conn.execute(_INSERT, values)).scalar_one()
+    change_id = (await execute(session, _INSERT, values)).scalar_one()
     return TierMoved(id=change_id, **values)
