@@ -50,6 +50,25 @@ class Row:
         }
 
 
+def medians(rows: list[Row]) -> list[Row]:
+    """One row per scenario, database and target: the median run by req/s, where there were
+    several rounds, with every round's req/s in its notes."""
+    groups: dict[tuple[str, str, str], list[Row]] = {}
+    for row in rows:
+        groups.setdefault((row.scenario, row.database, row.target), []).append(row)
+    out = []
+    for runs in groups.values():
+        if len(runs) == 1:
+            out.append(runs[0])
+            continue
+        ranked = sorted(runs, key=lambda r: r.result.rps)
+        median = ranked[(len(ranked) - 1) // 2]
+        rounds = ", ".join(f"{r.result.rps:,.0f}" for r in runs)
+        median.notes.append(f"median of {len(runs)} rounds by req/s: {rounds}")
+        out.append(median)
+    return out
+
+
 def ratio(rows: list[Row], scenario: str, database: str, target: str, versus: str) -> float | None:
     """req/s of `target` over `versus` for one scenario and database, when both ran cleanly."""
     mine = _find(rows, scenario, database, target)

@@ -106,6 +106,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, help="warm-up seconds before each measured run (2)")
     p.add_argument("--connections", type=int, default=32, help="concurrent connections (32)")
     p.add_argument("--workers", type=int, default=1, help="uvicorn workers per server (1)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="runs of every target per scenario, taken in turns; the table shows each median (1)",
+    )
     p.add_argument("--databases", default="postgresql,sqlite", help="postgresql,sqlite")
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help=",".join(SCENARIOS))
     p.add_argument("--driver", choices=("auto", "wrk", "python"), default="auto")
@@ -147,6 +153,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--seconds must be in (0, 600], --warmup in [0, 60]")
     if not 1 <= args.connections <= 1000 or not 1 <= args.workers <= 16:
         p.error("--connections 1..1000, --workers 1..16")
+    if not 1 <= args.rounds <= 9:
+        p.error("--rounds 1..9")
     return args
 
 
@@ -362,12 +370,15 @@ class Bench:
         self.count_statements(database, scenarios, creds, mquery, targets[BASELINE])
 
         for scenario in scenarios:
-            for target in TARGETS:
-                server = targets.get(target)
-                spec = spec_for(scenario, target, creds, mquery)
-                if server is None or spec is None:
-                    continue
-                self.measure(database, scenario, target, server, spec)
+            # In turns, not one target's rounds after another's: a slow spell of a shared
+            # machine then lands on every target alike.
+            for turn in range(args.rounds):
+                for target in TARGETS:
+                    server = targets.get(target)
+                    spec = spec_for(scenario, target, creds, mquery)
+                    if server is None or spec is None:
+                        continue
+                    self.measure(database, scenario, target, server, spec, turn=turn)
             if scenario == "consume":
                 self.check_ledger(database, "after consumeCredits")
                 if database == "postgresql":
@@ -467,10 +478,17 @@ class Bench:
     # --- one load run ----------------------------------------------------------------------
 
     def measure(
-        self, database: str, scenario: str, target: str, server: Server, spec: RequestSpec
+        self,
+        database: str,
+        scenario: str,
+        target: str,
+        server: Server,
+        spec: RequestSpec,
+        *,
+        turn: int = 0,
     ) -> None:
         args = self.args
-        name = f"{database}-{scenario}-{target}"
+        name = f"{database}-{scenario}-{target}" + (f"-r{turn}" if turn else "")
         prefix = f"bench-{self.tag}-{name}"
         warm: LoadResult | None = None
         if args.warmup > 0:
@@ -689,6 +707,7 @@ class Bench:
         return self.finish()
 
     def finish(self) -> int:
+        self.rows = report.medians(self.rows)
         lines = report.table(self.rows)
         verdicts = report.verdicts(self.rows)
         machine = self.machine()

@@ -1,4 +1,4 @@
-"""The benchmark's chart, drawn from a small made-up result (the benchmark itself is not run)."""
+"""The benchmark's chart and its rows of rounds, from made-up results (no benchmark is run)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 from PIL import Image
 
 from bench import chart
-from bench.report import Row
+from bench.report import Row, medians
 from bench.spec import LoadResult
 
 
@@ -34,3 +34,25 @@ def test_chart_draws_throughput_and_the_gateway_share_of_the_baseline(tmp_path: 
         assert width >= 600 and height >= 700
         # Not a blank canvas: bars in several colours.
         assert len(image.convert("RGB").getcolors(maxcolors=1 << 16) or ()) > 10
+
+
+def test_rounds_collapse_to_each_targets_median_run() -> None:
+    rows = [
+        Row("viewer", "postgresql", "gateway", result(900)),
+        Row("viewer", "postgresql", "postgraphile", result(1_000)),
+        Row("viewer", "postgresql", "gateway", result(1_200)),
+        Row("viewer", "postgresql", "postgraphile", result(700)),
+        Row("viewer", "postgresql", "gateway", result(1_100)),
+        Row("viewer", "postgresql", "postgraphile", result(1_300)),
+        Row("consume", "postgresql", "gateway", result(400)),
+    ]
+    collapsed = medians(rows)
+
+    by_target = {(r.scenario, r.target): r for r in collapsed}
+    assert len(collapsed) == 3
+    assert by_target["viewer", "gateway"].result.rps == 1_100
+    assert by_target["viewer", "postgraphile"].result.rps == 1_000
+    assert by_target["viewer", "gateway"].notes == [
+        "median of 3 rounds by req/s: 900, 1,200, 1,100"
+    ]
+    assert by_target["consume", "gateway"].notes == []
