@@ -73,5 +73,27 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu_seconds(pid: int) -> float | None:
+    """CPU time so far of a process and every process under it: a server with workers, or
+    started by a launcher (PostGraphile's node)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited while the list was read
+        parents[int(stat.parent.name)] = int(fields[1])
+    tree, grown = {pid}, True
+    while grown:
+        below = {child for child, parent in parents.items() if parent in tree} - tree
+        tree |= below
+        grown = bool(below)
+    own = cpu_seconds(pid)
+    if own is None:
+        return None  # the server itself is gone
+    below = (cpu_seconds(member) for member in tree - {pid})
+    return own + sum(s for s in below if s is not None)
+
+
 if __name__ == "__main__":
     main()

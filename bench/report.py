@@ -33,8 +33,8 @@ class Row:
     statements: int | None = None
     load_average: float | None = None
     notes: list[str] = field(default_factory=list)
-    # The gateway's CPU time per request of the measured run (one worker only): steadier than
-    # req/s on a shared machine, where other work takes the cores.
+    # The server's CPU time per request of the measured run, all its processes together:
+    # steadier than req/s on a shared machine, where other work takes the cores.
     cpu_us: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -93,9 +93,9 @@ def table(rows: list[Row]) -> list[str]:
     """A Markdown table: readable in a terminal, pasteable into the README."""
     header = (
         "| scenario | database | target | req/s | p50 ms | p99 ms | errors"
-        " | vs baseline | vs PostGraphile | of pgbench | SQL/request |"
+        " | vs baseline | vs PostGraphile | of pgbench | SQL/request | CPU µs/request |"
     )
-    lines = [header, "|" + "---|" * 11]
+    lines = [header, "|" + "---|" * 12]
     for row in rows:
         versus_base = (
             ratio(rows, row.scenario, row.database, row.target, BASELINE)
@@ -117,7 +117,8 @@ def table(rows: list[Row]) -> list[str]:
             f"| {row.scenario} | {DB_LABEL.get(row.database, row.database)} | {row.target}"
             f" | {r.rps:,.0f} | {r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.errors}"
             f" | {_pct(versus_base)} | {_pct(versus_pg)} | {_pct(of_pgbench)}"
-            f" | {'' if row.statements is None else row.statements} |"
+            f" | {'' if row.statements is None else row.statements}"
+            f" | {'' if row.cpu_us is None else f'{row.cpu_us:,.0f}'} |"
         )
     return lines
 
@@ -195,6 +196,7 @@ def verdicts(rows: list[Row]) -> list[str]:
                 out.append(
                     f"consume on {DB_LABEL.get(row.database, row.database)}: gateway at"
                     f" {pg * 100:.0f}% of PostGraphile's req/s, {state} PostGraphile per process"
+                    + _cpu_versus(row, _find(rows, row.scenario, row.database, POSTGRAPHILE))
                 )
         if row.scenario == "viewer":
             for other, name in VIEWER_REFERENCES.items():
@@ -205,8 +207,19 @@ def verdicts(rows: list[Row]) -> list[str]:
                 out.append(
                     f"viewer on {DB_LABEL.get(row.database, row.database)}: gateway at"
                     f" {pg * 100:.0f}% of {name}'s req/s, {state} {name} per process"
+                    + _cpu_versus(row, _find(rows, row.scenario, row.database, other))
                 )
     return out
+
+
+def _cpu_versus(row: Row, other: Row | None) -> str:
+    """The two servers' CPU per request, where both were measured."""
+    if other is None or not row.cpu_us or not other.cpu_us:
+        return ""
+    return (
+        f" (CPU per request {row.cpu_us:,.0f} µs against its {other.cpu_us:,.0f} µs:"
+        f" {other.cpu_us / row.cpu_us * 100:.0f}% as many requests per CPU second)"
+    )
 
 
 def write_json(path: Path, document: dict[str, Any]) -> None:

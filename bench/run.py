@@ -379,10 +379,10 @@ class Bench:
                     if server is None or spec is None:
                         continue
                     self.measure(database, scenario, target, server, spec, turn=turn)
+                if scenario == "consume" and database == "postgresql":
+                    self.measure_ceiling()  # in the same turns: its median is compared
             if scenario == "consume":
                 self.check_ledger(database, "after consumeCredits")
-                if database == "postgresql":
-                    self.measure_ceiling()
             if scenario == RESERVE_SETTLE:
                 self.check_ledger(database, "after reserveCredits and settleHold")
         self.check_ledger(database, "at the end")
@@ -497,11 +497,11 @@ class Bench:
         rate = warm.rps if warm else None
         run_spec = self._prepared(spec, scenario, f"{name}-m", prefix + "-m", rate=rate)
         load_average = os.getloadavg()[0]
-        # The gateway's pid is the process serving (one worker); other targets' may be launchers.
-        measured_cpu = target == GATEWAY and args.workers == 1
-        cpu_before = gcwatch.cpu_seconds(server.pid) if measured_cpu else None
+        # Every target's, summed over its processes (workers, a launcher's node): what a request
+        # costs the server wherever the shared cores' time went.
+        cpu_before = gcwatch.tree_cpu_seconds(server.pid)
         result = self._load(run_spec, server, args.seconds, name)
-        cpu_after = gcwatch.cpu_seconds(server.pid) if cpu_before is not None else None
+        cpu_after = gcwatch.tree_cpu_seconds(server.pid) if cpu_before is not None else None
         row = report.Row(
             scenario,
             database,
