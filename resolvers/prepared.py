@@ -10,10 +10,14 @@ would, and afterwards only binds its values in order and reads the rows back by 
 
 What SQLAlchemy would do is kept: the statement's text, its bind and result processors and
 scalar column defaults come from SQLAlchemy's own compilation; the transaction is the session's
-(begun as its adapter begins it); statement events fire (statement counts, tracing); a failure is
-raised as the same `DBAPIError` subclass, so the unit of work's retries see a lost race as before.
-SQLite, a list of parameter sets, and a statement that needs more of SQLAlchemy's execution
-(callable defaults, expanding IN lists, implicit RETURNING) go through `Connection.execute`.
+(begun as its adapter begins it, under its lock); statement events fire (statement counts,
+tracing); a failure goes through the Connection's own error handler, so it is raised as the same
+`DBAPIError` subclass (the unit of work's retries see a lost race as before), a lost connection
+invalidates the pool, and one cancelled mid-statement is never lent again. SQLite, a list of
+parameter sets, and a statement that needs more of SQLAlchemy's execution (callable defaults,
+expanding IN lists, implicit RETURNING, a type that reads the cursor) go through
+`Connection.execute`. Plans are compiled once per process for PostgreSQL's dialect: the
+gateway's engines are all configured alike.
 """
 
 from __future__ import annotations
@@ -22,16 +26,15 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import exc
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.sql import Executable
 from sqlalchemy.sql.compiler import SQLCompiler
 
 Processor = Callable[[Any], Any]
-_MISSING: Any = object()
 
 
 class PreparedRow(tuple[Any, ...]):
@@ -83,9 +86,6 @@ class PreparedResult:
     def scalar_one_or_none(self) -> Any:
         row = self.one_or_none()
         return None if row is None else row[0]
-
-    def scalars(self) -> Iterator[Any]:
-        return (row[0] for row in self.rows)
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,8 @@ async def execute(
     except Exception as error:
         # A value a bind processor refuses (a naive datetime): a StatementError, as from
         # SQLAlchemy, and nothing is sent.
-        raise _wrapped(conn, plan, parameters, error, lost=False) from error
+        assert conn.sync_connection is not None
+        conn.sync_connection._handle_dbapi_exception(error, plan.sql, parameters, None, None)
     return await _run(conn, plan, arguments)
 
 
@@ -163,60 +164,36 @@ async def _run(conn: AsyncConnection, plan: _Plan, arguments: tuple[Any, ...]) -
     context = SimpleNamespace()  # where a listener keeps its state between the two events
     dispatch.before_cursor_execute(sync, None, plan.sql, arguments, context, False)
     try:
-        if not driver.is_in_transaction():
-            # As the adapter's cursor does before its first statement: BEGIN, and the adapter
-            # remembers the transaction so that the session's COMMIT or ROLLBACK ends it.
-            await adapter._start_transaction()
-        if plan.row_class is None:
-            status = await driver.execute(plan.sql, *arguments)
-            result = PreparedResult([], _rowcount(status), returns_rows=False)
-        else:
-            records = await driver.fetch(plan.sql, *arguments)
-            result = PreparedResult(plan.rows(records), len(records), returns_rows=True)
-    except Exception as error:  # BEGIN's come translated by the adapter already
-        raise await _translated(conn, plan, arguments, error) from error
+        # As the adapter's cursor runs a statement: one at a time on the connection, and BEGIN
+        # first unless its transaction is open, so the session's COMMIT or ROLLBACK ends it.
+        async with adapter._execute_mutex:
+            if adapter._transaction is None:
+                await adapter._start_transaction()
+            if plan.row_class is None:
+                status = await driver.execute(plan.sql, *arguments)
+                result = PreparedResult([], _rowcount(status), returns_rows=False)
+            else:
+                records = await driver.fetch(plan.sql, *arguments)
+                result = PreparedResult(plan.rows(records), len(records), returns_rows=True)
+    except BaseException as error:
+        _raise_as_sqlalchemy(sync, adapter, plan.sql, arguments, error)
     dispatch.after_cursor_execute(sync, None, plan.sql, arguments, context, False)
     return result
 
 
-async def _translated(
-    conn: AsyncConnection, plan: _Plan, arguments: tuple[Any, ...], error: Exception
-) -> exc.StatementError:
-    """The error as SQLAlchemy raises it from `Connection.execute`: the adapter's DBAPI error
-    wrapped in the matching `DBAPIError` subclass; a lost connection is invalidated."""
-    sync = conn.sync_connection
-    assert sync is not None
-    adapter: Any = sync.connection.dbapi_connection
-    dialect = conn.dialect
-    try:
-        adapter._handle_exception(error)
-    except Exception as dbapi_error:
-        translated = dbapi_error
-    else:  # pragma: no cover - _handle_exception always raises
-        translated = error
-    lost = isinstance(translated, dialect.loaded_dbapi.Error) and dialect.is_disconnect(
-        translated, adapter, None
-    )
-    wrapped = _wrapped(conn, plan, arguments, translated, lost=lost)
-    if lost:
-        await conn.invalidate()
-    return wrapped
-
-
-def _wrapped(
-    conn: AsyncConnection, plan: _Plan, parameters: Any, error: Exception, *, lost: bool
-) -> exc.StatementError:
-    sync = conn.sync_connection
-    assert sync is not None
-    return exc.DBAPIError.instance(
-        plan.sql,
-        parameters,
-        error,
-        conn.dialect.loaded_dbapi.Error,
-        hide_parameters=sync.engine.hide_parameters,
-        dialect=conn.dialect,
-        connection_invalidated=lost,
-    )
+def _raise_as_sqlalchemy(
+    sync: Connection, adapter: Any, sql: str, arguments: Any, error: BaseException
+) -> NoReturn:
+    """Raise as `Connection.execute` would, by its own handler: the adapter's DBAPI error in the
+    matching `DBAPIError` subclass, `handle_error` events, and a connection that was lost, or
+    left mid-statement by a cancellation, invalidated (with the pool, when lost)."""
+    dbapi_error = sync.dialect.loaded_dbapi.Error
+    if isinstance(error, Exception) and not isinstance(error, dbapi_error):
+        try:
+            adapter._handle_exception(error)  # always raises: asyncpg's error, translated
+        except Exception as translated:
+            sync._handle_dbapi_exception(translated, sql, arguments, None, None)
+    sync._handle_dbapi_exception(error, sql, arguments, None, None)
 
 
 def _rowcount(status: str) -> int:
@@ -228,7 +205,8 @@ def _rowcount(status: str) -> int:
 # The write paths' statements are built once, at import, and a few on first use: a few dozen
 # plans. A statement built per call would fill this; past the cap it runs on SQLAlchemy.
 MAX_PLANS = 512
-_PLANS: dict[tuple[int, tuple[str, ...]], _Plan | None] = {}
+# Each kept with its statement: a statement in the cache stays alive, so its id is not reused.
+_PLANS: dict[tuple[int, tuple[str, ...]], tuple[Executable, _Plan | None]] = {}
 
 
 def _plan_of(
@@ -236,17 +214,25 @@ def _plan_of(
 ) -> _Plan | None:
     names = tuple(sorted(parameters))
     key = (id(statement), names)
-    plan = _PLANS.get(key, _MISSING)
-    if plan is _MISSING or (plan is not None and plan.statement is not statement):
-        # Unseen, or the id of a statement since collected and replaced by another.
+    kept = _PLANS.get(key)
+    if kept is None:
         if len(_PLANS) >= MAX_PLANS:
             return None
-        plan = _PLANS[key] = _compile(statement, names, dialect)
-    return plan
+        kept = _PLANS[key] = (statement, _compile(statement, names, dialect))
+    return kept[1]
 
 
 def _compile(statement: Executable, names: tuple[str, ...], dialect: Dialect) -> _Plan | None:
     """The plan SQLAlchemy's execution would follow, or None where it does more than this."""
+    try:
+        return _compiled(statement, names, dialect)
+    except Exception:
+        # A processor that needs the cursor's description (Numeric), or a statement this does
+        # not know: SQLAlchemy runs it, and raises any error of its own there.
+        return None
+
+
+def _compiled(statement: Executable, names: tuple[str, ...], dialect: Dialect) -> _Plan | None:
     # As Connection.execute compiles it: an INSERT or UPDATE sets the columns named.
     compiled: Any = statement.compile(dialect=dialect, column_keys=list(names))
     if (

@@ -23,14 +23,22 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.db import Database
 from resolvers import prepared
-from resolvers.billing import deliveries, payments
-from resolvers.ledger import accounts, entries, grants, held_credits, holds, idempotency
+from resolvers.billing import deliveries, payments, purchase_analytics
+from resolvers.ledger import accounts, entries, grants, held_credits, holds, idempotency, tiers
 from resolvers.models import Base
 
 pytestmark = pytest.mark.slow
 
 EMAILS = ("a@example.com", "b@example.com", "c@example.com")
-SERIAL_TABLES = ("users", "credit_grants", "credit_events", "payments", "credit_holds")
+SERIAL_TABLES = (
+    "users",
+    "credit_grants",
+    "credit_events",
+    "payments",
+    "credit_holds",
+    "tier_changes",
+    "analytics_events",
+)
 ZONES = (UTC, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-8)))
 
 times = st.datetimes(
@@ -42,7 +50,9 @@ small_ints = st.integers(min_value=-3, max_value=200)
 # Past int32 and bigint too: asyncpg refuses them while encoding.
 any_ints = st.one_of(small_ints, st.integers(min_value=-(2**64), max_value=2**64))
 texts = st.text(max_size=12)  # NUL included: PostgreSQL refuses it in text
-keys = st.one_of(st.none(), st.sampled_from(["key-seed", "stripe:invoice:in_seed"]), texts)
+keys = st.one_of(
+    st.none(), st.sampled_from(["key-seed", "tier-seed", "stripe:invoice:in_seed"]), texts
+)
 user_ids = st.integers(min_value=0, max_value=4)
 json_values = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(-(2**40), 2**40), st.text(max_size=6)),
@@ -195,6 +205,63 @@ CASES = st.one_of(
     case(grants._NEXT_EXPIRY, st.fixed_dictionaries({"user_id": user_ids, "now": times})),
     case(held_credits._NEXT_HOLD_EXPIRY, st.fixed_dictionaries({"user_id": user_ids})),
     case(holds._HOLD_BY_ID, st.fixed_dictionaries({"hold_id": st.integers(0, 3)})),
+    case(
+        holds._INSERT_HOLD,
+        row_values(
+            user_id=user_ids,
+            amount=any_ints,
+            reason=texts,
+            status=st.sampled_from(["active", "settled"]),
+            allocations=allocations.filter(lambda a: a is not None),
+            settled_amount=st.one_of(st.none(), small_ints),
+            expires_at=times,
+            created_at=times,
+            closed_at=maybe_times,
+        ),
+    ),
+    case(
+        holds._DUE_OWNERS,
+        st.fixed_dictionaries(
+            {"now": times, "after_id": st.integers(-1, 4), "limit": st.integers(-1, 5)}
+        ),
+    ),
+    case(holds._DUE_OF_USER, st.fixed_dictionaries({"user_id": user_ids, "now": times})),
+    case(entries._DUE_HOLDS, st.fixed_dictionaries({"user_id": user_ids, "now": times})),
+    case(
+        grants._PAYMENT_GRANTS,
+        st.fixed_dictionaries({"user_id": user_ids, "payment_id": st.integers(0, 2)}),
+    ),
+    case(
+        held_credits._CLOSE_HOLD,
+        st.fixed_dictionaries(
+            {
+                "hold_id": st.integers(0, 2),
+                "status": st.sampled_from(["settled", "released", "expired"]),
+                "closed_at": maybe_times,
+                "settled_amount": st.one_of(st.none(), small_ints),
+            }
+        ),
+    ),
+    case(
+        tiers._INSERT,
+        row_values(
+            user_id=user_ids,
+            from_tier=st.sampled_from(["free", "pro"]),
+            to_tier=st.one_of(st.sampled_from(["free", "pro"]), texts),
+            reason=texts,
+            source=st.just("support"),
+            actor=texts,
+            request_id=st.one_of(st.none(), texts),
+            idempotency_key=keys,
+            fingerprint=st.one_of(st.none(), texts),
+            created_at=times,
+        ),
+    ),
+    case(tiers._BY_ID, st.fixed_dictionaries({"change_id": st.integers(0, 2)})),
+    case(
+        purchase_analytics._TRACKED,
+        st.fixed_dictionaries({"dedupe_key": st.one_of(st.just("seen"), texts)}),
+    ),
 )
 
 
@@ -245,6 +312,21 @@ async def _seed(db: Database, now: datetime) -> None:
         )
         await conn.execute(
             text(
+                "INSERT INTO tier_changes (user_id, from_tier, to_tier, reason, source, actor,"
+                " idempotency_key, fingerprint, created_at) VALUES (1, 'free', 'pro', 'seed',"
+                " 'support', 'seed', 'tier-seed', 'f', :now)"
+            ),
+            {"now": now},
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO analytics_events (name, user_id, properties, dedupe_key,"
+                " occurred_at) VALUES ('credit_purchase_completed', 1, '{}', 'seen', :now)"
+            ),
+            {"now": now},
+        )
+        await conn.execute(
+            text(
                 "INSERT INTO stripe_events (id, type, created, livemode, payload, status,"
                 " attempts, received_at) VALUES ('evt_seed', 'invoice.paid', :now, false,"
                 " '{}', 'processed', 1, :now)"
@@ -278,7 +360,15 @@ async def _outcome(session: AsyncSession, side: Side, stmt: Any, params: dict[st
             orig = error.orig
             return ("error", type(error), type(orig), getattr(orig, "sqlstate", None))
         if result.returns_rows:
-            answer: Any = [[(k, v, type(v)) for k, v in row._mapping.items()] for row in result]
+            # Read as the write paths read rows: by key, by attribute, by position.
+            answer: Any = [
+                (
+                    [(k, v, type(v)) for k, v in row._mapping.items()],
+                    [getattr(row, k) for k in row._mapping if k.isidentifier()],
+                    tuple(row),
+                )
+                for row in result
+            ]
         else:
             answer = result.rowcount
         table = getattr(stmt, "table", None)
@@ -305,7 +395,7 @@ def test_write_statements_answer_alike_on_the_driver_and_on_sqlalchemy(
         seen: dict[str, int] = {}
 
         @settings(
-            max_examples=300,
+            max_examples=500,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
         )
