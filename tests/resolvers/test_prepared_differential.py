@@ -66,6 +66,17 @@ allocations = st.one_of(
 )
 
 
+# The columns every keyed change records about itself (ledger events, tier changes).
+CHANGE_RECORD: dict[str, st.SearchStrategy[Any]] = {
+    "reason": texts,
+    "source": st.just("support"),
+    "actor": texts,
+    "request_id": st.one_of(st.none(), texts),
+    "idempotency_key": keys,
+    "fingerprint": st.one_of(st.none(), texts),
+}
+
+
 def row_values(**columns: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
     """Values for an INSERT: every column given, or some left to their defaults."""
     return st.fixed_dictionaries(
@@ -151,12 +162,7 @@ CASES = st.one_of(
             kind=st.sampled_from(["grant", "spend"]),
             amount=any_ints,
             balance_after=small_ints,
-            reason=texts,
-            source=st.just("support"),
-            actor=texts,
-            request_id=st.one_of(st.none(), texts),
-            idempotency_key=keys,
-            fingerprint=st.one_of(st.none(), texts),
+            **CHANGE_RECORD,
             grant_id=st.one_of(st.none(), st.integers(0, 3)),
             payment_id=st.one_of(st.none(), st.integers(0, 2)),
             allocations=allocations,
@@ -248,12 +254,7 @@ CASES = st.one_of(
             user_id=user_ids,
             from_tier=st.sampled_from(["free", "pro"]),
             to_tier=st.one_of(st.sampled_from(["free", "pro"]), texts),
-            reason=texts,
-            source=st.just("support"),
-            actor=texts,
-            request_id=st.one_of(st.none(), texts),
-            idempotency_key=keys,
-            fingerprint=st.one_of(st.none(), texts),
+            **CHANGE_RECORD,
             created_at=times,
         ),
     ),
