@@ -1,23 +1,26 @@
-"""Core statements of the write paths, sent to asyncpg inside the session's transaction.
+"""Core statements of the write paths, sent to the driver inside the session's transaction.
 
 SQLAlchemy's `Connection.execute` spends about 90 µs of CPU per statement around asyncpg's own
 work: the compiled cache's lookup, an execution context, a greenlet hop into the adapter's
 cursor, the result's metadata. A Stripe webhook's transaction sends six statements, so that was
 a third of its time (measured in one process: six statements in a session's transaction, 1,250
-µs through `Connection.execute`, 730 µs straight on the driver). A change sends the same few
-statements every time, so `execute` compiles each once per set of parameter names, as SQLAlchemy
-would, and afterwards only binds its values in order and reads the rows back by position.
+µs through `Connection.execute`, 730 µs straight on the driver). On SQLite the adapter's cursor
+also takes four hops to aiosqlite's thread per statement (cursor, execute, fetch, close) where
+`execute_fetchall` takes one. A change sends the same few statements every time, so `execute`
+compiles each once per set of parameter names, as SQLAlchemy would, and afterwards only binds
+its values in order and reads the rows back by position.
 
 What SQLAlchemy would do is kept: the statement's text, its bind and result processors and
 scalar column defaults come from SQLAlchemy's own compilation; the transaction is the session's
-(begun as its adapter begins it, under its lock); statement events fire (statement counts,
-tracing); a failure goes through the Connection's own error handler, so it is raised as the same
-`DBAPIError` subclass (the unit of work's retries see a lost race as before), a lost connection
-invalidates the pool, and one cancelled mid-statement is never lent again. SQLite, a list of
-parameter sets, and a statement that needs more of SQLAlchemy's execution (callable defaults,
-expanding IN lists, implicit RETURNING, a type that reads the cursor) go through
-`Connection.execute`. Plans are compiled once per process for PostgreSQL's dialect: the
-gateway's engines are all configured alike.
+(on PostgreSQL begun as its adapter begins it, under its lock; on SQLite begun by the session,
+gateway.sqlite_setup); statement events fire (statement counts, tracing); a failure goes through
+the Connection's own error handler, so it is raised as the same `DBAPIError` subclass (the unit
+of work's retries see a lost race as before), a lost connection invalidates the pool, and one
+cancelled mid-statement is never lent again. A list of parameter sets, SQLite's statements that
+return no rows (their row count is the cursor's), and a statement that needs more of
+SQLAlchemy's execution (callable defaults, expanding IN lists, implicit RETURNING, a type that
+reads the cursor) go through `Connection.execute`. Plans are compiled once per process and
+dialect: the gateway's engines of one database are all configured alike.
 """
 
 from __future__ import annotations
@@ -100,6 +103,7 @@ class _Plan:
     defaults: Mapping[str, Any]  # scalar column defaults an INSERT or UPDATE leaves out
     row_class: type[PreparedRow] | None  # None: the statement returns no rows
     result_processors: tuple[Processor | None, ...]
+    sqlite: bool
 
     def arguments(self, parameters: Mapping[str, Any]) -> tuple[Any, ...]:
         if self.defaults:
@@ -133,7 +137,7 @@ async def execute(
 ) -> Any:
     """Run `statement` in the session's transaction; a `PreparedResult` or SQLAlchemy's result."""
     conn = await session.connection()
-    if conn.dialect.name != "postgresql" or not isinstance(parameters, Mapping | None):
+    if conn.dialect.name not in _DRIVERS or not isinstance(parameters, Mapping | None):
         return await conn.execute(statement, parameters)
     parameters = parameters or {}
     plan = _plan_of(statement, parameters, conn.dialect)
@@ -151,15 +155,15 @@ async def execute(
 
 def is_prepared(statement: Executable, parameters: Mapping[str, Any], dialect: Dialect) -> bool:
     """Whether `execute` sends this statement with these parameter names to the driver itself."""
-    return dialect.name == "postgresql" and _plan_of(statement, parameters, dialect) is not None
+    return dialect.name in _DRIVERS and _plan_of(statement, parameters, dialect) is not None
 
 
 async def _run(conn: AsyncConnection, plan: _Plan, arguments: tuple[Any, ...]) -> PreparedResult:
     sync = conn.sync_connection
     assert sync is not None
     pooled = sync.connection
-    adapter: Any = pooled.dbapi_connection  # SQLAlchemy's asyncpg adapter
-    driver: Any = pooled.driver_connection  # asyncpg's Connection
+    adapter: Any = pooled.dbapi_connection  # SQLAlchemy's asyncpg or aiosqlite adapter
+    driver: Any = adapter._connection  # asyncpg's or aiosqlite's Connection
     dispatch = sync.dispatch
     context = SimpleNamespace()  # where a listener keeps its state between the two events
     dispatch.before_cursor_execute(sync, None, plan.sql, arguments, context, False)
@@ -167,14 +171,20 @@ async def _run(conn: AsyncConnection, plan: _Plan, arguments: tuple[Any, ...]) -
         # As the adapter's cursor runs a statement: one at a time on the connection, and BEGIN
         # first unless its transaction is open, so the session's COMMIT or ROLLBACK ends it.
         async with adapter._execute_mutex:
-            if adapter._transaction is None:
-                await adapter._start_transaction()
-            if plan.row_class is None:
-                status = await driver.execute(plan.sql, *arguments)
-                result = PreparedResult([], _rowcount(status), returns_rows=False)
-            else:
-                records = await driver.fetch(plan.sql, *arguments)
+            if plan.sqlite:
+                # One hop to aiosqlite's thread, where its cursor takes four; the session's
+                # BEGIN (IMMEDIATE for writes, gateway.sqlite_setup) was sent when it began.
+                records = await driver.execute_fetchall(plan.sql, arguments)
                 result = PreparedResult(plan.rows(records), len(records), returns_rows=True)
+            else:
+                if adapter._transaction is None:
+                    await adapter._start_transaction()
+                if plan.row_class is None:
+                    status = await driver.execute(plan.sql, *arguments)
+                    result = PreparedResult([], _rowcount(status), returns_rows=False)
+                else:
+                    records = await driver.fetch(plan.sql, *arguments)
+                    result = PreparedResult(plan.rows(records), len(records), returns_rows=True)
     except BaseException as error:
         _raise_as_sqlalchemy(sync, adapter, plan.sql, arguments, error)
     dispatch.after_cursor_execute(sync, None, plan.sql, arguments, context, False)
@@ -190,9 +200,13 @@ def _raise_as_sqlalchemy(
     dbapi_error = sync.dialect.loaded_dbapi.Error
     if isinstance(error, Exception) and not isinstance(error, dbapi_error):
         try:
-            adapter._handle_exception(error)  # always raises: asyncpg's error, translated
+            adapter._handle_exception(error)  # always raises: the driver's error, translated
         except Exception as translated:
-            sync._handle_dbapi_exception(translated, sql, arguments, None, None)
+            if isinstance(translated, dbapi_error):
+                sync._handle_dbapi_exception(translated, sql, arguments, None, None)
+            # Not a DBAPI error (sqlite3's OverflowError for an int past 64 bits): SQLAlchemy
+            # lets it through as it is once a statement was under way, and so does this.
+            raise
     sync._handle_dbapi_exception(error, sql, arguments, None, None)
 
 
@@ -202,18 +216,19 @@ def _rowcount(status: str) -> int:
     return int(last) if last.isdigit() else -1
 
 
+_DRIVERS = ("postgresql", "sqlite")
 # The write paths' statements are built once, at import, and a few on first use: a few dozen
 # plans. A statement built per call would fill this; past the cap it runs on SQLAlchemy.
 MAX_PLANS = 512
 # Each kept with its statement: a statement in the cache stays alive, so its id is not reused.
-_PLANS: dict[tuple[int, tuple[str, ...]], tuple[Executable, _Plan | None]] = {}
+_PLANS: dict[tuple[int, str, tuple[str, ...]], tuple[Executable, _Plan | None]] = {}
 
 
 def _plan_of(
     statement: Executable, parameters: Mapping[str, Any], dialect: Dialect
 ) -> _Plan | None:
     names = tuple(sorted(parameters))
-    key = (id(statement), names)
+    key = (id(statement), dialect.name, names)
     kept = _PLANS.get(key)
     if kept is None:
         if len(_PLANS) >= MAX_PLANS:
@@ -252,6 +267,9 @@ def _compiled(statement: Executable, names: tuple[str, ...], dialect: Dialect) -
         defaults[column.key] = default.arg
     # Rows come back from a SELECT and from RETURNING; none from other DML.
     columns = compiled._result_columns
+    sqlite = dialect.name == "sqlite"
+    if sqlite and not columns:
+        return None  # aiosqlite's one-hop call answers rows, not a count of rows changed
     row_class = _row_class(tuple(column.keyname for column in columns)) if columns else None
     processors = tuple(column.type._cached_result_processor(dialect, None) for column in columns)
     return _Plan(
@@ -263,6 +281,7 @@ def _compiled(statement: Executable, names: tuple[str, ...], dialect: Dialect) -
         defaults=defaults,
         row_class=row_class,
         result_processors=processors,
+        sqlite=sqlite,
     )
 
 
