@@ -40,7 +40,18 @@ from urllib.parse import urlsplit
 import asyncpg
 import httpx
 
-from bench import chart, counting, drivers, gcwatch, pgbench, profiling, report, seed, verify
+from bench import (
+    chart,
+    counting,
+    drivers,
+    gcwatch,
+    pgbench,
+    profiling,
+    report,
+    seed,
+    usage_reset,
+    verify,
+)
 from bench.scenarios import (
     BASELINE,
     GATEWAY,
@@ -492,6 +503,7 @@ class Bench:
         prefix = f"bench-{self.tag}-{name}"
         warm: LoadResult | None = None
         if args.warmup > 0:
+            self._fresh_usage(database, scenario)
             warm_spec = self._prepared(spec, scenario, f"{name}-w", prefix + "-w", rate=None)
             warm = self._load(warm_spec, server, args.warmup, f"{name}-warmup")
         rate = warm.rps if warm else None
@@ -499,6 +511,7 @@ class Bench:
         load_average = os.getloadavg()[0]
         # Every target's, summed over its processes (workers, a launcher's node): what a request
         # costs the server wherever the shared cores' time went.
+        self._fresh_usage(database, scenario)
         cpu_before = gcwatch.tree_cpu_seconds(server.pid)
         result = self._load(run_spec, server, args.seconds, name)
         cpu_after = gcwatch.tree_cpu_seconds(server.pid) if cpu_before is not None else None
@@ -583,6 +596,14 @@ class Bench:
 
     # --- checks ----------------------------------------------------------------------------
 
+    def _fresh_usage(self, database: str, scenario: str) -> None:
+        if scenario != "usage":
+            return
+        if database == "postgresql":
+            asyncio.run(usage_reset.reset_postgres(self.pg_dsn))
+        else:
+            usage_reset.reset_sqlite(self.sqlite_path)
+
     def check_ledger(self, database: str, when: str) -> None:
         if database == "postgresql":
             check = asyncio.run(verify.check_postgres(self.pg_dsn))
@@ -640,6 +661,7 @@ class Bench:
         run_spec = self._prepared(
             spec, scenario, name, prefix + "-p", rate=self.rows[-1].result.rps
         )
+        self._fresh_usage(database, scenario)
         gc_before = gcwatch.read(self.gc_stats) if self.gc_stats else None
         cpu_before = gcwatch.cpu_seconds(server.pid)
         sampler = profiling.start(server.pid, seconds, raw, subprocesses=self.args.workers > 1)
