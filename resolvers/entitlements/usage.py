@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers.catalog.model import Catalog
@@ -29,6 +30,7 @@ from resolvers.ledger.idempotency import (
 )
 from resolvers.ledger.statements import InSession, Statements, runs_in_database
 from resolvers.models import UsageEvent, User
+from resolvers.prepared import execute
 from resolvers.users import UserRef, find_user
 
 MAX_QUANTITY = 1_000_000
@@ -230,21 +232,23 @@ async def _count_by_rule(
         feature: {"period": period, "used": used},
     }
     row.updated_at = now
-    event = UsageEvent(
-        user_id=row.id,
-        feature=feature,
-        period=period,
-        quantity=used - before.usage,
-        used_after=used,
-        source=actor.source,
-        actor=actor.name,
-        request_id=actor.request_id,
-        idempotency_key=idempotency_key,
-        fingerprint=digest,
-        created_at=now,
-    )
-    session.add(event)
-    await session.flush()
+    values = {
+        "user_id": row.id,
+        "feature": feature,
+        "period": period,
+        "quantity": used - before.usage,
+        "used_after": used,
+        "source": actor.source,
+        "actor": actor.name,
+        "request_id": actor.request_id,
+        "idempotency_key": idempotency_key,
+        "fingerprint": digest,
+        "created_at": now,
+    }
+    # Core, not the unit of work: one statement (one hop to SQLite's thread), and a detached
+    # row for the answer. The user's new count is written by the ORM when the session commits.
+    event_id = (await execute(session, _INSERT_EVENT, values)).scalar_one()
+    event = UsageEvent(id=event_id, **values)
     record_usage_change(session, user=row, event=event, limit=before.limit, actor=actor)
     return UsageRecorded(
         user=row, entitlement=entitlement_of(catalog, row, feature, now), event=event
@@ -262,3 +266,6 @@ async def _replay(
     assert event is not None, "the row the key lookup found"
     entitlement = entitlement_of(catalog, row, event.feature, now)
     return UsageRecorded(user=row, entitlement=entitlement, event=event, replayed=True)
+
+
+_INSERT_EVENT = insert(UsageEvent.__table__).returning(UsageEvent.__table__.c.id)
