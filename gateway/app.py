@@ -21,7 +21,7 @@ from starlette.types import ASGIApp
 from gateway import graphiql, migrate, multiprocess
 from gateway.auth import Authenticator
 from gateway.clock import install_test_clock
-from gateway.db import Meter, install_meter, is_unreachable
+from gateway.db import is_unreachable
 from gateway.failures import EXCEPTION_HANDLERS, RETRY_AFTER_SECONDS
 from gateway.graphql.lane import GraphQLLane
 from gateway.graphql.route import Executor, GraphQLRoute
@@ -30,8 +30,10 @@ from gateway.listener import Listener
 from gateway.live.feed import LiveFeed
 from gateway.live.socket import LiveSocket
 from gateway.logs import configure_logging
+from gateway.meter import Meter, install_meter
 from gateway.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from gateway.prometheus import (
+    JOINED_READS,
     POOL_IN_USE,
     POOL_WAITING,
     count_changes,
@@ -103,7 +105,11 @@ class Gateway(Starlette):
 
 # The database's figures for /metrics, wired here: gateway.db cannot import gateway.prometheus.
 DATABASE_METER = Meter(
-    statement=count_statement, in_use=POOL_IN_USE, waiting=POOL_WAITING, changes=count_changes
+    statement=count_statement,
+    in_use=POOL_IN_USE,
+    waiting=POOL_WAITING,
+    changes=count_changes,
+    joined_reads=JOINED_READS.observe,
 )
 
 

@@ -6,12 +6,11 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
-from sqlalchemy import event, make_url
+from sqlalchemy import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
@@ -21,12 +20,13 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
 from sqlalchemy.util.concurrency import greenlet_spawn
 
 from gateway.driver_pool import DriverPool, LentConnection
 from gateway.local_reads import LocalReads
 from gateway.logs import log_entitlement_changes
+from gateway.meter import MeteredPool, current_meter, meter_engine
+from gateway.read_batches import ReadBatches
 from gateway.sqlite_setup import SQLITE_BUSY_TIMEOUT_MS, configure_sqlite, ensure_sqlite_directory
 from resolvers.errors import Failure
 from resolvers.ledger.changes import changed_user_ids, take_changes
@@ -50,46 +50,6 @@ _ADAPTER_ONLY_PARAMETERS = (
     "prepared_statement_name_func",
     "async_creator_fn",
 )
-
-
-class Gauge(Protocol):
-    def inc(self, amount: float = 1) -> None: ...
-
-    def dec(self, amount: float = 1) -> None: ...
-
-
-@dataclass(frozen=True)
-class Meter:
-    """Where databases report for /metrics: statements, connections in use and waited for,
-    committed changes. The app installs the Prometheus one (gateway/app.py); this module
-    imports no metrics module, since gateway.prometheus reads the Runtime that holds a
-    Database (that import was a circle)."""
-
-    statement: Callable[..., None]
-    in_use: Gauge
-    waiting: Gauge
-    changes: Callable[[list[str]], None]
-
-
-class _NoGauge:
-    def inc(self, amount: float = 1) -> None:
-        pass
-
-    def dec(self, amount: float = 1) -> None:
-        pass
-
-
-UNMETERED = Meter(
-    statement=lambda *_: None, in_use=_NoGauge(), waiting=_NoGauge(), changes=lambda _: None
-)
-# Process-wide, like the metrics it feeds; read when an event fires, so engines made before
-# install_meter report too.
-_installed = UNMETERED
-
-
-def install_meter(meter: Meter) -> None:
-    global _installed
-    _installed = meter
 
 
 # PostgreSQL: connection exceptions (class 08), and the server shutting down or starting up.
@@ -166,8 +126,18 @@ class Database:
         self.local_reads = LocalReads.of(url, self.engine.sync_engine) if self.is_sqlite else None
         if self.is_sqlite:
             configure_sqlite(self.engine)
-        _meter(self.engine)
-        self._lent_pool = DriverPool(self._connect_lent, lent, lambda: _installed) if lent else None
+        meter_engine(self.engine)
+        self._lent_pool = DriverPool(self._connect_lent, lent, current_meter) if lent else None
+        # PostgreSQL: compiled by-key reads of concurrent requests joined into one statement.
+        self.read_batches = (
+            ReadBatches(
+                self.lend_driver,
+                joined=lambda: current_meter().statement(),
+                answered=lambda requests: current_meter().joined_reads(requests),
+            )
+            if lent
+            else None
+        )
         # Write transactions on SQLite take the write lock at BEGIN (IMMEDIATE): two deferred
         # transactions that both read and then write would deadlock, one failing with "busy".
         writer = self.engine.execution_options(entitlements_write=True)
@@ -289,7 +259,7 @@ class Database:
 
     def _committed(self, changes: list[dict[str, Any]]) -> None:
         log_entitlement_changes(changes)
-        _installed.changes([change["action"] for change in changes])
+        current_meter().changes([change["action"] for change in changes])
         # SQLite's in-process push; PostgreSQL's listeners hear of it from triggers
         # (migration 0007), so nothing is derived for them here.
         if self.on_commit is not None and (touched := changed_user_ids(changes)):
@@ -341,6 +311,8 @@ class Database:
     async def dispose(self) -> None:
         if self.local_reads is not None:
             self.local_reads.close()
+        if self.read_batches is not None:
+            await self.read_batches.close()
         if self._lent_pool is not None:
             await self._lent_pool.close()
         await self.engine.dispose()
@@ -358,6 +330,7 @@ class ReplicaReads:
         self.replica = replica
         self.is_sqlite = replica.is_sqlite
         self.local_reads = replica.local_reads
+        self.read_batches = replica.read_batches
 
     def connect(self) -> AbstractAsyncContextManager[AsyncConnection]:
         return self.replica.connect()
@@ -372,41 +345,6 @@ class ReplicaReads:
         self, work: Callable[[AsyncSession], Awaitable[T]], alone: Alone[T] | None = None
     ) -> T:
         return await self.primary.write(work, alone)
-
-
-class MeteredPool(AsyncAdaptedQueuePool):
-    """The engine's pool, counting who waits for a connection (the pool has no event for it)."""
-
-    def _do_get(self) -> ConnectionPoolEntry:
-        waiting = _installed.waiting
-        waiting.inc()
-        try:
-            return super()._do_get()
-        finally:
-            waiting.dec()
-
-
-# SQLAlchemy names a pool's logger after its class and quiets only its own `sqlalchemy.*` ones.
-logging.getLogger(f"{MeteredPool.__module__}.{MeteredPool.__name__}").setLevel(logging.WARNING)
-
-
-def _meter(engine: AsyncEngine) -> None:
-    """Statements per request and connections in use, for /metrics."""
-    event.listen(engine.sync_engine, "before_cursor_execute", lambda *_: _installed.statement())
-    event.listen(engine.sync_engine, "checkout", _checked_out)
-    event.listen(engine.sync_engine, "checkin", _checked_in)
-
-
-def _checked_out(_: Any, record: ConnectionPoolEntry, __: Any) -> None:
-    # The gauge that counted it counts it back, even if a meter is installed meanwhile.
-    gauge = record.record_info["in_use"] = _installed.in_use
-    gauge.inc()
-
-
-def _checked_in(_: Any, record: ConnectionPoolEntry) -> None:
-    gauge = record.record_info.pop("in_use", None)
-    if gauge is not None:
-        gauge.dec()
 
 
 def _is_loopback(url: str) -> bool:

@@ -26,7 +26,7 @@ POOL_TIMEOUT_SECONDS = 30.0
 
 
 class Gauges(Protocol):
-    """Where the pool reports connections in use and callers waiting (gateway.db's Meter)."""
+    """Where the pool reports connections in use and callers waiting (gateway.meter's Meter)."""
 
     @property
     def in_use(self) -> Any: ...

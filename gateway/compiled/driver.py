@@ -83,9 +83,13 @@ class DriverRead:
         self,
         table: Table,
         build: Callable[[Match], Select[Any]],
+        key: str,
         columns: list[Column[Any]] | None = None,
     ) -> None:
         columns = list(table.c) if columns is None else columns
+        # The field naming the key each row belongs to: requests' reads join on it
+        # (gateway.read_batches).
+        self.key = key
         self.row = namedtuple(table.name, [c.name for c in columns])  # type: ignore[misc]
         self.postgresql = _Variant(columns, build(_any_of_array), asyncpg_dialect())
         self.sqlite = _Variant(columns, build(_in_json_array), aiosqlite_dialect())
@@ -159,15 +163,17 @@ def _newest_per_user(table: Table, columns: list[Column[Any]]) -> DriverRead:
             .order_by(ranked.c.user_id, ranked.c.id.desc())
         )
 
-    return DriverRead(table, build, columns)
+    return DriverRead(table, build, "user_id", columns)
 
 
 _USERS = User.__table__
 _GRANTS = CreditGrant.__table__
 
-USERS_BY_ID = DriverRead(_USERS, lambda match: select(_USERS).where(match(_USERS.c.id)))
+USERS_BY_ID = DriverRead(_USERS, lambda match: select(_USERS).where(match(_USERS.c.id)), "id")
 # As resolvers.loaders.users_by_email: the caller gives normalized (lower-cased) addresses.
-USERS_BY_EMAIL = DriverRead(_USERS, lambda match: select(_USERS).where(match(_USERS.c.email)))
+USERS_BY_EMAIL = DriverRead(
+    _USERS, lambda match: select(_USERS).where(match(_USERS.c.email)), "email"
+)
 # As resolvers.loaders reads them: credits left, soonest expiry first (none last), then oldest.
 OPEN_GRANTS = DriverRead(
     _GRANTS,
@@ -176,6 +182,7 @@ OPEN_GRANTS = DriverRead(
         .where(match(_GRANTS.c.user_id), _GRANTS.c.remaining > literal_column("0"))
         .order_by(_GRANTS.c.expires_at.asc().nulls_last(), _GRANTS.c.id)
     ),
+    "user_id",
 )
 
 _EVENTS = CreditEvent.__table__

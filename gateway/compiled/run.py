@@ -14,6 +14,7 @@ from gateway.compiled.driver import OPEN_GRANTS, USERS_BY_ID, DriverRead
 from gateway.db import Database
 from gateway.driver_pool import LentConnection
 from gateway.local_reads import LocalReads, Snapshot
+from gateway.read_batches import ReadBatches
 from schema.context import Context
 
 
@@ -28,10 +29,12 @@ class Fallback(Exception):
 class Run:
     """What the fields of one request share: the time, the catalog, one connection, the users.
 
-    Statements run one after another on a single connection: a plan fetches level by level,
-    so there is never more than one statement in flight, and one pool checkout per request.
-    On SQLite, a plan whose reads are all point reads by key (`on_loop`) reads in one snapshot
-    on the loop itself (gateway.local_reads) instead.
+    A plan fetches level by level, so there is never more than one statement in flight. On
+    PostgreSQL each level's read joins those of concurrent requests (gateway.read_batches),
+    until a field needs a SQLAlchemy connection; after that, and on SQLite, statements run one
+    after another on the request's single connection. On SQLite, a plan whose reads are all
+    point reads by key (`on_loop`) reads in one snapshot on the loop itself
+    (gateway.local_reads) instead.
     """
 
     __slots__ = (
@@ -115,6 +118,11 @@ class Run:
                 except BaseException:
                     self._broken = True
                     raise
+        if self._connection is None:
+            # gateway.db's Database and ReplicaReads join reads; schema's UnitOfWork does not.
+            batches: ReadBatches | None = getattr(self.context.db, "read_batches", None)
+            if batches is not None:
+                return await batches.fetch(read, keys, named)
         events, driver = await self.driver()
         try:
             return await read.fetch(events, driver, keys, **named)
