@@ -251,8 +251,10 @@ async def _insert_payment(session: AsyncSession, **values: Any) -> Payment | Pay
     was paid for already (a concurrent insert of it makes this wait for its commit). The row
     returned is detached.
     """
-    conn = await session.connection()
-    insert_new = _INSERT_NEW_PAYMENT[conn.dialect.name]
+    # The bind's dialect: asking the session for its connection costs a greenlet hop.
+    bind = session.bind
+    assert bind is not None, "the unit of work's sessions are bound to its engine"
+    insert_new = _INSERT_NEW_PAYMENT[bind.dialect.name]
     payment_id = (await execute(session, insert_new, values)).scalar_one_or_none()
     if payment_id is None:
         return await _recorded(session, values["stripe_object_id"])

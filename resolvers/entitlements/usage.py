@@ -238,12 +238,7 @@ async def _count_by_rule(
         "period": period,
         "quantity": used - before.usage,
         "used_after": used,
-        "source": actor.source,
-        "actor": actor.name,
-        "request_id": actor.request_id,
-        "idempotency_key": idempotency_key,
-        "fingerprint": digest,
-        "created_at": now,
+        **actor.provenance(idempotency_key, digest, now),
     }
     # Core, not the unit of work: one statement (one hop to SQLite's thread), and a detached
     # row for the answer. The user's new count is written by the ORM when the session commits.

@@ -60,6 +60,19 @@ class Actor:
     source: str
     request_id: str | None = None
 
+    def provenance(
+        self, idempotency_key: str | None, digest: str | None, now: datetime
+    ) -> dict[str, Any]:
+        """The columns every change record carries: who, from where, under which key, when."""
+        return {
+            "source": self.source,
+            "actor": self.name,
+            "request_id": self.request_id,
+            "idempotency_key": idempotency_key,
+            "fingerprint": digest,
+            "created_at": now,
+        }
+
 
 def check_amount(amount: int, field: str = "amount") -> InvalidInput | None:
     if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
@@ -262,16 +275,11 @@ async def append_event(
         "amount": amount,
         "balance_after": user.credits_available + user.credits_held,
         "reason": reason,
-        "source": actor.source,
-        "actor": actor.name,
-        "request_id": actor.request_id,
-        "idempotency_key": idempotency_key,
-        "fingerprint": digest,
         "grant_id": grant_id,
         "payment_id": payment_id,
         "allocations": allocations,
-        "created_at": now,
         "hold_id": hold_id,
+        **actor.provenance(idempotency_key, digest, now),
     }
     event_id = (await execute(session, _INSERT_EVENT, values)).scalar_one()
     record_change(

@@ -122,12 +122,7 @@ async def _record(
         "from_tier": user.tier,
         "to_tier": tier,
         "reason": reason,
-        "source": actor.source,
-        "actor": actor.name,
-        "request_id": actor.request_id,
-        "idempotency_key": idempotency_key,
-        "fingerprint": digest,
-        "created_at": now,
+        **actor.provenance(idempotency_key, digest, now),
     }
     change_id = (await execute(session, _INSERT, values)).scalar_one()
     return TierMoved(id=change_id, **values)
