@@ -73,19 +73,19 @@ class ReadBatches:
         identity = (id(read), tuple(named.items()) if named else ())
         batch = self._open.get(identity)
         # A batch of another loop is one whose loop stopped before it ran (tests' loops).
-        if batch is None or batch.loop is not loop:
+        opened = batch is None or batch.loop is not loop
+        if opened:
             batch = self._open[identity] = _Batch(loop, read, named)
-            # Its first step runs in the next turn of the loop, after every request that is
-            # ready in this one has asked.
-            task = loop.create_task(self._run(identity, batch))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
-            opened = True
-        else:
-            opened = False
+        assert batch is not None
         future: asyncio.Future[list[Any]] = loop.create_future()
         batch.waiters.append((keys, future))
         batch.keys.update(dict.fromkeys(keys))
+        if opened:
+            # Its first step runs in the next turn of the loop, after every request that is
+            # ready in this one has asked (the opener's keys are in before it can start).
+            task = loop.create_task(self._run(identity, batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
         rows = await future
         if not opened:
             self._joined()
@@ -105,23 +105,25 @@ class ReadBatches:
                 await lent.release(broken=True)
                 raise
             await lent.release()
-        except BaseException as exc:
-            for _, future in batch.waiters:
-                if not future.done():
-                    if isinstance(exc, asyncio.CancelledError):
-                        future.cancel()
-                    else:
-                        future.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        self._answered(len(batch.waiters))
-        _hand_out(batch, rows)
+            self._answered(len(batch.waiters))
+            _hand_out(batch, rows)
+        except asyncio.CancelledError:
+            # Only the process stopping cancels a batch: to its requests, as a lost database.
+            _fail(batch, ConnectionError("the read was cut off"))
+            raise
+        except Exception as exc:  # the statement's, or a fault in handing out: none waits on
+            _fail(batch, exc)
 
     async def close(self) -> None:
         """Waits for the batches under way (their requests are waiting for them)."""
         while self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
+
+
+def _fail(batch: _Batch, exc: BaseException) -> None:
+    for _, future in batch.waiters:
+        if not future.done():
+            future.set_exception(exc)
 
 
 def _hand_out(batch: _Batch, rows: list[Any]) -> None:
@@ -132,19 +134,20 @@ def _hand_out(batch: _Batch, rows: list[Any]) -> None:
             future.set_result(rows)
         return
     key = batch.read.key
-    by_key: dict[Any, list[Any]] = {}
-    for row in rows:
-        found = by_key.get(getattr(row, key))
+    # Each key's rows by position in the statement's answer.
+    positions: dict[Any, list[int]] = {}
+    for i, row in enumerate(rows):
+        found = positions.get(getattr(row, key))
         if found is None:
-            by_key[getattr(row, key)] = [row]
+            positions[getattr(row, key)] = [i]
         else:
-            found.append(row)
+            found.append(i)
     for keys, future in waiters:
         if future.done():
             continue
         if len(keys) == 1:
-            future.set_result(by_key.get(keys[0], []))
+            mine = positions.get(keys[0], ())
         else:
-            # Rows in the statement's order, as a read of these keys alone would give them.
-            wanted = set(keys)
-            future.set_result([row for row in rows if getattr(row, key) in wanted])
+            # The statement's order, as a read of these keys alone would give them.
+            mine = sorted(i for k in dict.fromkeys(keys) for i in positions.get(k, ()))
+        future.set_result([rows[i] for i in mine])
