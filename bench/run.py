@@ -59,6 +59,7 @@ from bench.scenarios import (
     PGBENCH,
     POSTGRAPHILE,
     POSTGRAPHILE_EMAIL,
+    RELATIVE,
     RESERVE_SETTLE,
     SCENARIOS,
     STRAWBERRY,
@@ -380,7 +381,16 @@ class Bench:
 
         self.count_statements(database, scenarios, creds, mquery, targets[BASELINE])
 
+        # A scenario whose bar is a share of another's is measured in that one's turns: the
+        # two medians then come from the same minutes of a shared machine.
+        paired = {
+            reference: scenario
+            for scenario, (reference, _) in RELATIVE.items()
+            if scenario in scenarios and reference in scenarios
+        }
         for scenario in scenarios:
+            if scenario in paired.values():
+                continue  # measured with its reference
             # In turns, not one target's rounds after another's: a slow spell of a shared
             # machine then lands on every target alike.
             for turn in range(args.rounds):
@@ -392,6 +402,11 @@ class Bench:
                     self.measure(database, scenario, target, server, spec, turn=turn)
                 if scenario == "consume" and database == "postgresql":
                     self.measure_ceiling()  # in the same turns: its median is compared
+                relative = paired.get(scenario)
+                if relative is not None:
+                    spec = spec_for(relative, GATEWAY, creds, mquery)
+                    if spec is not None:
+                        self.measure(database, relative, GATEWAY, gateway, spec, turn=turn)
             if scenario == "consume":
                 self.check_ledger(database, "after consumeCredits")
             if scenario == RESERVE_SETTLE:
