@@ -381,14 +381,12 @@ class Bench:
 
         self.count_statements(database, scenarios, creds, mquery, targets[BASELINE])
 
-        # The entitlement check's bar is a share of the viewer read's: measured in its turns,
-        # the two medians come from the same minutes of a shared machine. recordUsage is not
-        # paired with consume: consume measured after a usage run fell from 2,200 to 1,100 and
-        # then 780 req/s in consecutive turns (the baseline's did not), a cause not found yet.
+        # A scenario whose bar is a share of another's is measured in that one's turns: the
+        # two medians then come from the same minutes of a shared machine.
         paired = {
             reference: scenario
             for scenario, (reference, _) in RELATIVE.items()
-            if scenario in scenarios and reference in scenarios and scenario != "usage"
+            if scenario in scenarios and reference in scenarios
         }
         for scenario in scenarios:
             if scenario in paired.values():

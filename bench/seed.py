@@ -27,6 +27,7 @@ import jwt
 from gateway.db import Database
 from resolvers import keys
 from resolvers.catalog.model import Catalog
+from resolvers.entitlements.periods import period_key
 from resolvers.ledger.allowances import allowance_period
 from resolvers.ledger.credits import fingerprint
 
@@ -122,6 +123,7 @@ class Dataset:
     payments: list[tuple[Any, ...]] = field(default_factory=list)
     grants: list[tuple[Any, ...]] = field(default_factory=list)
     events: list[tuple[Any, ...]] = field(default_factory=list)
+    usage: list[tuple[Any, ...]] = field(default_factory=list)
     # Users with a live Stripe subscription: what invoice.paid webhooks are about.
     subscribers: list[int] = field(default_factory=list)
     tiers: dict[int, str] = field(default_factory=dict)
@@ -132,6 +134,7 @@ class Dataset:
             "credit_events": len(self.events),
             "credit_grants": len(self.grants),
             "payments": len(self.payments),
+            "usage_events": len(self.usage),
             "subscribers": len(self.subscribers),
         }
 
@@ -287,7 +290,44 @@ def generate(
                 meta["last_change"],
             )
         )
+    _usage_history(data, rng, month_start)
     return data
+
+
+USAGE_HISTORY_MONTHS = 3
+USAGE_COLUMNS = (
+    "id",
+    "user_id",
+    "feature",
+    "period",
+    "quantity",
+    "used_after",
+    "source",
+    "actor",
+    "idempotency_key",
+    "created_at",
+)
+
+
+def _usage_history(data: Dataset, rng: random.Random, month_start: datetime) -> None:
+    """PDF exports counted in the months before this one, a few per user, each with its key.
+
+    A live database has a usage record; without one `usage_events` is analysed empty, and the
+    idempotency lookups planned then (`spend_credits`' EXISTS among them) keep scanning it as
+    the usage scenario fills it: consume measured after a usage run fell to a quarter.
+    This month stays unused, so the usage scenario's limits start where they always did.
+    """
+    start = month_start
+    for _ in range(USAGE_HISTORY_MONTHS):
+        start = _previous_month(start)
+        period = period_key(start)
+        for uid in range(1, len(data.users) + 1):
+            for used in range(1, rng.randint(1, 4) + 1):
+                n = len(data.usage) + 1
+                created = start + timedelta(days=rng.uniform(0, 27))
+                key = f"seed-usage-{n}"
+                row = (n, uid, "pdf_exports", period, 1, used, "api", "seed", key, created)
+                data.usage.append(row)
 
 
 def _simulate_user(
@@ -552,7 +592,7 @@ async def load_postgres(dsn: str, data: Dataset) -> float:
         async with conn.transaction():
             for table, columns, rows in _tables(data):
                 await conn.copy_records_to_table(table, records=rows, columns=list(columns))
-            for table in ("users", "payments", "credit_grants", "credit_events"):
+            for table in ("users", "payments", "credit_grants", "credit_events", "usage_events"):
                 # Explicit ids were copied: move each sequence past them for later inserts.
                 await conn.execute(
                     f"SELECT setval(pg_get_serial_sequence('{table}', 'id'),"
@@ -594,6 +634,7 @@ def _tables(data: Dataset) -> Iterable[tuple[str, Sequence[str], list[tuple[Any,
     yield "payments", PAYMENT_COLUMNS, data.payments
     yield "credit_grants", GRANT_COLUMNS, data.grants
     yield "credit_events", EVENT_COLUMNS, data.events
+    yield "usage_events", USAGE_COLUMNS, data.usage
 
 
 def sqlite_time(value: datetime) -> str:
